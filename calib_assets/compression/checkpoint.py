@@ -1,0 +1,152 @@
+"""Compressed checkpoints: only the compressed linears, stored compactly, plus a manifest.
+
+A checkpoint directory holds `tensors.safetensors` and `manifest.json`. The base model's other tensors
+are not duplicated: the caller's manifest names the base model (its fingerprint), and `apply_checkpoint`
+writes the linears into a freshly loaded copy of it. Per linear, under its full module name:
+- quantized: `<name>.codes` (codes bit-packed into uint8), `<name>.scales`, `<name>.zeros`
+  (uint8 when every zero point is an integer in 0..255, else fp32);
+- pruned: `<name>.mask` (keep-mask, np.packbits order) and `<name>.values` (the kept weights, fp32);
+- otherwise: `<name>.weight` (fp32).
+Loading reconstructs bit for bit the weights the method produced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..artifacts import atomic_dir, read_json, sha256_files, write_json
+from .config import CompressedLinear
+from .magnitude import apply_mask
+from .quantizer import dequantize, pack_codes, unpack_codes
+
+TENSORS_FILE = "tensors.safetensors"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, compressed: dict[str, CompressedLinear], manifest: dict[str, Any]) -> dict:
+    """Write the checkpoint atomically at `path`; return the final manifest (as written)."""
+    from safetensors.torch import save_file
+
+    if not compressed:
+        raise ValueError("nothing to save: `compressed` is empty")
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, dict[str, Any]] = {}
+    for name in sorted(compressed):
+        stored, summary = _encode(name, compressed[name])
+        tensors.update(stored)
+        layers[name] = summary
+
+    n_params = sum(layer["params"] for layer in layers.values())
+    size_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    pruned = sum(layer["pruned"] for layer in layers.values())
+    final = dict(manifest)
+    with atomic_dir(Path(path)) as tmp:
+        save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": "pt"})
+        final.update(
+            format_version=FORMAT_VERSION,
+            tensors_file=TENSORS_FILE,
+            layers=layers,
+            n_params=n_params,
+            size_bytes=size_bytes,
+            file_bytes=(tmp / TENSORS_FILE).stat().st_size,
+            bits_per_param=8 * size_bytes / n_params,
+            sparsity=pruned / n_params,
+            fingerprint=sha256_files([tmp / TENSORS_FILE]),
+        )
+        write_json(tmp / MANIFEST_FILE, final)
+    return read_json(Path(path) / MANIFEST_FILE)
+
+
+def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[dict[str, CompressedLinear], dict]:
+    """Read a checkpoint back: full module name -> CompressedLinear (on CPU), and the manifest."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    manifest_path, tensors_path = path / MANIFEST_FILE, path / TENSORS_FILE
+    if not manifest_path.is_file() or not tensors_path.is_file():
+        raise FileNotFoundError(f"{path} is not a compressed checkpoint (needs {MANIFEST_FILE} and {TENSORS_FILE})")
+    manifest = read_json(manifest_path)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version={manifest.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+    if verify and sha256_files([tensors_path]) != manifest["fingerprint"]:
+        raise ValueError(f"{tensors_path} does not match the manifest's fingerprint: the checkpoint is corrupt")
+    tensors = load_file(str(tensors_path))
+    compressed = {name: _decode(name, summary, tensors) for name, summary in manifest["layers"].items()}
+    return compressed, manifest
+
+
+@torch.no_grad()
+def apply_checkpoint(model: nn.Module, path: str | Path) -> dict:
+    """Write the checkpoint's weights into `model` (same architecture as the base) in place; return the manifest."""
+    compressed, manifest = load_checkpoint(path)
+    modules = dict(model.named_modules())
+    for name, result in compressed.items():
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"checkpoint layer {name!r} is not a linear of this model")
+        if tuple(module.weight.shape) != tuple(result.weight.shape):
+            raise ValueError(
+                f"checkpoint layer {name!r} has shape {tuple(result.weight.shape)}, "
+                f"the model's has {tuple(module.weight.shape)}"
+            )
+        module.weight.data.copy_(result.weight)
+    return manifest
+
+
+def _encode(name: str, c: CompressedLinear) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    weight = c.weight.detach().cpu().float()
+    rows, cols = weight.shape
+    summary: dict[str, Any] = {"shape": [rows, cols], "params": rows * cols, "pruned": 0,
+                               "info": dict(c.info)}
+    stored: dict[str, torch.Tensor] = {}
+    if c.codes is not None:
+        zeros = c.zeros.detach().cpu().float()
+        as_bytes = zeros.round().clamp(0, 255)
+        compact = bool(torch.equal(as_bytes, zeros))
+        stored[f"{name}.codes"] = pack_codes(c.codes.cpu(), c.bits)
+        stored[f"{name}.scales"] = c.scales.detach().cpu().float().contiguous()
+        stored[f"{name}.zeros"] = (as_bytes.to(torch.uint8) if compact else zeros).contiguous()
+        summary.update(format="quantized", bits=c.bits, group_size=c.group_size)
+    if c.mask is not None:
+        mask = c.mask.detach().cpu().bool()
+        stored[f"{name}.mask"] = torch.from_numpy(np.packbits(mask.numpy().reshape(-1)))
+        if c.codes is None:
+            stored[f"{name}.values"] = weight[mask].contiguous()
+            summary["format"] = "pruned"
+        summary["pruned"] = int((~mask).sum())
+    if not stored:
+        stored[f"{name}.weight"] = weight.contiguous()
+        summary["format"] = "dense"
+    summary["bytes"] = sum(t.numel() * t.element_size() for t in stored.values())
+    summary["sparsity"] = summary["pruned"] / summary["params"]
+    return stored, summary
+
+
+def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CompressedLinear:
+    rows, cols = summary["shape"]
+    mask = None
+    if f"{name}.mask" in tensors:
+        bits = np.unpackbits(tensors[f"{name}.mask"].numpy(), count=rows * cols)
+        mask = torch.from_numpy(bits.astype(bool)).reshape(rows, cols)
+    if summary["format"] == "quantized":
+        codes = unpack_codes(tensors[f"{name}.codes"], summary["bits"], rows * cols).reshape(rows, cols)
+        scales = tensors[f"{name}.scales"]
+        zeros = tensors[f"{name}.zeros"].float()
+        weight = dequantize(codes, scales, zeros, summary["group_size"])
+        if mask is not None:
+            weight = apply_mask(weight, mask)
+        return CompressedLinear(weight=weight, codes=codes, scales=scales, zeros=zeros, bits=summary["bits"],
+                                group_size=summary["group_size"], mask=mask, info=summary.get("info", {}))
+    if summary["format"] == "pruned":
+        weight = torch.zeros(rows, cols, dtype=torch.float32)
+        weight[mask] = tensors[f"{name}.values"]
+        return CompressedLinear(weight=weight, mask=mask, info=summary.get("info", {}))
+    if summary["format"] == "dense":
+        return CompressedLinear(weight=tensors[f"{name}.weight"], info=summary.get("info", {}))
+    raise ValueError(f"layer {name!r}: unknown stored format {summary['format']!r}")

@@ -1,0 +1,245 @@
+"""Typed, validated configurations of the compression methods, the method registry, and the result type.
+
+A config is a frozen dataclass validated on construction; `label()` is a short id made of [a-z0-9-]
+that is safe in a Dagster partition key ("gptq-w3g64", "rtn-w4", "wanda-2of4", "magnitude-50pct").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name}={value!r} is out of range; allowed: {allowed}")
+
+
+def _check_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+
+
+def _number_tag(value: float) -> str:
+    """0.5 -> '0p5', 50.0 -> '50': a float written with [0-9p] only."""
+    text = f"{value:.6g}"
+    if "e" in text:
+        text = f"{value:.10f}".rstrip("0")
+    return text.rstrip(".").replace(".", "p")
+
+
+@dataclass(frozen=True)
+class _QuantConfig:
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("bits", self.bits, 2, 8)
+        if self.group_size is not None:
+            _check_int("group_size", self.group_size, 1)
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"symmetric must be true or false, got {self.symmetric!r}")
+
+    def _quant_tag(self) -> str:
+        tag = f"w{self.bits}" + (f"g{self.group_size}" if self.group_size else "")
+        return tag + ("-sym" if self.symmetric else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class RTNConfig(_QuantConfig):
+    """Round-to-nearest: the GPTQ min/max quantizer applied to the weights, no data."""
+
+    method: ClassVar[str] = "rtn"
+    needs_calibration: ClassVar[bool] = False
+
+    def label(self) -> str:
+        return f"rtn-{self._quant_tag()}"
+
+
+@dataclass(frozen=True)
+class GPTQConfig(_QuantConfig):
+    """GPTQ (Frantar et al. 2023): column-wise quantization with Hessian-based error feedback."""
+
+    percdamp: float = 0.01
+    blocksize: int = 128
+
+    method: ClassVar[str] = "gptq"
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_float("percdamp", self.percdamp)
+        if not 0 <= self.percdamp:
+            raise ValueError(f"percdamp={self.percdamp!r} must be >= 0")
+        _check_int("blocksize", self.blocksize, 1)
+
+    def label(self) -> str:
+        label = f"gptq-{self._quant_tag()}"
+        if self.percdamp != 0.01:
+            label += f"-damp{_number_tag(self.percdamp)}"
+        return label
+
+
+@dataclass(frozen=True)
+class _SparsityConfig:
+    """Exactly one of: unstructured `sparsity` in [0, 1), or N:M (prune the n lowest of every m inputs)."""
+
+    sparsity: float | None = None
+    n: int | None = None
+    m: int | None = None
+
+    def __post_init__(self) -> None:
+        nm_given = self.n is not None or self.m is not None
+        if self.sparsity is None and not nm_given:
+            raise ValueError("give either sparsity (in [0, 1)) or n and m (N:M, 0 < n < m)")
+        if self.sparsity is not None and nm_given:
+            raise ValueError(
+                f"give either sparsity or n/m, not both (got sparsity={self.sparsity!r}, "
+                f"n={self.n!r}, m={self.m!r})"
+            )
+        if self.sparsity is not None:
+            _check_float("sparsity", self.sparsity)
+            if not 0 <= self.sparsity < 1:
+                raise ValueError(f"sparsity={self.sparsity!r} is out of range; allowed: [0, 1)")
+        else:
+            if self.n is None or self.m is None:
+                raise ValueError(f"N:M needs both n and m (got n={self.n!r}, m={self.m!r})")
+            _check_int("n", self.n, 1)
+            _check_int("m", self.m, 2)
+            if not self.n < self.m:
+                raise ValueError(f"N:M needs 0 < n < m, got n={self.n}, m={self.m}")
+
+    @property
+    def target_sparsity(self) -> float:
+        return float(self.sparsity) if self.sparsity is not None else self.n / self.m  # type: ignore[operator]
+
+    def _sparsity_tag(self) -> str:
+        if self.sparsity is None:
+            return f"{self.n}of{self.m}"
+        return f"{_number_tag(self.sparsity * 100)}pct"
+
+    def label(self) -> str:
+        return f"{self.method}-{self._sparsity_tag()}"  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig(_SparsityConfig):
+    """Magnitude pruning baseline: per-matrix |W| threshold, or N:M on |W|; no data."""
+
+    method: ClassVar[str] = "magnitude"
+    needs_calibration: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class WandaConfig(_SparsityConfig):
+    """Wanda (Sun et al. 2024): prune by |W_ij| * ||X_j||_2 within each output row."""
+
+    method: ClassVar[str] = "wanda"
+    needs_calibration: ClassVar[bool] = True
+
+
+MethodConfig = RTNConfig | GPTQConfig | MagnitudeConfig | WandaConfig
+
+METHODS: dict[str, type] = {
+    "rtn": RTNConfig,
+    "magnitude": MagnitudeConfig,
+    "wanda": WandaConfig,
+    "gptq": GPTQConfig,
+}
+
+
+def make_method_config(method: str, params: dict[str, Any] | None = None) -> MethodConfig:
+    """Build and validate the config of `method` from plain parameters (e.g. a study YAML)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown compression method {method!r}; allowed: {sorted(METHODS)}")
+    cls = METHODS[method]
+    params = dict(params or {})
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for method {method!r}; allowed: {allowed}")
+    return cls(**params)
+
+
+def check_layer_compatible(config: MethodConfig, layer_name: str, in_features: int) -> None:
+    """Raise ValueError if the config's grouping cannot tile the layer's input dimension."""
+    group = getattr(config, "group_size", None)
+    if group is not None and in_features % group != 0:
+        raise ValueError(
+            f"layer {layer_name!r}: group_size={group} does not divide in_features={in_features}; "
+            f"use a group size that divides {in_features} or group_size=None"
+        )
+    m = getattr(config, "m", None)
+    if m is not None and in_features % m != 0:
+        raise ValueError(
+            f"layer {layer_name!r}: N:M block m={m} does not divide in_features={in_features}"
+        )
+
+
+@dataclass
+class CompressedLinear:
+    """What a compressor produced for one linear.
+
+    `weight` is the dense fp32 effective weight. When quantized, `dequantize(codes, scales, zeros,
+    group_size)` reproduces `weight` bit for bit; when pruned, `mask` (True = kept) marks the kept entries.
+    """
+
+    weight: torch.Tensor
+    codes: torch.Tensor | None = None
+    scales: torch.Tensor | None = None
+    zeros: torch.Tensor | None = None
+    bits: int | None = None
+    group_size: int | None = None
+    mask: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        return self.codes is not None
+
+    @property
+    def pruned(self) -> bool:
+        return self.mask is not None
+
+    def to(self, device: torch.device | str) -> CompressedLinear:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return dataclasses.replace(
+            self,
+            weight=self.weight.to(device),
+            codes=move(self.codes),
+            scales=move(self.scales),
+            zeros=move(self.zeros),
+            mask=move(self.mask),
+        )
+
+
+def weight_shape_of(layer_or_shape: Any) -> tuple[int, int]:
+    """(out_features, in_features) of an nn.Linear, a weight tensor, or a shape."""
+    if isinstance(layer_or_shape, torch.nn.Linear):
+        return layer_or_shape.out_features, layer_or_shape.in_features
+    if isinstance(layer_or_shape, torch.Tensor):
+        layer_or_shape = layer_or_shape.shape
+    rows, cols = (int(v) for v in layer_or_shape)
+    return rows, cols
+
+
+def check_finite(what: str, tensor: torch.Tensor) -> None:
+    """Raise a clear error when a tensor holds NaN or Inf (the engine adds the layer name)."""
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise FloatingPointError(f"{what} contains {bad} non-finite values (NaN or Inf)")

@@ -1,0 +1,300 @@
+"""The layer-wise sequential engine for Hugging Face decoder-only models (Llama-style layout).
+
+1. Run the embeddings on the calibration ids and stop at decoder layer 0, keeping its inputs: the hidden
+   states and every keyword argument it receives (position embeddings, mask, position ids, ...).
+2. For each decoder layer, alone on `device`: run the inputs through the uncompressed layer in
+   `forward_dtype` while hooks feed each linear's inputs (fp32) to its compressor; compress every linear
+   from the fp32 master weights; run the inputs again through the compressed layer: its outputs are the
+   next layer's inputs. The layer then returns to its original device and dtype.
+
+Compression errors thus compound the way they do at inference: layer k is calibrated on the outputs of
+the already-compressed layers 0..k-1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import CompressedLinear, MethodConfig, check_layer_compatible
+from .gptq import GPTQ
+from .magnitude import Magnitude
+from .rtn import RTN
+from .wanda import Wanda
+
+COMPRESSORS: dict[str, type] = {"rtn": RTN, "magnitude": Magnitude, "wanda": Wanda, "gptq": GPTQ}
+
+Progress = Callable[[int, int, str], None]
+LayerInputs = list[tuple[torch.Tensor, dict[str, Any]]]  # one (hidden_states, kwargs) per batch
+
+
+def make_compressor(config: MethodConfig, layer: Any):
+    """The per-linear compressor of `config`'s method for `layer` (an nn.Linear or a weight shape)."""
+    return COMPRESSORS[config.method](config, layer)
+
+
+def forward_dtype_for(device: str | torch.device) -> torch.dtype:
+    """bf16 where the hardware runs it (CPU, or CUDA with bf16 support), else fp32."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def compressible_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Full name -> nn.Linear for every linear inside the decoder layers (not lm_head, not embeddings)."""
+    decoder = _decoder(model)
+    prefix = _prefix_of(model, decoder)
+    return {
+        f"{prefix}layers.{i}.{name}": module
+        for i, layer in enumerate(decoder.layers)
+        for name, module in layer.named_modules()
+        if isinstance(module, nn.Linear)
+    }
+
+
+@torch.no_grad()
+def compress_model(
+    model: nn.Module,
+    calibration_ids: torch.Tensor | None,
+    config: MethodConfig,
+    *,
+    device: str | torch.device = "cpu",
+    forward_dtype: torch.dtype = torch.bfloat16,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, CompressedLinear]:
+    """Compress every linear of the decoder layers in place; return full module name -> result."""
+    linears = compressible_linears(model)
+    for name, linear in linears.items():
+        check_layer_compatible(config, name, linear.in_features)
+    if config.needs_calibration:
+        _check_ids(calibration_ids, "calibration_ids")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+
+    device = torch.device(device)
+    decoder = _decoder(model)
+    prefix = _prefix_of(model, decoder)
+    results: dict[str, CompressedLinear] = {}
+    with _eval_mode(model):
+        inputs = None
+        if config.needs_calibration:
+            inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
+        total = len(decoder.layers)
+        for index, layer in enumerate(decoder.layers):
+            is_last = index == total - 1
+            layer_prefix = f"{prefix}layers.{index}"
+            results.update(
+                _compress_layer(layer, layer_prefix, inputs, config, device, forward_dtype, rerun=not is_last)
+            )
+            if inputs is not None and is_last:
+                inputs = None
+            if progress is not None:
+                progress(index + 1, total, layer_prefix)
+    return results
+
+
+@torch.no_grad()
+def layerwise_hidden_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    forward_dtype: torch.dtype = torch.float32,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """The engine's layer-by-layer pass without compression: the last layer's outputs (before the norm)."""
+    _check_ids(input_ids, "input_ids")
+    device = torch.device(device)
+    decoder = _decoder(model)
+    with _eval_mode(model):
+        inputs = _capture_layer0_inputs(decoder, input_ids, device, forward_dtype, batch_size)
+        for layer in decoder.layers:
+            with _on_device(layer, device, forward_dtype):
+                inputs = _run_layer(layer, inputs)
+    out_device = decoder.norm.weight.device if hasattr(decoder, "norm") else torch.device("cpu")
+    return torch.cat([hidden for hidden, _ in inputs]).to(out_device)
+
+
+def _compress_layer(
+    layer: nn.Module,
+    prefix: str,
+    inputs: LayerInputs | None,
+    config: MethodConfig,
+    device: torch.device,
+    forward_dtype: torch.dtype,
+    rerun: bool,
+) -> dict[str, CompressedLinear]:
+    """Compress the linears of one decoder layer; advance `inputs` (in place) to the next layer's inputs."""
+    linears = {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    compressors = {name: make_compressor(config, m) for name, m in linears.items()}
+    results: dict[str, CompressedLinear] = {}
+    with _on_device(layer, device, forward_dtype) as master:
+        if inputs is not None:
+            _collect_statistics(layer, linears, compressors, inputs, prefix)
+        for name in linears:
+            full = f"{prefix}.{name}"
+            try:
+                result = compressors.pop(name).compress(master[f"{name}.weight"])
+            except (ValueError, RuntimeError, FloatingPointError) as error:
+                raise type(error)(f"{full}: {error}") from error
+            master[f"{name}.weight"] = result.weight
+            results[full] = result.to("cpu")
+        _load(layer, master, device, forward_dtype)
+        if inputs is not None and rerun:
+            inputs[:] = _run_layer(layer, inputs)
+    return results
+
+
+def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix: str) -> None:
+    def hook(name):
+        def feed(module, args, output):
+            try:
+                compressors[name].add_batch(args[0].detach().float())
+            except (ValueError, RuntimeError, FloatingPointError) as error:
+                raise type(error)(f"{prefix}.{name}: {error}") from error
+
+        return feed
+
+    handles = [linears[name].register_forward_hook(hook(name)) for name in linears]
+    try:
+        _run_layer(layer, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
+    outputs = []
+    for hidden, kwargs in inputs:
+        out = layer(hidden, **kwargs)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        outputs.append((out, kwargs))
+    return outputs
+
+
+class _StopForward(Exception):
+    """Raised by the layer-0 pre-hook once its inputs are captured."""
+
+
+def _capture_layer0_inputs(
+    decoder: nn.Module, input_ids: torch.Tensor, device: torch.device, forward_dtype: torch.dtype, batch_size: int
+) -> LayerInputs:
+    captured: LayerInputs = []
+
+    def grab(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, kwargs))
+        raise _StopForward
+
+    # The embeddings' output is cast, so the rotary cos/sin and any float mask are built in forward_dtype too.
+    cast = decoder.embed_tokens.register_forward_hook(lambda m, i, out: out.to(forward_dtype))
+    grab_handle = decoder.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    front = [m for m in (decoder.embed_tokens, getattr(decoder, "rotary_emb", None)) if m is not None]
+    homes = [_device_of(m) for m in front]
+    try:
+        for m in front:
+            m.to(device)
+        for start in range(0, input_ids.shape[0], batch_size):
+            batch = input_ids[start : start + batch_size].to(device)
+            try:
+                decoder(input_ids=batch, use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        cast.remove()
+        grab_handle.remove()
+        for m, home in zip(front, homes):
+            if home is not None:
+                m.to(home)
+    return captured
+
+
+class _on_device:
+    """Context: the layer on `device` in `dtype`, yielding an fp32 master copy of its floating state.
+
+    On exit every floating tensor is restored from the master copy (which the caller may have updated
+    with compressed weights) in its original device and dtype, so casting never loses precision.
+    """
+
+    def __init__(self, layer: nn.Module, device: torch.device, dtype: torch.dtype):
+        self.layer, self.device, self.dtype = layer, device, dtype
+
+    def __enter__(self) -> dict[str, torch.Tensor]:
+        tensors = _floating_state(self.layer)
+        self.homes = {name: (t.device, t.dtype) for name, t in tensors.items()}
+        self.other_home = _device_of(self.layer)
+        self.master = {
+            name: t.detach().to(self.device, torch.float32, copy=True) for name, t in tensors.items()
+        }
+        _load(self.layer, self.master, self.device, self.dtype)
+        self.layer.to(self.device)  # what is left: non-floating buffers
+        return self.master
+
+    def __exit__(self, *exc) -> None:
+        for name, t in _floating_state(self.layer).items():
+            home_device, home_dtype = self.homes[name]
+            t.data = self.master[name].to(home_device, home_dtype)
+        if self.other_home is not None:
+            self.layer.to(self.other_home)  # what is left: non-floating buffers
+        self.master = {}
+
+
+def _floating_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return {name: t for name, t in named if t.is_floating_point()}
+
+
+def _load(layer: nn.Module, master: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> None:
+    for name, t in _floating_state(layer).items():
+        t.data = master[name].to(device, dtype)
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return None
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    decoder = getattr(model, "model", model)
+    for attr in ("embed_tokens", "layers"):
+        if not hasattr(decoder, attr):
+            raise ValueError(
+                f"{type(model).__name__} is not a Llama-style decoder-only model: "
+                f"expected model.model.{attr}"
+            )
+    return decoder
+
+
+def _prefix_of(model: nn.Module, decoder: nn.Module) -> str:
+    return "model." if decoder is not model else ""
+
+
+def _check_ids(ids: torch.Tensor | None, what: str) -> None:
+    if ids is None:
+        raise ValueError(f"{what} is required for this method (got None)")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{what} must be an integer tensor [n, seq_len], got {getattr(ids, 'shape', ids)!r}")
+    if ids.shape[0] == 0:
+        raise ValueError(f"{what} is empty")
+
+
+class _eval_mode:
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.model.train(self.training)

@@ -1,0 +1,132 @@
+"""GPTQ (Frantar et al., 2023): quantize a linear column by column, feeding each column's rounding error
+back into the columns not yet quantized through the inverse Hessian of the layer-wise squared error.
+
+H = 2 X X^T / n over the calibration tokens. U = upper Cholesky factor of H^-1, so that row i of U,
+divided by U[i, i], is the optimal update of the columns after i when column i is fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .config import CompressedLinear, GPTQConfig, check_finite, weight_shape_of
+from .quantizer import dequantize, fit_params, quantize
+
+MAX_DAMPING_RETRIES = 12
+
+
+class GPTQ:
+    def __init__(self, config: GPTQConfig, layer: Any):
+        self.config = config
+        self.rows, self.columns = weight_shape_of(layer)
+        self.H: torch.Tensor | None = None
+        self.nsamples = 0  # tokens seen; H is their running average
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        x = inp.detach().reshape(-1, self.columns).float()
+        check_finite("calibration input", x)
+        if self.H is None:
+            self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=x.device)
+        total = self.nsamples + x.shape[0]
+        self.H.mul_(self.nsamples / total).add_(x.T @ x, alpha=2.0 / total)
+        self.nsamples = total
+
+    def compress(self, weight: torch.Tensor) -> CompressedLinear:
+        start = time.perf_counter()
+        if self.H is None:
+            raise RuntimeError("GPTQ needs calibration inputs: add_batch was never called")
+        cfg = self.config
+        W = weight.detach().float().clone()
+        check_finite("weight", W)
+        H = self.H.to(W.device).clone()
+        check_finite("Hessian", H)
+
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        U, damping, retries = self._inverse_hessian_factor(H)
+
+        codes, scales, zeros = self._quantize_columns(W, U)
+        self.H = None  # free the statistics; a compressor is used once
+        return CompressedLinear(
+            weight=dequantize(codes, scales, zeros, cfg.group_size),
+            codes=codes,
+            scales=scales,
+            zeros=zeros,
+            bits=cfg.bits,
+            group_size=cfg.group_size,
+            info={
+                "seconds": time.perf_counter() - start,
+                "damping": damping,
+                "damping_retries": retries,
+                "dead_inputs": int(dead.sum()),
+                "tokens": self.nsamples,
+            },
+        )
+
+    def _inverse_hessian_factor(self, H: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+        """Upper Cholesky factor of (H + damping I)^-1; damping grows x10 until both factorizations work."""
+        diag_mean = float(torch.diag(H).mean())
+        damping = self.config.percdamp * diag_mean
+        floor = 1e-6 * max(abs(diag_mean), 1e-12)  # a start when percdamp is 0 and H is singular
+        eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+        for retries in range(MAX_DAMPING_RETRIES + 1):
+            L, info = torch.linalg.cholesky_ex(H + damping * eye)
+            if int(info) == 0:
+                U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+                if int(info) == 0 and torch.isfinite(U).all():
+                    return U, damping, retries
+            damping = max(damping * 10, floor)
+        raise FloatingPointError(
+            f"Hessian is not positive definite even with damping {damping:.3g} "
+            f"after {MAX_DAMPING_RETRIES} increases (mean diag {diag_mean:.3g})"
+        )
+
+    def _quantize_columns(
+        self, W: torch.Tensor, U: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        rows, cols = W.shape
+        group = cfg.group_size or cols
+        codes = torch.zeros(rows, cols, dtype=torch.uint8, device=W.device)
+        scales = torch.zeros(rows, cols // group, dtype=torch.float32, device=W.device)
+        zeros = torch.zeros_like(scales)
+        scale = zero = None
+
+        for i1 in range(0, cols, cfg.blocksize):
+            i2 = min(i1 + cfg.blocksize, cols)
+            W1 = W[:, i1:i2].clone()
+            Err1 = torch.zeros_like(W1)
+            U1 = U[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                if col % group == 0:
+                    current = self._current_group(W, W1, Err1, U, i1, i, col + group)
+                    scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
+                    scales[:, col // group], zeros[:, col // group] = scale, zero
+                w = W1[:, i : i + 1]
+                c = quantize(w, scale, zero, cfg.bits)
+                q = dequantize(c, scale, zero, None)
+                codes[:, col : col + 1] = c
+                err = (w - q) / U1[i, i]
+                W1[:, i:] -= err @ U1[i : i + 1, i:]
+                Err1[:, i : i + 1] = err
+            # lazy batch update: the whole block's errors reach the later columns in one matmul
+            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+        return codes, scales, zeros
+
+    @staticmethod
+    def _current_group(W, W1, Err1, U, i1: int, i: int, end: int) -> torch.Tensor:
+        """Columns [i1 + i, end) as updated by every column quantized so far.
+
+        Inside the block W1 is up to date; beyond it, W still lacks this block's pending lazy update.
+        """
+        i2 = i1 + W1.shape[1]
+        inside = W1[:, i : end - i1]
+        if end <= i2:
+            return inside
+        outside = W[:, i2:end] - Err1[:, :i] @ U[i1 : i1 + i, i2:end]
+        return torch.cat([inside, outside], dim=1)

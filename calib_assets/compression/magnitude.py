@@ -1,0 +1,61 @@
+"""Magnitude pruning baseline, and the mask selection shared with Wanda.
+
+Unstructured: one |W| threshold for the whole matrix (exactly floor(sparsity * numel) entries pruned).
+N:M: in each row, within every m consecutive input columns, prune the n entries of lowest |W|.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .config import CompressedLinear, MagnitudeConfig, check_finite, weight_shape_of
+
+
+def lowest_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Keep-mask of the last dim: prune the floor(fraction * size) lowest scores in each row.
+
+    Ties are broken by position (stable sort), so the pruned count is exact.
+    """
+    count = int(scores.shape[-1] * fraction)
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if count:
+        order = torch.sort(scores, dim=-1, stable=True).indices
+        mask.scatter_(-1, order[..., :count], False)
+    return mask
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask of scores [rows, cols]: prune the n lowest of every m consecutive columns in each row."""
+    rows, cols = scores.shape
+    groups = scores.reshape(rows, cols // m, m)
+    return lowest_mask(groups, n / m).reshape(rows, cols)
+
+
+def apply_mask(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pruned weight with +0.0 (never -0.0) at pruned entries, so a reload from kept values is bit-exact."""
+    return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+class Magnitude:
+    def __init__(self, config: MagnitudeConfig, layer: Any):
+        self.config = config
+        self.rows, self.columns = weight_shape_of(layer)
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        """Magnitude pruning needs no data."""
+
+    def compress(self, weight: torch.Tensor) -> CompressedLinear:
+        start = time.perf_counter()
+        w = weight.detach().float()
+        check_finite("weight", w)
+        cfg = self.config
+        if cfg.sparsity is not None:
+            mask = lowest_mask(w.abs().reshape(1, -1), cfg.sparsity).reshape(w.shape)
+        else:
+            mask = nm_mask(w.abs(), cfg.n, cfg.m)
+        return CompressedLinear(
+            weight=apply_mask(w, mask), mask=mask, info={"seconds": time.perf_counter() - start}
+        )

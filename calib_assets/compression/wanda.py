@@ -1,0 +1,46 @@
+"""Wanda (Sun et al., 2024): prune by |W_ij| * ||X_j||_2, compared within each output row; no update."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .config import CompressedLinear, WandaConfig, check_finite, weight_shape_of
+from .magnitude import apply_mask, lowest_mask, nm_mask
+
+
+class Wanda:
+    def __init__(self, config: WandaConfig, layer: Any):
+        self.config = config
+        self.rows, self.columns = weight_shape_of(layer)
+        self.sq_norm = None  # running mean over tokens of x_j^2, per input feature j
+        self.ntokens = 0
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        x = inp.detach().reshape(-1, self.columns).float()
+        check_finite("calibration input", x)
+        if self.sq_norm is None:
+            self.sq_norm = torch.zeros(self.columns, dtype=torch.float32, device=x.device)
+        total = self.ntokens + x.shape[0]
+        self.sq_norm.mul_(self.ntokens / total).add_(x.pow(2).sum(dim=0) / total)
+        self.ntokens = total
+
+    def compress(self, weight: torch.Tensor) -> CompressedLinear:
+        start = time.perf_counter()
+        if self.sq_norm is None:
+            raise RuntimeError("Wanda needs calibration inputs: add_batch was never called")
+        w = weight.detach().float()
+        check_finite("weight", w)
+        metric = w.abs() * self.sq_norm.to(w.device).sqrt()[None, :]
+        cfg = self.config
+        if cfg.sparsity is not None:
+            mask = lowest_mask(metric, cfg.sparsity)
+        else:
+            mask = nm_mask(metric, cfg.n, cfg.m)
+        return CompressedLinear(
+            weight=apply_mask(w, mask),
+            mask=mask,
+            info={"seconds": time.perf_counter() - start, "tokens": self.ntokens},
+        )

@@ -1,0 +1,28 @@
+"""The Dagster layer: thin assets over the library, assembled into one Definitions."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from calib_assets.study import Study
+
+
+def build_definitions(study: Study, root: str | None = None) -> dg.Definitions:
+    from calib_assets.defs.assets import build_assets
+    from calib_assets.defs.dbt import build_dbt_assets, dbt_resource
+    from calib_assets.defs.jobs import build_jobs
+    from calib_assets.defs.partitions import StudyPartitions
+    from calib_assets.defs.resources import ArtifactStore, Compute, default_root
+
+    parts = StudyPartitions.from_study(study)
+    dbt_marts = build_dbt_assets()
+    return dg.Definitions(
+        assets=[*build_assets(parts), dbt_marts],
+        jobs=build_jobs(parts, dbt_marts),
+        resources={
+            "store": ArtifactStore(root=root or default_root()),
+            "compute": Compute(device=study.compute.device, forward_dtype=study.compute.forward_dtype),
+            "dbt": dbt_resource(),
+        },
+        metadata={"study": study.name},
+    )

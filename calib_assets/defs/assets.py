@@ -1,0 +1,160 @@
+"""The study's assets. Each body reads its partition, calls one step of the library, returns metadata."""
+
+
+from typing import Any
+
+import dagster as dg
+
+from calib_assets.defs.partitions import StudyPartitions
+from calib_assets.defs.resources import ArtifactStore, Compute
+from calib_assets.steps import CODE_VERSIONS
+from calib_assets import steps
+
+OWNERS = ["team:calib-assets"]
+
+
+def _result(manifest: dict[str, Any], **metadata: Any) -> dg.MaterializeResult:
+    """Report the artifact's content hash as its data version, plus readable metadata."""
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(manifest["fingerprint"]),
+        metadata={"fingerprint": manifest["fingerprint"], "reused": bool(manifest.get("reused", False)),
+                  **{key: value for key, value in metadata.items() if value is not None}},
+    )
+
+
+def _keys(context: dg.AssetExecutionContext) -> dict[str, str]:
+    return dict(context.partition_key.keys_by_dimension)
+
+
+def build_assets(parts: StudyPartitions) -> list:
+    study = parts.study
+
+    @dg.asset(
+        partitions_def=parts.models, group_name="inputs", code_version=CODE_VERSIONS["base_model"],
+        kinds={"pytorch", "huggingface"}, owners=OWNERS,
+        description="The dense base model as a Hugging Face folder; data version = hash of its weights.",
+    )
+    def base_model(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        manifest = steps.materialize_base_model(study, context.partition_key, store.path)
+        return _result(manifest, folder=dg.MetadataValue.path(manifest["folder"]),
+                       spec=dg.MetadataValue.json(manifest["spec"]))
+
+    @dg.asset(
+        partitions_def=parts.sources, group_name="inputs", code_version=CODE_VERSIONS["text_corpus"],
+        kinds={"parquet"}, owners=OWNERS,
+        description="Normalized, de-duplicated documents of one source, split into a calibration pool "
+                    "and held-out evaluation text.",
+    )
+    def text_corpus(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        manifest = steps.materialize_corpus(study, context.partition_key, store.path)
+        return _result(manifest, summary=dg.MetadataValue.json(manifest.get("summary", {})),
+                       path=dg.MetadataValue.path(str(steps.corpus_dir(store.path, context.partition_key))))
+
+    @dg.asset(
+        partitions_def=parts.calibration, group_name="calibration", code_version=CODE_VERSIONS["calibration_set"],
+        kinds={"numpy", "json"}, owners=OWNERS,
+        ins={
+            "base_model": dg.AssetIn(partition_mapping=parts.model_to_calibration(), dagster_type=dg.Nothing),
+            "text_corpus": dg.AssetIn(partition_mapping=parts.corpus_to_calibration(), dagster_type=dg.Nothing),
+        },
+        description="One calibration set: n_samples windows of seq_len tokens from distinct documents of one "
+                    "source (seed k = the k-th disjoint set); data version = hash of the token ids.",
+    )
+    def calibration_set(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        keys = _keys(context)
+        manifest = steps.materialize_calibration_set(study, keys["model"], keys["calib"], store.path)
+        directory = steps.calibration_dir(store.path, keys["model"], keys["calib"])
+        preview = (directory / "samples.jsonl").read_text().splitlines()[:2]
+        return _result(manifest, shape=str(manifest["shape"]), documents=len(manifest["doc_ids"]),
+                       eligible_documents=manifest.get("eligible_documents"),
+                       path=dg.MetadataValue.path(str(directory)),
+                       preview=dg.MetadataValue.md("\n\n".join(f"```\n{line[:600]}\n```" for line in preview)))
+
+    @dg.asset(
+        partitions_def=parts.compressed, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
+        kinds={"pytorch", "safetensors"}, owners=OWNERS, pool="gpu",
+        ins={
+            "base_model": dg.AssetIn(partition_mapping=parts.model_to_compressed(), dagster_type=dg.Nothing),
+            "calibration_set": dg.AssetIn(partition_mapping=parts.calibration_to_compressed(),
+                                          dagster_type=dg.Nothing),
+        },
+        description="The base model compressed with a calibration-based method on exactly one calibration set.",
+    )
+    def compressed_model(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
+        keys = _keys(context)
+        device, dtype = compute.resolve()
+        return _checkpoint_result(steps.materialize_checkpoint(
+            study, keys["variant"], keys["calib"], store.path, device=device, forward_dtype=dtype,
+            log=context.log.info))
+
+    @dg.asset(
+        partitions_def=parts.baselines, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
+        kinds={"pytorch", "safetensors"}, owners=OWNERS, pool="gpu",
+        ins={"base_model": dg.AssetIn(partition_mapping=parts.model_to_baselines(), dagster_type=dg.Nothing)},
+        description="Controls that use no calibration data, once per model: the dense model itself and "
+                    "calibration-free methods (RTN, magnitude pruning).",
+    )
+    def baseline_model(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
+        _, method = study.parse_variant(context.partition_key)
+        if method is None:
+            model = study.parse_variant(context.partition_key)[0].name
+            return _result(steps.base_model_manifest(store.path, model), dense=True)
+        device, dtype = compute.resolve()
+        return _checkpoint_result(steps.materialize_checkpoint(
+            study, context.partition_key, None, store.path, device=device, forward_dtype=dtype,
+            log=context.log.info))
+
+    def _evaluation_asset(name: str, upstream: str, partitions_def, description: str):
+        @dg.asset(
+            name=name, partitions_def=partitions_def, group_name="evaluation",
+            code_version=CODE_VERSIONS["evaluation"], kinds={"pytorch", "parquet"}, owners=OWNERS, pool="gpu",
+            ins={upstream: dg.AssetIn(dagster_type=dg.Nothing),
+                 "text_corpus": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)},
+            description=description,
+        )
+        def _evaluate(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
+            if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+                keys = _keys(context)
+                variant, calib = keys["variant"], keys["calib"]
+            else:
+                variant, calib = context.partition_key, None
+            device, dtype = compute.resolve()
+            manifest = steps.evaluate_variant(study, variant, calib, store.path, device=device,
+                                              forward_dtype=dtype, run_id=context.run_id)
+            table = manifest.get("results")
+            return _result(manifest, rows=manifest["rows"], results=(
+                dg.MetadataValue.md(table[["eval_dataset", "metric", "value", "token_count"]].to_markdown(
+                    index=False)) if table is not None else None))
+
+        return _evaluate
+
+    evaluation = _evaluation_asset(
+        "evaluation", "compressed_model", parts.compressed,
+        "Held-out perplexity of one compressed checkpoint on every evaluation dataset.")
+    baseline_evaluation = _evaluation_asset(
+        "baseline_evaluation", "baseline_model", parts.baselines,
+        "Held-out perplexity of the dense model and the calibration-free controls, once per model.")
+
+    @dg.asset(
+        group_name="warehouse", code_version=CODE_VERSIONS["eval_results"], kinds={"duckdb"}, owners=OWNERS,
+        pool="duckdb", deps=[evaluation, baseline_evaluation],
+        description="Every evaluation of the study in one long DuckDB table (one row per model, method, "
+                    "calibration set, evaluation dataset and metric): the source of the dbt marts.",
+    )
+    def eval_results(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        results = steps.collect_results(study, store.path)
+        fingerprint = steps.write_eval_results(results, steps.warehouse_path(store.path))
+        expected = len(study.variant_keys) * len(study.calib_keys) + len(study.baseline_keys)
+        evaluated = results[["variant", "calib"]].drop_duplicates().shape[0]
+        return _result({"fingerprint": fingerprint}, rows=len(results), evaluated_partitions=evaluated,
+                       expected_partitions=expected,
+                       duckdb=dg.MetadataValue.path(str(steps.warehouse_path(store.path))))
+
+    return [base_model, text_corpus, calibration_set, compressed_model, baseline_model, evaluation,
+            baseline_evaluation, eval_results]
+
+
+def _checkpoint_result(manifest: dict[str, Any]) -> dg.MaterializeResult:
+    return _result(manifest, size_bytes=manifest.get("size_bytes"), bits_per_param=manifest.get("bits_per_param"),
+                   sparsity=manifest.get("sparsity"), compress_seconds=manifest.get("compress_seconds"),
+                   calibration_fingerprint=manifest.get("calibration_fingerprint"))

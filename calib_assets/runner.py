@@ -1,0 +1,84 @@
+"""Run a whole study into a persistent Dagster instance, stage by stage and partition by partition,
+showing progress; afterwards `dagster dev` shows every materialization and its lineage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+
+from calib_assets.defs.jobs import stages
+from calib_assets.defs.partitions import StudyPartitions
+from calib_assets.study import Study
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+class StudyRunFailed(RuntimeError):
+    pass
+
+
+def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
+              echo: Callable[[str], None] = print) -> None:
+    plan = [(name, assets, partitions_def.get_partition_keys() if partitions_def else [None])
+            for name, assets, partitions_def in stages(StudyPartitions.from_study(study))]
+    total = sum(len(keys) for _, _, keys in plan)
+    done, started = 0, time.perf_counter()
+    echo(f"study {study.name!r}: {total} runs in {len(plan)} stages (Dagster home: {instance.root_directory})")
+    for job_name, assets, keys in plan:
+        job = defs.resolve_job_def(job_name)
+        for key in keys:
+            done += 1
+            step_started = time.perf_counter()
+            result = job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,
+                                            raise_on_error=False, tags={"calib_assets/study": study.name})
+            seconds = time.perf_counter() - step_started
+            label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
+            if not result.success:
+                echo(f"{label} FAILED after {seconds:.1f}s")
+                raise StudyRunFailed(_failure_message(result, job_name, key))
+            reused = _all_reused(result)
+            echo(f"{label} {'reused' if reused else 'done'} in {seconds:5.1f}s "
+                 f"(elapsed {time.perf_counter() - started:6.1f}s)")
+
+
+def _all_reused(result) -> bool:
+    flags = [event.materialization.metadata.get("reused") for event in result.get_asset_materialization_events()]
+    flags = [flag.value for flag in flags if flag is not None]
+    return bool(flags) and all(flags)
+
+
+def _failure_message(result, job_name: str, key: str | None) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            cause = error.cause or error
+            return f"{job_name} [{key}] failed in step {event.step_key}: {cause.cls_name}: {cause.message.strip()}"
+    return f"{job_name} [{key}] failed"
+
+
+def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> None:
+    """The spread mart (and the baselines) as plain tables."""
+    import duckdb
+
+    with duckdb.connect(str(duckdb_path), read_only=True) as connection:
+        spread = connection.sql(
+            "select method, calibration_source as calib_source, eval_dataset, metric, n_sets, mean_value as mean, "
+            "std_value as std, min_value as min, max_value as max, range_value as range "
+            "from mart_calibration_spread order by method, calib_source, eval_dataset, metric").df()
+        baselines = connection.sql(
+            "select method, eval_dataset, metric, value from mart_baselines order by method, eval_dataset").df()
+    with _pandas_wide():
+        echo("\nSpread across calibration sets (mart_calibration_spread):")
+        echo(spread.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        echo("\nDense model and calibration-free controls (mart_baselines):")
+        echo(baselines.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    echo(f"\nDuckDB warehouse: {duckdb_path}")
+
+
+def _pandas_wide():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500)

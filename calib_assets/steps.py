@@ -1,0 +1,296 @@
+"""The pipeline's steps as plain functions: each reads its inputs from the artifact root, calls the
+library, writes one artifact atomically and returns its manifest. The Dagster assets are thin wrappers.
+
+Every artifact records the fingerprint of its inputs; when the artifact on disk was built from exactly
+the same inputs, a step reuses it instead of recomputing (so re-running a study only does new work).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from calib_assets import __version__
+from calib_assets.artifacts import atomic_dir, read_json, sha256_bytes, sha256_json, write_json
+from calib_assets.study import DENSE, Study
+
+CODE_VERSIONS = {
+    "base_model": "1",
+    "text_corpus": "1",
+    "calibration_set": "1",
+    "compressed_model": "1",
+    "evaluation": "1",
+    "eval_results": "1",
+}
+MANIFEST = "manifest.json"
+
+
+# -- layout: deterministic paths from asset + partition -------------------------------------------
+def model_dir(root: Path, model: str) -> Path:
+    return root / "models" / model
+
+
+def corpus_dir(root: Path, source: str) -> Path:
+    return root / "corpora" / source
+
+
+def calibration_dir(root: Path, model: str, calib: str) -> Path:
+    return root / "calibration" / model / calib
+
+
+def checkpoint_dir(root: Path, variant: str, calib: str | None = None) -> Path:
+    return root / "checkpoints" / variant / (calib or "no-calibration")
+
+
+def evaluation_dir(root: Path, variant: str, calib: str | None = None) -> Path:
+    return root / "evaluations" / variant / (calib or "no-calibration")
+
+
+def warehouse_path(root: Path) -> Path:
+    return root / "warehouse.duckdb"
+
+
+# -- reuse ---------------------------------------------------------------------------------------
+def _reusable(directory: Path, inputs_hash: str) -> dict[str, Any] | None:
+    manifest_path = directory / MANIFEST
+    if manifest_path.is_file():
+        manifest = read_json(manifest_path)
+        if manifest.get("inputs_hash") == inputs_hash:
+            return {**manifest, "reused": True}
+    return None
+
+
+def _inputs(step: str, **inputs: Any) -> tuple[dict[str, Any], str]:
+    inputs = {"step": step, "code_version": CODE_VERSIONS[step], **inputs}
+    return inputs, sha256_json(inputs)
+
+
+# -- base model ----------------------------------------------------------------------------------
+def materialize_base_model(study: Study, model_name: str, root: Path) -> dict[str, Any]:
+    from calib_assets.models import prepare_model_folder, weights_fingerprint
+
+    spec = study.model(model_name)
+    folder = prepare_model_folder(spec, root / "model-cache")
+    manifest = {"model": model_name, "spec": spec.model_dump(), "folder": str(folder),
+                "fingerprint": weights_fingerprint(folder), "code_version": CODE_VERSIONS["base_model"]}
+    with atomic_dir(model_dir(root, model_name)) as tmp:
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def base_model_manifest(root: Path, model_name: str) -> dict[str, Any]:
+    return _read_manifest(model_dir(root, model_name), "base_model", model_name)
+
+
+def _load_base(study: Study, root: Path, model_name: str, device: str = "cpu"):
+    from calib_assets.models import load_model, trust_remote_code
+
+    manifest = base_model_manifest(root, model_name)
+    model, tokenizer = load_model(Path(manifest["folder"]), device=device,
+                                  trust_remote_code=trust_remote_code(study.model(model_name)))
+    return model, tokenizer, manifest
+
+
+# -- text corpus ---------------------------------------------------------------------------------
+def materialize_corpus(study: Study, source_name: str, root: Path) -> dict[str, Any]:
+    from calib_assets.sources import build_corpus, save_corpus
+
+    spec = study.source(source_name)
+    directory = corpus_dir(root, source_name)
+    inputs, inputs_hash = _inputs("text_corpus", spec=spec.model_dump(),
+                                  heldout_fraction=study.calibration.heldout_fraction)
+    if reused := _reusable(directory, inputs_hash):
+        return reused
+    corpus = build_corpus(spec, heldout_fraction=study.calibration.heldout_fraction)
+    save_corpus(corpus, directory)
+    manifest = read_json(directory / MANIFEST)
+    manifest.update(source=source_name, inputs=inputs, inputs_hash=inputs_hash)
+    write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+def load_corpus_split(root: Path, source_name: str, split: str) -> pd.DataFrame:
+    from calib_assets.sources import load_corpus
+
+    corpus = load_corpus(corpus_dir(root, source_name))
+    return corpus[corpus["split"] == split]
+
+
+# -- calibration set -----------------------------------------------------------------------------
+def materialize_calibration_set(study: Study, model_name: str, calib: str, root: Path) -> dict[str, Any]:
+    from calib_assets.calibration import build_calibration_set, check_capacity, save_calibration_set
+    from calib_assets.calibration import tokenize_documents
+    from transformers import AutoTokenizer
+
+    from calib_assets.models import trust_remote_code
+
+    source_name, seed = study.parse_calib(calib)
+    model_manifest = base_model_manifest(root, model_name)
+    corpus_manifest = _read_manifest(corpus_dir(root, source_name), "text_corpus", source_name)
+    spec = study.calibration
+    directory = calibration_dir(root, model_name, calib)
+    inputs, inputs_hash = _inputs(
+        "calibration_set", model_fingerprint=model_manifest["fingerprint"],
+        corpus_fingerprint=corpus_manifest["fingerprint"], seed=seed, n_samples=spec.n_samples,
+        seq_len=spec.seq_len, sampler_seed=spec.sampler_seed)
+    if reused := _reusable(directory, inputs_hash):
+        return reused
+    tokenizer = AutoTokenizer.from_pretrained(model_manifest["folder"],
+                                              trust_remote_code=trust_remote_code(study.model(model_name)))
+    pool = load_corpus_split(root, source_name, "calibration")
+    documents = tokenize_documents(dict(zip(pool["doc_id"], pool["text"])), tokenizer)
+    n_eligible = sum(len(ids) >= spec.seq_len for ids in documents.values())
+    check_capacity(n_eligible, source=source_name, seq_len=spec.seq_len, n_samples=spec.n_samples,
+                   seeds=study.calibration.seeds)
+    calibration_set = build_calibration_set(
+        documents, tokenizer, source=source_name, seq_len=spec.seq_len, n_samples=spec.n_samples, seed=seed,
+        sampler_seed=spec.sampler_seed)
+    return save_calibration_set(calibration_set, directory, model=model_name, calib=calib,
+                                inputs=inputs, inputs_hash=inputs_hash, eligible_documents=n_eligible,
+                                pool_documents=len(documents))
+
+
+def calibration_manifest(root: Path, model_name: str, calib: str) -> dict[str, Any]:
+    return _read_manifest(calibration_dir(root, model_name, calib), "calibration_set", f"{model_name}|{calib}")
+
+
+# -- compression ---------------------------------------------------------------------------------
+def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: Path, *, device: str,
+                           forward_dtype, log=print) -> dict[str, Any]:
+    """Compress the base model with the variant's method (on calibration set `calib` if it needs one)."""
+    from calib_assets.calibration import load_calibration_set
+    from calib_assets.compression import compress_model, save_checkpoint
+
+    model_spec, method = study.parse_variant(variant)
+    if method is None:
+        raise ValueError(f"variant {variant!r} is the dense model: it has no checkpoint")
+    if method.needs_calibration != (calib is not None):
+        raise ValueError(f"method {method.label!r} {'needs' if method.needs_calibration else 'takes no'} "
+                         f"calibration set (got {calib!r})")
+    base = base_model_manifest(root, model_spec.name)
+    calibration = calibration_manifest(root, model_spec.name, calib) if calib else None
+    directory = checkpoint_dir(root, variant, calib)
+    inputs, inputs_hash = _inputs(
+        "compressed_model", base_fingerprint=base["fingerprint"], method=method.config.to_dict(),
+        calibration_fingerprint=calibration["fingerprint"] if calibration else None,
+        forward_dtype=str(forward_dtype), batch_size=study.compute.batch_size)
+    if reused := _reusable(directory, inputs_hash):
+        return reused
+    model, _, _ = _load_base(study, root, model_spec.name)
+    ids = load_calibration_set(calibration_dir(root, model_spec.name, calib)).input_ids() if calib else None
+    started = time.perf_counter()
+    compressed = compress_model(model, ids, method.config, device=device, forward_dtype=forward_dtype,
+                                batch_size=study.compute.batch_size,
+                                progress=lambda done, total, layer: log(f"compressed {layer} ({done}/{total})"))
+    seconds = time.perf_counter() - started
+    return save_checkpoint(directory, compressed, {
+        "variant": variant, "calib": calib, "model": model_spec.name, "method": method.config.to_dict(),
+        "method_label": method.label, "base_fingerprint": base["fingerprint"],
+        "calibration_fingerprint": calibration["fingerprint"] if calibration else None,
+        "inputs": inputs, "inputs_hash": inputs_hash, "compress_seconds": round(seconds, 2),
+        "device": device, "forward_dtype": str(forward_dtype), "library_version": __version__})
+
+
+def load_variant_model(study: Study, variant: str, calib: str | None, root: Path, device: str = "cpu"):
+    """The dense base model, or the base model with the variant's checkpoint applied."""
+    from calib_assets.compression import apply_checkpoint
+
+    model_spec, method = study.parse_variant(variant)
+    model, tokenizer, base = _load_base(study, root, model_spec.name, device=device)
+    if method is None:
+        return model, tokenizer, {"fingerprint": base["fingerprint"], "base_fingerprint": base["fingerprint"]}
+    directory = checkpoint_dir(root, variant, calib)
+    manifest = _read_manifest(directory, "compressed_model", f"{variant}|{calib}")
+    if manifest["base_fingerprint"] != base["fingerprint"]:
+        raise ValueError(f"checkpoint {str(directory)!r} was built from another base model "
+                         f"({manifest['base_fingerprint'][:12]} != {base['fingerprint'][:12]}): re-materialize it")
+    apply_checkpoint(model, directory)
+    return model, tokenizer, manifest
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+EVAL_COLUMNS = [
+    "model", "method", "method_config", "variant", "calib", "calibration_source", "seed",
+    "calibration_fingerprint", "checkpoint_fingerprint", "eval_dataset", "metric", "value", "token_count",
+    "code_version", "run_id", "evaluated_at",
+]
+
+
+def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, *, device: str,
+                     forward_dtype, run_id: str) -> dict[str, Any]:
+    """Perplexity of a variant on the held-out text of every evaluation dataset; writes results.parquet."""
+    from calib_assets.evaluation import heldout_token_stream, perplexity
+
+    model_spec, method = study.parse_variant(variant)
+    model, tokenizer, checkpoint = load_variant_model(study, variant, calib, root, device=device)
+    corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
+               for name in study.eval_datasets}
+    directory = evaluation_dir(root, variant, calib)
+    inputs, inputs_hash = _inputs("evaluation", checkpoint_fingerprint=checkpoint["fingerprint"],
+                                  corpora=corpora, evaluation=study.evaluation.model_dump(),
+                                  forward_dtype=str(forward_dtype))
+    if reused := _reusable(directory, inputs_hash):
+        return reused
+    model = model.to(dtype=forward_dtype)
+    source, seed = study.parse_calib(calib) if calib else (None, None)
+    rows = []
+    for dataset in study.eval_datasets:
+        texts = load_corpus_split(root, dataset, "heldout")["text"].tolist()
+        stream = heldout_token_stream(texts, tokenizer, study.evaluation.max_tokens)
+        result = perplexity(model, stream, seq_len=study.evaluation.seq_len,
+                            batch_size=study.evaluation.batch_size, device=device)
+        rows.append({
+            "model": model_spec.name, "method": method.config.method if method else DENSE,
+            "method_config": json.dumps(method.config.to_dict() if method else {}, sort_keys=True), "variant": variant,
+            "calib": calib, "calibration_source": source, "seed": seed,
+            "calibration_fingerprint": checkpoint.get("calibration_fingerprint"),
+            "checkpoint_fingerprint": checkpoint["fingerprint"], "eval_dataset": f"{dataset}-heldout",
+            "metric": "perplexity", "value": result.perplexity, "token_count": result.n_tokens,
+            "code_version": CODE_VERSIONS["evaluation"], "run_id": run_id,
+            "evaluated_at": pd.Timestamp.now(tz="UTC"),
+        })
+    table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
+    fingerprint = sha256_bytes([table.drop(columns=["run_id", "evaluated_at"]).to_json().encode()])
+    manifest = {"variant": variant, "calib": calib, "rows": len(table), "fingerprint": fingerprint,
+                "inputs": inputs, "inputs_hash": inputs_hash, "forward_dtype": str(forward_dtype)}
+    with atomic_dir(directory) as tmp:
+        table.to_parquet(tmp / "results.parquet", index=False)
+        write_json(tmp / MANIFEST, manifest)
+    return {**manifest, "results": table}
+
+
+def collect_results(study: Study, root: Path) -> pd.DataFrame:
+    """Every evaluation of the study that exists on disk, in one long table."""
+    partitions = [(variant, calib) for variant in study.variant_keys for calib in study.calib_keys]
+    partitions += [(variant, None) for variant in study.baseline_keys]
+    frames = [pd.read_parquet(path) for variant, calib in partitions
+              if (path := evaluation_dir(root, variant, calib) / "results.parquet").is_file()]
+    if not frames:
+        return pd.DataFrame(columns=EVAL_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[EVAL_COLUMNS]
+
+
+def write_eval_results(results: pd.DataFrame, duckdb_path: Path) -> str:
+    """Replace the DuckDB table eval_results in one transaction; return the table's content hash."""
+    import duckdb
+
+    duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(duckdb_path)) as connection:
+        connection.execute("BEGIN TRANSACTION")
+        connection.register("incoming", results)
+        connection.execute("CREATE OR REPLACE TABLE eval_results AS SELECT * FROM incoming")
+        connection.execute("COMMIT")
+    ordered = results.drop(columns=["run_id", "evaluated_at"]).sort_values(["variant", "calib", "eval_dataset",
+                                                                            "metric"], na_position="first")
+    return sha256_bytes([ordered.to_json(orient="records").encode()])
+
+
+def _read_manifest(directory: Path, asset: str, partition: str) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{asset} [{partition}] is not materialized (no {str(path)!r}): materialize it first")
+    return read_json(path)

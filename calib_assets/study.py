@@ -1,0 +1,243 @@
+"""Study specs: the one place where a study's grid is declared (studies/*.yaml), validated at load time.
+
+A study is models x methods x calibration sources x seeds, plus evaluation datasets. Partitions:
+- variant = "<model>.<method label>" for methods that use calibration data (e.g. smollm2-135m.gptq-w3g64)
+- calib   = "<source>.s<seed>" (e.g. bbc-tech.s2)
+- baseline = "<model>.dense" and "<model>.<label>" for calibration-free methods, once per model.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from calib_assets.compression import check_layer_compatible, make_method_config
+from calib_assets.models import EmbeddedModel, ModelSpec, RandomLlama, parse_model_spec
+from calib_assets.sources import EMBEDDED_SOURCES, parse_source_spec
+
+STUDY_ENV = "CALIB_ASSETS_STUDY"
+DEFAULT_STUDY = "default"
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+DENSE = "dense"
+# Input widths of every linear inside a decoder layer, for models whose shapes are known without loading.
+EMBEDDED_LINEAR_IN_FEATURES = {"smollm2-135m": {576, 1536}}
+
+
+class StudyError(ValueError):
+    """A study file that cannot be used; the message names the file and the offending value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodEntry(_Strict):
+    """One compression method with its parameters, e.g. {method: gptq, bits: 3, group_size: 64}."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    method: str
+
+    @cached_property
+    def config(self):
+        return make_method_config(self.method, dict(self.model_extra or {}))
+
+    @model_validator(mode="after")
+    def _validate_config(self) -> "MethodEntry":
+        self.config  # noqa: B018  (raises ValueError naming the bad parameter)
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.config.label()
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.config.needs_calibration
+
+
+class CalibrationSpec(_Strict):
+    n_samples: int = Field(gt=0, description="windows per calibration set")
+    seq_len: int = Field(gt=0, description="tokens per window")
+    seeds: list[int] = Field(min_length=1, description="seed k = the k-th disjoint set of each source")
+    sampler_seed: int = 0
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
+        return sorted(seeds)
+
+
+class EvaluationSpec(_Strict):
+    datasets: list[str] | None = Field(None, description="sources whose held-out text is scored; default: all")
+    seq_len: int = Field(512, gt=1)
+    max_tokens: int = Field(16384, gt=1, description="held-out tokens scored per dataset")
+    batch_size: int = Field(8, gt=0)
+
+
+class ComputeSpec(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    forward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(8, gt=0, description="calibration windows per forward pass")
+
+
+class Study(_Strict):
+    name: str
+    description: str = ""
+    models: list[Any] = Field(min_length=1)
+    methods: list[MethodEntry] = Field(min_length=1)
+    sources: list[Any] = Field(min_length=1)
+    calibration: CalibrationSpec
+    evaluation: EvaluationSpec = EvaluationSpec()
+    compute: ComputeSpec = ComputeSpec()
+
+    @field_validator("models")
+    @classmethod
+    def _parse_models(cls, models: list[Any]) -> list[ModelSpec]:
+        return _unique([parse_model_spec(model) for model in models], "model", lambda m: m.name)
+
+    @field_validator("sources")
+    @classmethod
+    def _parse_sources(cls, sources: list[Any]) -> list[Any]:
+        return _unique([parse_source_spec(source) for source in sources], "source", lambda s: s.label)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, methods: list[MethodEntry]) -> list[MethodEntry]:
+        return _unique(methods, "method", lambda m: m.label)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Study":
+        unknown = set(self.evaluation.datasets or []) - set(self.source_names)
+        if unknown:
+            raise ValueError(f"evaluation datasets {sorted(unknown)} are not sources of this study; "
+                             f"allowed: {self.source_names}")
+        for model in self.models:
+            for width in sorted(known_linear_in_features(model)):
+                for method in self.methods:
+                    check_layer_compatible(method.config, f"{model.name} (linears of width {width})", width)
+        return self
+
+    # -- the grid --------------------------------------------------------------------------------
+    @property
+    def source_names(self) -> list[str]:
+        return [source.label for source in self.sources]
+
+    @property
+    def eval_datasets(self) -> list[str]:
+        return self.evaluation.datasets or self.source_names
+
+    @property
+    def calibrated_methods(self) -> list[MethodEntry]:
+        return [method for method in self.methods if method.needs_calibration]
+
+    @property
+    def calibration_free_methods(self) -> list[MethodEntry]:
+        return [method for method in self.methods if not method.needs_calibration]
+
+    @property
+    def calib_keys(self) -> list[str]:
+        return [calib_key(source, seed) for source in self.source_names for seed in self.calibration.seeds]
+
+    @property
+    def variant_keys(self) -> list[str]:
+        return [variant_key(m.name, method.label) for m in self.models for method in self.calibrated_methods]
+
+    @property
+    def baseline_keys(self) -> list[str]:
+        labels = [DENSE] + [method.label for method in self.calibration_free_methods]
+        return [variant_key(m.name, label) for m in self.models for label in labels]
+
+    def model(self, name: str) -> ModelSpec:
+        return _lookup({m.name: m for m in self.models}, name, "model")
+
+    def source(self, name: str):
+        return _lookup({s.label: s for s in self.sources}, name, "source")
+
+    def method(self, label: str) -> MethodEntry | None:
+        """The method behind a label; None for the dense baseline."""
+        if label == DENSE:
+            return None
+        return _lookup({m.label: m for m in self.methods}, label, "method")
+
+    def parse_variant(self, key: str) -> tuple[ModelSpec, MethodEntry | None]:
+        model_name, _, label = key.partition(".")
+        return self.model(model_name), self.method(label)
+
+    def parse_calib(self, key: str) -> tuple[str, int]:
+        source, _, seed = key.rpartition(".s")
+        if source not in self.source_names or not seed.isdigit() or int(seed) not in self.calibration.seeds:
+            raise StudyError(f"calibration partition {key!r} is not in study {self.name!r}; "
+                             f"allowed: {self.calib_keys}")
+        return source, int(seed)
+
+
+def variant_key(model: str, label: str) -> str:
+    return f"{model}.{label}"
+
+
+def calib_key(source: str, seed: int) -> str:
+    return f"{source}.s{seed}"
+
+
+def known_linear_in_features(model: ModelSpec) -> set[int]:
+    if isinstance(model, EmbeddedModel):
+        return EMBEDDED_LINEAR_IN_FEATURES.get(model.name, set())
+    if isinstance(model, RandomLlama):
+        return {model.hidden_size, model.intermediate_size}
+    return set()  # hub and local models are checked against their config before compression starts
+
+
+def _unique(items: list, what: str, key) -> list:
+    seen: set[str] = set()
+    for item in items:
+        name = key(item)
+        if name in seen:
+            raise ValueError(f"duplicate {what} {name!r}: each {what} may appear once")
+        seen.add(name)
+    return items
+
+
+def _lookup(table: dict, name: str, what: str):
+    if name not in table:
+        raise StudyError(f"unknown {what} {name!r}; allowed: {sorted(table)}")
+    return table[name]
+
+
+def study_path(name_or_path: str) -> Path:
+    """A study name (studies/<name>.yaml) or a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"}:
+        if not candidate.is_file():
+            raise StudyError(f"study file {name_or_path!r} does not exist")
+        return candidate
+    path = STUDIES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+        raise StudyError(f"unknown study {name_or_path!r}; available: {available} (or give a path to a .yaml file)")
+    return path
+
+
+def load_study(name_or_path: str | None = None) -> Study:
+    """Load and validate a study; by default the one named by $CALIB_ASSETS_STUDY (else 'default')."""
+    path = study_path(name_or_path or os.environ.get(STUDY_ENV, DEFAULT_STUDY))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise StudyError(f"study file {str(path)!r} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise StudyError(f"study file {str(path)!r} must hold a mapping, got {type(raw).__name__}")
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as error:
+        raise StudyError(f"study file {str(path)!r} is invalid:\n{error}") from error
+
+
+__all__ = ["DENSE", "EMBEDDED_SOURCES", "Study", "StudyError", "calib_key", "load_study", "variant_key"]

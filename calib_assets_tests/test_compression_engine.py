@@ -1,0 +1,252 @@
+"""The layer-wise engine and compressed checkpoints on a tiny random Llama."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from calib_assets.compression import (
+    GPTQConfig,
+    MagnitudeConfig,
+    RTNConfig,
+    WandaConfig,
+    apply_checkpoint,
+    compress_model,
+    forward_dtype_for,
+    layerwise_hidden_states,
+    load_checkpoint,
+    save_checkpoint,
+)
+from calib_assets.compression import checkpoint as checkpoint_module
+
+LINEAR_NAMES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+ALL_LINEARS = [f"model.layers.{i}.{name}" for i in range(2) for name in LINEAR_NAMES]
+
+
+@pytest.fixture(scope="module")
+def base_state():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=256)
+    model = LlamaForCausalLM(config)
+    return config, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def make_model(base_state):
+    from transformers import LlamaForCausalLM
+
+    def make():
+        config, state = base_state
+        model = LlamaForCausalLM(config).eval()
+        model.load_state_dict(state)
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def calib_ids():
+    return torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(1))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float().contiguous().view(torch.int32)  # bit-exact comparison (-0.0 != 0.0)
+
+
+def _assert_bit_equal(a: torch.Tensor, b: torch.Tensor):
+    assert a.shape == b.shape
+    assert torch.equal(_bits(a), _bits(b))
+
+
+def test_layerwise_pass_equals_full_forward(make_model, calib_ids):
+    model = make_model()
+    with torch.no_grad():
+        expected = model(calib_ids).logits
+        hidden = layerwise_hidden_states(model, calib_ids, batch_size=4)  # 6 rows: a ragged last batch
+        logits = model.lm_head(model.model.norm(hidden))
+    assert torch.allclose(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_pass_leaves_weights_untouched(make_model, base_state, calib_ids):
+    model = make_model()
+    with torch.no_grad():
+        expected = model(calib_ids).logits
+        hidden = layerwise_hidden_states(model, calib_ids, forward_dtype=torch.bfloat16)
+        logits = model.lm_head(model.model.norm(hidden.float()))
+    assert hidden.dtype == torch.bfloat16
+    assert (logits - expected).abs().max() < 0.1 * expected.abs().max()
+    for name, tensor in model.state_dict().items():
+        _assert_bit_equal(tensor, base_state[1][name])
+
+
+def test_forward_dtype_for_cpu():
+    assert forward_dtype_for("cpu") == torch.bfloat16
+
+
+CONFIGS = [
+    RTNConfig(bits=3, group_size=32),
+    MagnitudeConfig(sparsity=0.5),
+    MagnitudeConfig(n=2, m=4),
+    WandaConfig(sparsity=0.4),
+    WandaConfig(n=2, m=4),
+    GPTQConfig(bits=3, group_size=64),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.label())
+def test_compress_model_writes_returned_weights(config, make_model, base_state, calib_ids):
+    model = make_model()
+    calls = []
+    ids = calib_ids if config.needs_calibration else None
+    results = compress_model(model, ids, config, batch_size=4, progress=lambda *a: calls.append(a))
+    assert sorted(results) == sorted(ALL_LINEARS)
+    assert [c[:2] for c in calls] == [(1, 2), (2, 2)]
+    modules = dict(model.named_modules())
+    for name, result in results.items():
+        _assert_bit_equal(modules[name].weight, result.weight)
+        assert not torch.equal(result.weight, base_state[1][f"{name}.weight"])
+        if hasattr(config, "target_sparsity"):
+            rows, cols = result.weight.shape
+            assert int((result.weight == 0).sum()) == round(rows * cols * config.target_sparsity)
+    untouched = [k for k in base_state[1] if not any(k.startswith(n) for n in ALL_LINEARS)]
+    assert "lm_head.weight" in untouched and "model.layers.0.input_layernorm.weight" in untouched
+    for key in untouched:
+        _assert_bit_equal(model.state_dict()[key], base_state[1][key])
+
+
+def _inputs_of(model, module_name, ids):
+    captured = []
+    module = dict(model.named_modules())[module_name]
+    handle = module.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().clone()))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    return torch.cat([c.reshape(-1, c.shape[-1]) for c in captured])
+
+
+def _row_mask(metric, fraction):
+    count = int(metric.shape[1] * fraction)
+    mask = torch.ones_like(metric, dtype=torch.bool)
+    for r in range(metric.shape[0]):
+        for j in sorted(range(metric.shape[1]), key=lambda j: metric[r, j].item())[:count]:
+            mask[r, j] = False
+    return mask
+
+
+def test_engine_is_sequential(make_model, base_state, calib_ids):
+    """Layer 1 is calibrated on the outputs of the already-compressed layer 0, as a full forward shows."""
+    config = WandaConfig(sparsity=0.5)
+    results = compress_model(make_model(), calib_ids, config, forward_dtype=torch.float32, batch_size=4)
+    reference = make_model()  # uncompressed model: layer 0's true inputs
+    for layer in (0, 1):
+        name = f"model.layers.{layer}.mlp.down_proj"
+        x = _inputs_of(reference, name, calib_ids).double()
+        metric = base_state[1][f"{name}.weight"].abs().double() * x.pow(2).mean(dim=0).sqrt()
+        assert torch.equal(results[name].mask, _row_mask(metric, 0.5)), name
+        # after layer 0 is compressed, the reference model shows layer 1 its compressed inputs
+        modules = dict(reference.named_modules())
+        for key, result in results.items():
+            if key.startswith(f"model.layers.{layer}."):
+                modules[key].weight.data.copy_(result.weight)
+
+
+def test_incompatible_group_fails_before_any_work(make_model, base_state, calib_ids):
+    model = make_model()
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj.*group_size=48.*in_features=64"):
+        compress_model(model, calib_ids, GPTQConfig(group_size=48))
+    for key, tensor in model.state_dict().items():
+        _assert_bit_equal(tensor, base_state[1][key])
+    with pytest.raises(ValueError, match="calibration_ids"):
+        compress_model(model, None, GPTQConfig(group_size=32))
+
+
+def test_nan_weight_error_names_the_layer(make_model):
+    model = make_model()
+    model.model.layers[1].mlp.up_proj.weight.data[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"model\.layers\.1\.mlp\.up_proj"):
+        compress_model(model, None, RTNConfig())
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.label())
+def test_checkpoint_round_trip_is_bit_exact(config, make_model, calib_ids, tmp_path):
+    model = make_model()
+    results = compress_model(model, calib_ids if config.needs_calibration else None, config, batch_size=4)
+    path = tmp_path / "ckpt"
+    manifest = save_checkpoint(path, results, {"base_model": "tiny-llama@abc", "method": config.to_dict()})
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "tensors.safetensors"]
+    assert manifest == json.loads((path / "manifest.json").read_text())
+    assert manifest["base_model"] == "tiny-llama@abc"
+    assert manifest["fingerprint"] == hashlib.sha256((path / "tensors.safetensors").read_bytes()).hexdigest()
+
+    loaded, _ = load_checkpoint(path)
+    for name, result in results.items():
+        _assert_bit_equal(loaded[name].weight, result.weight)
+        if result.codes is not None:
+            assert torch.equal(loaded[name].codes, result.codes)
+        if result.mask is not None:
+            assert torch.equal(loaded[name].mask, result.mask)
+
+    fresh = make_model()
+    apply_checkpoint(fresh, path)
+    compressed_state = model.state_dict()
+    for key, tensor in fresh.state_dict().items():
+        _assert_bit_equal(tensor, compressed_state[key])
+
+    n_params = sum(r.weight.numel() for r in results.values())
+    assert manifest["n_params"] == n_params
+    if hasattr(config, "target_sparsity"):
+        assert manifest["sparsity"] == pytest.approx(config.target_sparsity, abs=1e-3)
+
+
+def test_three_bit_checkpoint_is_small(make_model, calib_ids, tmp_path):
+    results = compress_model(make_model(), calib_ids, GPTQConfig(bits=3, group_size=64))
+    manifest = save_checkpoint(tmp_path / "ckpt", results, {})
+    fp32_bytes = 4 * manifest["n_params"]
+    assert manifest["size_bytes"] < fp32_bytes / 7
+    assert 3.0 < manifest["bits_per_param"] < 4.0  # 3 bits + per-group fp32 scale and uint8 zero
+    assert (tmp_path / "ckpt" / "tensors.safetensors").stat().st_size < fp32_bytes / 6
+
+
+def test_failed_write_leaves_no_partial_checkpoint(make_model, tmp_path, monkeypatch):
+    results = compress_model(make_model(), None, RTNConfig(bits=4, group_size=32))
+    path = tmp_path / "ckpt"
+    first = save_checkpoint(path, results, {"run": 1})
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "write_json", explode)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, results, {"run": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary leftovers
+    _, manifest = load_checkpoint(path)
+    assert manifest == first
+
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "new", results, {})
+    assert not (tmp_path / "new").exists()
+
+
+def test_corrupt_or_mismatched_checkpoint_is_rejected(make_model, tmp_path):
+    results = compress_model(make_model(), None, MagnitudeConfig(sparsity=0.5))
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, results, {})
+    tensors = path / "tensors.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="fingerprint"):
+        load_checkpoint(path)
+
+    save_checkpoint(path, {"model.layers.0.mlp.up_proj": results["model.layers.0.mlp.down_proj"]}, {})
+    with pytest.raises(ValueError, match="shape"):
+        apply_checkpoint(make_model(), path)
+    other = nn.Module()
+    with pytest.raises(ValueError, match="not a linear"):
+        apply_checkpoint(other, path)

@@ -1,0 +1,107 @@
+"""Magnitude and Wanda masks against brute-force selections written with python lists."""
+
+import math
+
+import pytest
+import torch
+
+from calib_assets.compression import Magnitude, MagnitudeConfig, Wanda, WandaConfig
+
+
+def _lowest_positions(values: list[float], count: int) -> set[int]:
+    return set(sorted(range(len(values)), key=lambda j: values[j])[:count])
+
+
+def _brute_row_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    rows, cols = scores.shape
+    mask = torch.ones(rows, cols, dtype=torch.bool)
+    for r in range(rows):
+        for j in _lowest_positions(scores[r].tolist(), int(cols * fraction)):
+            mask[r, j] = False
+    return mask
+
+
+def _brute_nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    rows, cols = scores.shape
+    mask = torch.ones(rows, cols, dtype=torch.bool)
+    for r in range(rows):
+        for start in range(0, cols, m):
+            for j in _lowest_positions(scores[r, start : start + m].tolist(), n):
+                mask[r, start + j] = False
+    return mask
+
+
+def _wanda_inputs(cols: int) -> list[torch.Tensor]:
+    torch.manual_seed(1)
+    scale = torch.rand(cols) * 4  # features of very different magnitude
+    return [torch.randn(2, 5, cols) * scale, torch.randn(3, 7, cols) * scale]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+def test_magnitude_unstructured_is_a_global_threshold(sparsity):
+    torch.manual_seed(0)
+    w = torch.randn(12, 40)
+    result = Magnitude(MagnitudeConfig(sparsity=sparsity), w.shape).compress(w)
+    count = int(w.numel() * sparsity)
+    flat = w.abs().reshape(-1).tolist()
+    expected = torch.ones(w.numel(), dtype=torch.bool)
+    for j in _lowest_positions(flat, count):
+        expected[j] = False
+    assert torch.equal(result.mask, expected.reshape(w.shape))
+    assert int((~result.mask).sum()) == count
+    assert torch.equal(result.weight, torch.where(expected.reshape(w.shape), w, 0.0))
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8)])
+def test_magnitude_nm(n, m):
+    torch.manual_seed(0)
+    w = torch.randn(10, 32)
+    result = Magnitude(MagnitudeConfig(n=n, m=m), w.shape).compress(w)
+    assert torch.equal(result.mask, _brute_nm_mask(w.abs(), n, m))
+    pruned_per_group = (~result.mask).reshape(10, 32 // m, m).sum(dim=-1)
+    assert (pruned_per_group == n).all()
+
+
+def _wanda_metric(w: torch.Tensor, batches: list[torch.Tensor]) -> torch.Tensor:
+    """|W_ij| * ||X_j||, with the squared norm averaged over all tokens, computed feature by feature."""
+    tokens = torch.cat([b.reshape(-1, w.shape[1]) for b in batches]).double()
+    norms = [math.sqrt(sum(v * v for v in tokens[:, j].tolist()) / tokens.shape[0]) for j in range(w.shape[1])]
+    return w.abs().double() * torch.tensor(norms, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.7])
+def test_wanda_unstructured_per_row(sparsity):
+    torch.manual_seed(0)
+    w = torch.randn(9, 24)
+    batches = _wanda_inputs(24)
+    wanda = Wanda(WandaConfig(sparsity=sparsity), w.shape)
+    for batch in batches:
+        wanda.add_batch(batch)
+    result = wanda.compress(w)
+    assert torch.equal(result.mask, _brute_row_mask(_wanda_metric(w, batches), sparsity))
+    assert ((~result.mask).sum(dim=1) == int(24 * sparsity)).all()  # exact per row
+    assert torch.equal(result.weight, torch.where(result.mask, w, 0.0))
+    # the activations matter: the mask differs from pure per-row magnitude
+    assert not torch.equal(result.mask, _brute_row_mask(w.abs(), sparsity))
+
+
+def test_wanda_two_of_four():
+    torch.manual_seed(0)
+    w = torch.randn(8, 32)
+    batches = _wanda_inputs(32)
+    wanda = Wanda(WandaConfig(n=2, m=4), w.shape)
+    for batch in batches:
+        wanda.add_batch(batch)
+    result = wanda.compress(w)
+    assert torch.equal(result.mask, _brute_nm_mask(_wanda_metric(w, batches), 2, 4))
+    assert (result.mask.reshape(8, 8, 4).sum(dim=-1) == 2).all()
+    assert float((result.weight == 0).float().mean()) == 0.5
+
+
+def test_wanda_without_data_or_with_nan_fails_clearly():
+    with pytest.raises(RuntimeError, match="add_batch"):
+        Wanda(WandaConfig(n=2, m=4), (4, 8)).compress(torch.randn(4, 8))
+    bad = torch.randn(3, 8)
+    bad[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="calibration input"):
+        Wanda(WandaConfig(n=2, m=4), (4, 8)).add_batch(bad)
