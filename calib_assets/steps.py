@@ -21,6 +21,7 @@ from calib_assets.study import DENSE, Study
 CODE_VERSIONS = {
     "base_model": "1",
     "text_corpus": "1",
+    "calibration_pool": "1",
     "calibration_set": "1",
     "compressed_model": "1",
     "evaluation": "1",
@@ -36,6 +37,10 @@ def model_dir(root: Path, model: str) -> Path:
 
 def corpus_dir(root: Path, source: str) -> Path:
     return root / "corpora" / source
+
+
+def pool_dir(root: Path, model: str, source: str) -> Path:
+    return root / "calibration-pools" / model / source
 
 
 def calibration_dir(root: Path, model: str, calib: str) -> Path:
@@ -121,37 +126,57 @@ def load_corpus_split(root: Path, source_name: str, split: str) -> pd.DataFrame:
 
 
 # -- calibration set -----------------------------------------------------------------------------
-def materialize_calibration_set(study: Study, model_name: str, calib: str, root: Path) -> dict[str, Any]:
-    from calib_assets.calibration import build_calibration_set, check_capacity, save_calibration_set
-    from calib_assets.calibration import tokenize_documents
+def materialize_calibration_pool(study: Study, model_name: str, source_name: str, root: Path) -> dict[str, Any]:
+    """The source's calibration documents tokenized by the model's tokenizer; fails early (before any
+    calibration set or compression) when the source cannot give the study's disjoint sets."""
     from transformers import AutoTokenizer
 
+    from calib_assets.calibration import check_capacity, save_token_pool, tokenize_documents
+    from calib_assets.models import trust_remote_code
+
+    model_manifest = base_model_manifest(root, model_name)
+    corpus_manifest = _read_manifest(corpus_dir(root, source_name), "text_corpus", source_name)
+    spec = study.calibration
+    directory = pool_dir(root, model_name, source_name)
+    inputs, inputs_hash = _inputs("calibration_pool", model_fingerprint=model_manifest["fingerprint"],
+                                  corpus_fingerprint=corpus_manifest["fingerprint"])
+    if not (reused := _reusable(directory, inputs_hash)):
+        tokenizer = AutoTokenizer.from_pretrained(model_manifest["folder"],
+                                                  trust_remote_code=trust_remote_code(study.model(model_name)))
+        corpus = load_corpus_split(root, source_name, "calibration")
+        documents = tokenize_documents(dict(zip(corpus["doc_id"], corpus["text"])), tokenizer)
+        reused = save_token_pool(documents, directory, model=model_name, source=source_name, inputs=inputs,
+                                 inputs_hash=inputs_hash)
+    lengths = reused["token_lengths"]
+    eligible = sum(length >= spec.seq_len for length in lengths.values())
+    check_capacity(eligible, source=source_name, seq_len=spec.seq_len, n_samples=spec.n_samples, seeds=spec.seeds)
+    return {**reused, "eligible_documents": eligible}
+
+
+def materialize_calibration_set(study: Study, model_name: str, calib: str, root: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from calib_assets.calibration import build_calibration_set, load_token_pool, save_calibration_set
     from calib_assets.models import trust_remote_code
 
     source_name, seed = study.parse_calib(calib)
     model_manifest = base_model_manifest(root, model_name)
-    corpus_manifest = _read_manifest(corpus_dir(root, source_name), "text_corpus", source_name)
+    pool_manifest = _read_manifest(pool_dir(root, model_name, source_name), "calibration_pool",
+                                   f"{model_name}|{source_name}")
     spec = study.calibration
     directory = calibration_dir(root, model_name, calib)
-    inputs, inputs_hash = _inputs(
-        "calibration_set", model_fingerprint=model_manifest["fingerprint"],
-        corpus_fingerprint=corpus_manifest["fingerprint"], seed=seed, n_samples=spec.n_samples,
-        seq_len=spec.seq_len, sampler_seed=spec.sampler_seed)
+    inputs, inputs_hash = _inputs("calibration_set", pool_fingerprint=pool_manifest["fingerprint"], seed=seed,
+                                  n_samples=spec.n_samples, seq_len=spec.seq_len, sampler_seed=spec.sampler_seed)
     if reused := _reusable(directory, inputs_hash):
         return reused
     tokenizer = AutoTokenizer.from_pretrained(model_manifest["folder"],
                                               trust_remote_code=trust_remote_code(study.model(model_name)))
-    pool = load_corpus_split(root, source_name, "calibration")
-    documents = tokenize_documents(dict(zip(pool["doc_id"], pool["text"])), tokenizer)
-    n_eligible = sum(len(ids) >= spec.seq_len for ids in documents.values())
-    check_capacity(n_eligible, source=source_name, seq_len=spec.seq_len, n_samples=spec.n_samples,
-                   seeds=study.calibration.seeds)
+    documents = load_token_pool(pool_dir(root, model_name, source_name))
     calibration_set = build_calibration_set(
         documents, tokenizer, source=source_name, seq_len=spec.seq_len, n_samples=spec.n_samples, seed=seed,
         sampler_seed=spec.sampler_seed)
     return save_calibration_set(calibration_set, directory, model=model_name, calib=calib,
-                                inputs=inputs, inputs_hash=inputs_hash, eligible_documents=n_eligible,
-                                pool_documents=len(documents))
+                                inputs=inputs, inputs_hash=inputs_hash)
 
 
 def calibration_manifest(root: Path, model_name: str, calib: str) -> dict[str, Any]:

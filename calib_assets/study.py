@@ -115,6 +115,9 @@ class Study(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Study":
+        if not self.calibrated_methods:
+            raise ValueError(f"a study needs calibration data to matter: add a method that uses it "
+                             f"(methods given: {[m.label for m in self.methods]})")
         unknown = set(self.evaluation.datasets or []) - set(self.source_names)
         if unknown:
             raise ValueError(f"evaluation datasets {sorted(unknown)} are not sources of this study; "

@@ -43,8 +43,11 @@ def test_make_method_config_round_trips_to_dict():
     config = make_method_config("gptq", {"bits": 3, "group_size": 64})
     assert config == GPTQConfig(bits=3, group_size=64)
     params = config.to_dict()
-    assert params.pop("method") == "gptq"
+    assert params == {"method": "gptq", "bits": 3, "group_size": 64, "symmetric": False,
+                      "percdamp": 0.01, "blocksize": 128}
     assert make_method_config("gptq", params) == config
+    with pytest.raises(ValueError, match="'rtn'"):
+        make_method_config("gptq", {**params, "method": "rtn"})
 
 
 @pytest.mark.parametrize(

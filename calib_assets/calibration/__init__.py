@@ -4,7 +4,9 @@ from calib_assets.calibration.calibset import (
     CalibrationSet,
     build_calibration_set,
     load_calibration_set,
+    load_token_pool,
     save_calibration_set,
+    save_token_pool,
     token_fingerprint,
     tokenize_documents,
 )
@@ -17,8 +19,10 @@ __all__ = [
     "build_calibration_set",
     "check_capacity",
     "load_calibration_set",
+    "load_token_pool",
     "sample_windows",
     "save_calibration_set",
+    "save_token_pool",
     "token_fingerprint",
     "tokenize_documents",
 ]

@@ -16,6 +16,7 @@ from calib_assets.calibration.sampler import Window, sample_windows
 TOKENS_FILE = "tokens.npy"
 SAMPLES_FILE = "samples.jsonl"
 MANIFEST_FILE = "manifest.json"
+POOL_FILE = "pool.npz"
 
 
 @dataclass
@@ -46,6 +47,29 @@ def tokenize_documents(texts: Mapping[str, str], tokenizer) -> dict[str, list[in
     doc_ids = list(texts)
     encoded = tokenizer([texts[doc_id] for doc_id in doc_ids], add_special_tokens=False)["input_ids"]
     return dict(zip(doc_ids, encoded))
+
+
+def save_token_pool(documents: Mapping[str, list[int]], directory: Path, **provenance: Any) -> dict[str, Any]:
+    """A source's tokenized calibration documents (doc id -> token ids), with a manifest."""
+    doc_ids = sorted(documents)
+    lengths = np.array([len(documents[doc_id]) for doc_id in doc_ids], dtype=np.int64)
+    flat = np.array([token for doc_id in doc_ids for token in documents[doc_id]], dtype=np.int64)
+    fingerprint = sha256_bytes([json.dumps(doc_ids).encode(), lengths.tobytes(), flat.tobytes()])
+    manifest = {**provenance, "fingerprint": fingerprint, "documents": len(doc_ids), "tokens": int(flat.size),
+                "token_lengths": dict(zip(doc_ids, lengths.tolist()))}
+    with atomic_dir(Path(directory)) as tmp:
+        np.savez(tmp / POOL_FILE, lengths=lengths, tokens=flat)
+        write_json(tmp / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def load_token_pool(directory: Path) -> dict[str, list[int]]:
+    manifest = read_json(Path(directory) / MANIFEST_FILE)
+    with np.load(Path(directory) / POOL_FILE) as arrays:
+        lengths, flat = arrays["lengths"], arrays["tokens"]
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    doc_ids = sorted(manifest["token_lengths"])
+    return {doc_id: flat[bounds[i] : bounds[i + 1]].tolist() for i, doc_id in enumerate(doc_ids)}
 
 
 def build_calibration_set(

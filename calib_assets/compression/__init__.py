@@ -4,6 +4,7 @@ compressed checkpoints. Plain Python + torch (transformers and safetensors impor
 
 from __future__ import annotations
 
+from .checkpoint import apply_checkpoint, load_checkpoint, save_checkpoint
 from .config import (
     METHODS,
     CompressedLinear,
@@ -15,12 +16,18 @@ from .config import (
     check_layer_compatible,
     make_method_config,
 )
+from .engine import (
+    COMPRESSORS,
+    compress_model,
+    compressible_linears,
+    forward_dtype_for,
+    layerwise_hidden_states,
+    make_compressor,
+)
 from .gptq import GPTQ
 from .magnitude import Magnitude
 from .rtn import RTN
 from .wanda import Wanda
-from .checkpoint import apply_checkpoint, load_checkpoint, save_checkpoint
-from .engine import COMPRESSORS, compress_model, forward_dtype_for, layerwise_hidden_states, make_compressor
 
 __all__ = [
     "COMPRESSORS",
@@ -38,6 +45,7 @@ __all__ = [
     "apply_checkpoint",
     "check_layer_compatible",
     "compress_model",
+    "compressible_linears",
     "forward_dtype_for",
     "layerwise_hidden_states",
     "load_checkpoint",

@@ -167,6 +167,9 @@ def make_method_config(method: str, params: dict[str, Any] | None = None) -> Met
         raise ValueError(f"unknown compression method {method!r}; allowed: {sorted(METHODS)}")
     cls = METHODS[method]
     params = dict(params or {})
+    if params.get("method", method) != method:  # `to_dict()` output carries its method name
+        raise ValueError(f"params name method {params['method']!r} but method {method!r} was asked for")
+    params.pop("method", None)
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(allowed))
     if unknown:

@@ -13,7 +13,8 @@ the already-compressed layers 0..k-1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -88,13 +89,9 @@ def compress_model(
             inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
         total = len(decoder.layers)
         for index, layer in enumerate(decoder.layers):
-            is_last = index == total - 1
             layer_prefix = f"{prefix}layers.{index}"
-            results.update(
-                _compress_layer(layer, layer_prefix, inputs, config, device, forward_dtype, rerun=not is_last)
-            )
-            if inputs is not None and is_last:
-                inputs = None
+            rerun = index < total - 1  # the last layer's outputs are not needed
+            results.update(_compress_layer(layer, layer_prefix, inputs, config, device, forward_dtype, rerun))
             if progress is not None:
                 progress(index + 1, total, layer_prefix)
     return results
@@ -218,34 +215,26 @@ def _capture_layer0_inputs(
     return captured
 
 
-class _on_device:
-    """Context: the layer on `device` in `dtype`, yielding an fp32 master copy of its floating state.
+@contextlib.contextmanager
+def _on_device(layer: nn.Module, device: torch.device, dtype: torch.dtype) -> Iterator[dict[str, torch.Tensor]]:
+    """The layer on `device` in `dtype`, yielding an fp32 master copy of its floating state.
 
     On exit every floating tensor is restored from the master copy (which the caller may have updated
     with compressed weights) in its original device and dtype, so casting never loses precision.
     """
-
-    def __init__(self, layer: nn.Module, device: torch.device, dtype: torch.dtype):
-        self.layer, self.device, self.dtype = layer, device, dtype
-
-    def __enter__(self) -> dict[str, torch.Tensor]:
-        tensors = _floating_state(self.layer)
-        self.homes = {name: (t.device, t.dtype) for name, t in tensors.items()}
-        self.other_home = _device_of(self.layer)
-        self.master = {
-            name: t.detach().to(self.device, torch.float32, copy=True) for name, t in tensors.items()
-        }
-        _load(self.layer, self.master, self.device, self.dtype)
-        self.layer.to(self.device)  # what is left: non-floating buffers
-        return self.master
-
-    def __exit__(self, *exc) -> None:
-        for name, t in _floating_state(self.layer).items():
-            home_device, home_dtype = self.homes[name]
-            t.data = self.master[name].to(home_device, home_dtype)
-        if self.other_home is not None:
-            self.layer.to(self.other_home)  # what is left: non-floating buffers
-        self.master = {}
+    tensors = _floating_state(layer)
+    homes = {name: (t.device, t.dtype) for name, t in tensors.items()}
+    other_home = _device_of(layer)
+    master = {name: t.detach().to(device, torch.float32, copy=True) for name, t in tensors.items()}
+    try:
+        _load(layer, master, device, dtype)
+        layer.to(device)  # what is left: non-floating buffers
+        yield master
+    finally:
+        for name, t in _floating_state(layer).items():
+            t.data = master[name].to(*homes[name])
+        if other_home is not None:
+            layer.to(other_home)
 
 
 def _floating_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -288,13 +277,11 @@ def _check_ids(ids: torch.Tensor | None, what: str) -> None:
         raise ValueError(f"{what} is empty")
 
 
-class _eval_mode:
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.training)
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)

@@ -51,12 +51,23 @@ def build_assets(parts: StudyPartitions) -> list:
                        path=dg.MetadataValue.path(str(steps.corpus_dir(store.path, context.partition_key))))
 
     @dg.asset(
+        partitions_def=parts.pools, group_name="calibration", code_version=CODE_VERSIONS["calibration_pool"],
+        kinds={"numpy"}, owners=OWNERS,
+        ins={"base_model": dg.AssetIn(partition_mapping=parts.to_pool("model"), dagster_type=dg.Nothing),
+             "text_corpus": dg.AssetIn(partition_mapping=parts.to_pool("source"), dagster_type=dg.Nothing)},
+        description="A source's calibration documents tokenized for one model; checks that the source can give "
+                    "the study's disjoint calibration sets before any of them is drawn.",
+    )
+    def calibration_pool(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        keys = _keys(context)
+        manifest = steps.materialize_calibration_pool(study, keys["model"], keys["source"], store.path)
+        return _result(manifest, documents=manifest["documents"], tokens=manifest["tokens"],
+                       eligible_documents=manifest["eligible_documents"])
+
+    @dg.asset(
         partitions_def=parts.calibration, group_name="calibration", code_version=CODE_VERSIONS["calibration_set"],
         kinds={"numpy", "json"}, owners=OWNERS,
-        ins={
-            "base_model": dg.AssetIn(partition_mapping=parts.model_to_calibration(), dagster_type=dg.Nothing),
-            "text_corpus": dg.AssetIn(partition_mapping=parts.corpus_to_calibration(), dagster_type=dg.Nothing),
-        },
+        ins={"calibration_pool": dg.AssetIn(partition_mapping=parts.pool_to_calibration(), dagster_type=dg.Nothing)},
         description="One calibration set: n_samples windows of seq_len tokens from distinct documents of one "
                     "source (seed k = the k-th disjoint set); data version = hash of the token ids.",
     )
@@ -66,19 +77,16 @@ def build_assets(parts: StudyPartitions) -> list:
         directory = steps.calibration_dir(store.path, keys["model"], keys["calib"])
         preview = (directory / "samples.jsonl").read_text().splitlines()[:2]
         return _result(manifest, shape=str(manifest["shape"]), documents=len(manifest["doc_ids"]),
-                       eligible_documents=manifest.get("eligible_documents"),
                        path=dg.MetadataValue.path(str(directory)),
                        preview=dg.MetadataValue.md("\n\n".join(f"```\n{line[:600]}\n```" for line in preview)))
 
     @dg.asset(
         partitions_def=parts.compressed, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
         kinds={"pytorch", "safetensors"}, owners=OWNERS, pool="gpu",
-        ins={
-            "base_model": dg.AssetIn(partition_mapping=parts.model_to_compressed(), dagster_type=dg.Nothing),
-            "calibration_set": dg.AssetIn(partition_mapping=parts.calibration_to_compressed(),
-                                          dagster_type=dg.Nothing),
-        },
-        description="The base model compressed with a calibration-based method on exactly one calibration set.",
+        ins={"calibration_set": dg.AssetIn(partition_mapping=parts.calibration_to_compressed(),
+                                           dagster_type=dg.Nothing)},
+        description="The base model compressed with a calibration-based method on exactly one calibration set "
+                    "(the base model reaches it through the set's lineage).",
     )
     def compressed_model(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
         keys = _keys(context)
@@ -150,7 +158,7 @@ def build_assets(parts: StudyPartitions) -> list:
                        expected_partitions=expected,
                        duckdb=dg.MetadataValue.path(str(steps.warehouse_path(store.path))))
 
-    return [base_model, text_corpus, calibration_set, compressed_model, baseline_model, evaluation,
+    return [base_model, text_corpus, calibration_pool, calibration_set, compressed_model, baseline_model, evaluation,
             baseline_evaluation, eval_results]
 
 

@@ -14,6 +14,7 @@ def stages(parts: StudyPartitions) -> list[tuple[str, list[str], dg.PartitionsDe
     return [
         ("prepare_models", ["base_model"], parts.models),
         ("prepare_corpora", ["text_corpus"], parts.sources),
+        ("tokenize_pools", ["calibration_pool"], parts.pools),
         ("build_calibration_sets", ["calibration_set"], parts.calibration),
         ("compress_and_evaluate", ["compressed_model", "evaluation"], parts.compressed),
         ("baselines", ["baseline_model", "baseline_evaluation"], parts.baselines),

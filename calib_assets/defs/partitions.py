@@ -17,6 +17,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 class StudyPartitions:
     models: dg.StaticPartitionsDefinition
     sources: dg.StaticPartitionsDefinition
+    pools: dg.MultiPartitionsDefinition  # model x source
     calibration: dg.MultiPartitionsDefinition  # model x calib
     compressed: dg.MultiPartitionsDefinition  # variant x calib
     baselines: dg.StaticPartitionsDefinition  # dense and calibration-free variants, once per model
@@ -26,9 +27,11 @@ class StudyPartitions:
     def from_study(cls, study: Study) -> "StudyPartitions":
         models = dg.StaticPartitionsDefinition([model.name for model in study.models])
         calibs = dg.StaticPartitionsDefinition(study.calib_keys)
+        sources = dg.StaticPartitionsDefinition(study.source_names)
         return cls(
             models=models,
-            sources=dg.StaticPartitionsDefinition(study.source_names),
+            sources=sources,
+            pools=dg.MultiPartitionsDefinition({"model": models, "source": sources}),
             calibration=dg.MultiPartitionsDefinition({"model": models, "calib": calibs}),
             compressed=dg.MultiPartitionsDefinition(
                 {"variant": dg.StaticPartitionsDefinition(study.variant_keys), "calib": calibs}),
@@ -36,31 +39,29 @@ class StudyPartitions:
             study=study,
         )
 
-    # -- mappings ----------------------------------------------------------------------------
-    def corpus_to_calibration(self) -> dg.PartitionMapping:
-        """text_corpus[source] feeds calibration_set[model, calib] for every calib of that source."""
-        return dg.StaticPartitionMapping({
-            source: [dg.MultiPartitionKey({"model": model.name, "calib": calib})
-                     for model in self.study.models for calib in self.study.calib_keys
-                     if self.study.parse_calib(calib)[0] == source]
-            for source in self.study.source_names
-        })
+    # -- mappings (Dagster maps a single dimension to a multi-partitioned asset only one-to-one, so the
+    # source -> calibration set fan-out happens between the two multi-partitioned pool and set assets)
+    def to_pool(self, dimension: str) -> dg.PartitionMapping:
+        """base_model[model] or text_corpus[source] feeds calibration_pool[model, source]."""
+        return dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=dimension)
 
-    def model_to_calibration(self) -> dg.PartitionMapping:
-        return dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="model")
+    def pool_to_calibration(self) -> dg.PartitionMapping:
+        """calibration_pool[model, source] feeds calibration_set[model, calib] for each calib of the source."""
+        calibs_by_source = {source: [calib for calib in self.study.calib_keys
+                                     if self.study.parse_calib(calib)[0] == source]
+                            for source in self.study.source_names}
+        return dg.MultiPartitionMapping({
+            "model": dg.DimensionPartitionMapping("model", dg.IdentityPartitionMapping()),
+            "source": dg.DimensionPartitionMapping("calib", dg.StaticPartitionMapping(calibs_by_source)),
+        })
 
     def calibration_to_compressed(self) -> dg.PartitionMapping:
         """calibration_set[model, calib] feeds compressed_model[variant, calib] for the model's variants."""
+        variants_by_model = {model.name: [key for key in self.study.variant_keys if key.startswith(f"{model.name}.")]
+                             for model in self.study.models}
         return dg.MultiPartitionMapping({
-            "model": dg.DimensionPartitionMapping("variant", dg.StaticPartitionMapping(self._variants_by_model())),
+            "model": dg.DimensionPartitionMapping("variant", dg.StaticPartitionMapping(variants_by_model)),
             "calib": dg.DimensionPartitionMapping("calib", dg.IdentityPartitionMapping()),
-        })
-
-    def model_to_compressed(self) -> dg.PartitionMapping:
-        return dg.StaticPartitionMapping({
-            model: [dg.MultiPartitionKey({"variant": variant, "calib": calib})
-                    for variant in variants for calib in self.study.calib_keys]
-            for model, variants in self._variants_by_model().items()
         })
 
     def model_to_baselines(self) -> dg.PartitionMapping:
@@ -68,7 +69,3 @@ class StudyPartitions:
             model.name: [key for key in self.study.baseline_keys if key.startswith(f"{model.name}.")]
             for model in self.study.models
         })
-
-    def _variants_by_model(self) -> dict[str, list[str]]:
-        return {model.name: [key for key in self.study.variant_keys if key.startswith(f"{model.name}.")]
-                for model in self.study.models}
