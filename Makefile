@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 
 run: venv
 	mkdir -p $(DAGSTER_HOME)
-	cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/calib-assets run
 
 test: venv
@@ -34,7 +34,7 @@ test: venv
 
 dev: venv
 	mkdir -p $(DAGSTER_HOME)
-	cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 clean:

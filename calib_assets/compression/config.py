@@ -60,6 +60,7 @@ class RTNConfig(_QuantConfig):
     """Round-to-nearest: the GPTQ min/max quantizer applied to the weights, no data."""
 
     method: ClassVar[str] = "rtn"
+    row_independent: ClassVar[bool] = True  # rows compressed independently of each other
     needs_calibration: ClassVar[bool] = False
 
     def label(self) -> str:
@@ -74,6 +75,7 @@ class GPTQConfig(_QuantConfig):
     blocksize: int = 128
 
     method: ClassVar[str] = "gptq"
+    row_independent: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -140,6 +142,7 @@ class MagnitudeConfig(_SparsityConfig):
     """Magnitude pruning baseline: per-matrix |W| threshold, or N:M on |W|; no data."""
 
     method: ClassVar[str] = "magnitude"
+    row_independent: ClassVar[bool] = False
     needs_calibration: ClassVar[bool] = False
 
 
@@ -148,6 +151,7 @@ class WandaConfig(_SparsityConfig):
     """Wanda (Sun et al. 2024): prune by |W_ij| * ||X_j||_2 within each output row."""
 
     method: ClassVar[str] = "wanda"
+    row_independent: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = True
 
 

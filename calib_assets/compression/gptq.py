@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .config import CompressedLinear, GPTQConfig, check_finite, weight_shape_of
-from .quantizer import dequantize, fit_params, quantize
+from .quantizer import dequantize, fit_params
 
 MAX_DAMPING_RETRIES = 12
 
@@ -91,8 +91,9 @@ class GPTQ:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
         rows, cols = W.shape
+        maxq = 2**cfg.bits - 1
         group = cfg.group_size or cols
-        codes = torch.zeros(rows, cols, dtype=torch.uint8, device=W.device)
+        codes = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
         scales = torch.zeros(rows, cols // group, dtype=torch.float32, device=W.device)
         zeros = torch.zeros_like(scales)
         scale = zero = None
@@ -108,16 +109,16 @@ class GPTQ:
                     current = self._current_group(W, W1, Err1, U, i1, i, col + group)
                     scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                     scales[:, col // group], zeros[:, col // group] = scale, zero
-                w = W1[:, i : i + 1]
-                c = quantize(w, scale, zero, cfg.bits)
-                q = dequantize(c, scale, zero, None)
-                codes[:, col : col + 1] = c
-                err = (w - q) / U1[i, i]
-                W1[:, i:].addmm_(err, U1[i : i + 1, i:], alpha=-1)
-                Err1[:, i : i + 1] = err
+                # the column loop is the hot path: quantize() and dequantize() inlined, same arithmetic
+                w = W1[:, i]
+                c = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+                codes[:, col] = c
+                err = (w - (c - zero) * scale) / U1[i, i]
+                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
+                Err1[:, i] = err
             # lazy batch update: the whole block's errors reach the later columns in one matmul
             W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
-        return codes, scales, zeros
+        return codes.to(torch.uint8), scales, zeros
 
     @staticmethod
     def _current_group(W, W1, Err1, U, i1: int, i: int, end: int) -> torch.Tensor:
