@@ -3,6 +3,7 @@ showing progress; afterwards `dagster dev` shows every materialization and its l
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +22,28 @@ class StudyRunFailed(RuntimeError):
 
 
 def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
-              echo: Callable[[str], None] = print) -> None:
+              echo: Callable[[str], None] = print, log_path: Path | None = None) -> None:
+    """Materialize every partition in dependency order; stop at the first failure.
+
+    What the steps print themselves (dbt's output among it) goes to `log_path` (default: a file in the
+    instance's directory) so that the progress lines stay readable.
+    """
     plan = [(name, assets, partitions_def.get_partition_keys() if partitions_def else [None])
             for name, assets, partitions_def in stages(StudyPartitions.from_study(study))]
     total = sum(len(keys) for _, _, keys in plan)
     done, started = 0, time.perf_counter()
-    echo(f"study {study.name!r}: {total} runs in {len(plan)} stages (Dagster home: {instance.root_directory})")
+    log_path = Path(log_path or Path(instance.root_directory or ".") / f"calib-assets-{study.name}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    echo(f"study {study.name!r}: {total} runs in {len(plan)} stages (Dagster home: {instance.root_directory}; "
+         f"step output: {log_path})")
     for job_name, assets, keys in plan:
         job = defs.resolve_job_def(job_name)
         for key in keys:
             done += 1
             step_started = time.perf_counter()
-            result = job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,
-                                            raise_on_error=False, tags={"calib_assets/study": study.name})
+            with open(log_path, "a") as log, contextlib.redirect_stdout(log):
+                result = job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,
+                                                raise_on_error=False, tags={"calib_assets/study": study.name})
             seconds = time.perf_counter() - step_started
             label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
             if not result.success:

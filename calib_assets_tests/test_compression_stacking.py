@@ -38,3 +38,19 @@ def test_gptq_stacked_equals_one_by_one():
         # the same arithmetic per row; BLAS blocking may differ in the last bit, rarely flipping a rounding
         assert (one.codes == many.codes).float().mean() > 0.995
         torch.testing.assert_close(one.scales, many.scales, rtol=1e-4, atol=1e-6)
+
+
+def test_linears_reading_the_same_input_are_grouped():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from calib_assets.compression.engine import _capture_layer0_inputs, _groups_sharing_input
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    inputs = _capture_layer0_inputs(model.model, torch.randint(0, 256, (4, 16)), torch.device("cpu"),
+                                    torch.float32, batch_size=2)
+    groups = _groups_sharing_input(model.model.layers[0], inputs)
+    assert sorted(map(sorted, groups)) == [
+        ["mlp.down_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
+        ["self_attn.o_proj"]]

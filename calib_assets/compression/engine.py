@@ -89,10 +89,16 @@ def compress_model(
         if config.needs_calibration:
             inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
         total = len(decoder.layers)
+        groups = None  # linears sharing an input: found on layer 0, the same in every decoder layer
         for index, layer in enumerate(decoder.layers):
             layer_prefix = f"{prefix}layers.{index}"
             rerun = index < total - 1  # the last layer's outputs are not needed
-            results.update(_compress_layer(layer, layer_prefix, inputs, config, device, forward_dtype, rerun))
+            if groups is None and inputs is not None and config.row_independent:
+                with _on_device(layer, device, forward_dtype):
+                    groups = _groups_sharing_input(layer, inputs)
+            results.update(
+                _compress_layer(layer, layer_prefix, inputs, config, device, forward_dtype, rerun, groups)
+            )
             if progress is not None:
                 progress(index + 1, total, layer_prefix)
     return results
@@ -128,6 +134,7 @@ def _compress_layer(
     device: torch.device,
     forward_dtype: torch.dtype,
     rerun: bool,
+    groups: list[list[str]] | None = None,
 ) -> dict[str, CompressedLinear]:
     """Compress the linears of one decoder layer; advance `inputs` (in place) to the next layer's inputs.
 
@@ -136,11 +143,10 @@ def _compress_layer(
     result is exactly that of compressing them one by one, at a fraction of the cost.
     """
     linears = {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
-    groups = [[name] for name in linears]
+    groups = groups or [[name] for name in linears]
     results: dict[str, CompressedLinear] = {}
     with _on_device(layer, device, forward_dtype) as master:
         if inputs is not None:
-            groups = _groups_sharing_input(layer, linears, inputs) if config.row_independent else groups
             compressors = {group[0]: _stacked_compressor(config, [linears[n] for n in group]) for group in groups}
             _collect_statistics(layer, {name: linears[name] for name in compressors}, compressors, inputs, prefix)
         else:
@@ -178,8 +184,10 @@ def _split_rows(result: CompressedLinear, rows: list[int]) -> list[CompressedLin
     ]
 
 
-def _groups_sharing_input(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs) -> list[list[str]]:
-    """Linears grouped by the input tensor they receive (seen on the first calibration batch)."""
+def _groups_sharing_input(layer: nn.Module, inputs: LayerInputs) -> list[list[str]]:
+    """Linears grouped by the input tensor they receive, seen on one calibration window."""
+    linears = {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    hidden, kwargs = inputs[0]
     seen: dict[str, torch.Tensor] = {}  # holding the tensors keeps their ids from being reused
 
     def hook(name):
@@ -190,7 +198,7 @@ def _groups_sharing_input(layer: nn.Module, linears: dict[str, nn.Linear], input
 
     handles = [linear.register_forward_pre_hook(hook(name)) for name, linear in linears.items()]
     try:
-        _run_layer(layer, inputs[:1])
+        _run_layer(layer, [(hidden[:1], _first_sample(kwargs, hidden.shape[0]))])
     finally:
         for handle in handles:
             handle.remove()
@@ -198,6 +206,19 @@ def _groups_sharing_input(layer: nn.Module, linears: dict[str, nn.Linear], input
     for name in linears:
         groups.setdefault(id(seen[name]) if name in seen else id(linears[name]), []).append(name)
     return list(groups.values())
+
+
+def _first_sample(kwargs: dict[str, Any], batch: int) -> dict[str, Any]:
+    """The layer's keyword arguments cut to the batch's first sample wherever they are batched."""
+
+    def cut(value):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+            return value[:1]
+        if isinstance(value, tuple):
+            return tuple(cut(v) for v in value)
+        return value
+
+    return {key: cut(value) for key, value in kwargs.items()}
 
 
 def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix: str) -> None:
