@@ -220,20 +220,29 @@ def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: 
         "device": device, "forward_dtype": str(forward_dtype), "library_version": __version__})
 
 
-def load_variant_model(study: Study, variant: str, calib: str | None, root: Path, device: str = "cpu"):
-    """The dense base model, or the base model with the variant's checkpoint applied."""
-    from calib_assets.compression import apply_checkpoint
-
+def variant_manifest(study: Study, variant: str, calib: str | None, root: Path) -> dict[str, Any]:
+    """What a variant's weights are: the base model's manifest (dense) or the checkpoint's."""
     model_spec, method = study.parse_variant(variant)
-    model, tokenizer, base = _load_base(study, root, model_spec.name, device=device)
+    base = base_model_manifest(root, model_spec.name)
     if method is None:
-        return model, tokenizer, {"fingerprint": base["fingerprint"], "base_fingerprint": base["fingerprint"]}
+        return {"fingerprint": base["fingerprint"], "base_fingerprint": base["fingerprint"]}
     directory = checkpoint_dir(root, variant, calib)
     manifest = _read_manifest(directory, "compressed_model", f"{variant}|{calib}")
     if manifest["base_fingerprint"] != base["fingerprint"]:
         raise ValueError(f"checkpoint {str(directory)!r} was built from another base model "
                          f"({manifest['base_fingerprint'][:12]} != {base['fingerprint'][:12]}): re-materialize it")
-    apply_checkpoint(model, directory)
+    return manifest
+
+
+def load_variant_model(study: Study, variant: str, calib: str | None, root: Path, device: str = "cpu"):
+    """The dense base model, or the base model with the variant's checkpoint applied."""
+    from calib_assets.compression import apply_checkpoint
+
+    model_spec, method = study.parse_variant(variant)
+    manifest = variant_manifest(study, variant, calib, root)
+    model, tokenizer, _ = _load_base(study, root, model_spec.name, device=device)
+    if method is not None:
+        apply_checkpoint(model, checkpoint_dir(root, variant, calib))
     return model, tokenizer, manifest
 
 
@@ -251,7 +260,7 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
     from calib_assets.evaluation import heldout_token_stream, perplexity
 
     model_spec, method = study.parse_variant(variant)
-    model, tokenizer, checkpoint = load_variant_model(study, variant, calib, root, device=device)
+    checkpoint = variant_manifest(study, variant, calib, root)
     corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
                for name in study.eval_datasets}
     directory = evaluation_dir(root, variant, calib)
@@ -260,6 +269,7 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
                                   forward_dtype=str(forward_dtype))
     if reused := _reusable(directory, inputs_hash):
         return reused
+    model, tokenizer, _ = load_variant_model(study, variant, calib, root, device=device)
     model = model.to(dtype=forward_dtype)
     source, seed = study.parse_calib(calib) if calib else (None, None)
     rows = []

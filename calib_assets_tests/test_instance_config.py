@@ -1,0 +1,16 @@
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_project_dagster_yaml_sets_pools_and_run_monitoring(tmp_path, monkeypatch):
+    shutil.copy(PROJECT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 1  # gpu and duckdb: one step at a time
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_runtime_seconds > 0
