@@ -36,6 +36,10 @@ def _run(study) -> int:
     from calib_assets.defs import build_definitions
     from calib_assets.runner import StudyRunFailed, run_study
 
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the runner prints one progress line per step instead
+    transformers_logging.set_verbosity_error()
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     defs = build_definitions(study)

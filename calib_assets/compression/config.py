@@ -235,6 +235,17 @@ class CompressedLinear:
         )
 
 
+class DataFree:
+    """Base of the calibration-free compressors: they see the weights only."""
+
+    def __init__(self, config: MethodConfig, layer: Any):
+        self.config = config
+        self.rows, self.columns = weight_shape_of(layer)
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        """Calibration-free: inputs are ignored."""
+
+
 def weight_shape_of(layer_or_shape: Any) -> tuple[int, int]:
     """(out_features, in_features) of an nn.Linear, a weight tensor, or a shape."""
     if isinstance(layer_or_shape, torch.nn.Linear):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .config import CompressedLinear, GPTQConfig, check_finite, weight_shape_of
-from .quantizer import dequantize, fit_params
+from .quantizer import fit_params, quantized_linear
 
 MAX_DAMPING_RETRIES = 12
 
@@ -51,21 +51,9 @@ class GPTQ:
 
         codes, scales, zeros = self._quantize_columns(W, U)
         self.H = None  # free the statistics; a compressor is used once
-        return CompressedLinear(
-            weight=dequantize(codes, scales, zeros, cfg.group_size),
-            codes=codes,
-            scales=scales,
-            zeros=zeros,
-            bits=cfg.bits,
-            group_size=cfg.group_size,
-            info={
-                "seconds": time.perf_counter() - start,
-                "damping": damping,
-                "damping_retries": retries,
-                "dead_inputs": int(dead.sum()),
-                "tokens": self.nsamples,
-            },
-        )
+        info = {"seconds": time.perf_counter() - start, "damping": damping, "damping_retries": retries,
+                "dead_inputs": int(dead.sum()), "tokens": self.nsamples}
+        return quantized_linear(codes, scales, zeros, cfg.bits, cfg.group_size, info)
 
     def _inverse_hessian_factor(self, H: torch.Tensor) -> tuple[torch.Tensor, float, int]:
         """Upper Cholesky factor of (H + damping I)^-1; damping grows x10 until both factorizations work."""

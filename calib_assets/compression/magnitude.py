@@ -7,11 +7,9 @@ N:M: in each row, within every m consecutive input columns, prune the n entries 
 from __future__ import annotations
 
 import time
-from typing import Any
-
 import torch
 
-from .config import CompressedLinear, MagnitudeConfig, check_finite, weight_shape_of
+from .config import CompressedLinear, DataFree, MagnitudeConfig, check_finite
 
 
 def lowest_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -39,13 +37,8 @@ def apply_mask(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
 
 
-class Magnitude:
-    def __init__(self, config: MagnitudeConfig, layer: Any):
-        self.config = config
-        self.rows, self.columns = weight_shape_of(layer)
-
-    def add_batch(self, inp: torch.Tensor) -> None:
-        """Magnitude pruning needs no data."""
+class Magnitude(DataFree):
+    config: MagnitudeConfig
 
     def compress(self, weight: torch.Tensor) -> CompressedLinear:
         start = time.perf_counter()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .config import CompressedLinear
+
 
 def fit_params(x: torch.Tensor, bits: int, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point per row of x [rows, cols] -> two fp32 tensors [rows]."""
@@ -47,6 +49,13 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
     scales = scales.float().repeat_interleave(step, dim=1)[:, :cols]
     zeros = zeros.float().repeat_interleave(step, dim=1)[:, :cols]
     return (codes.float() - zeros) * scales
+
+
+def quantized_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+                     group_size: int | None, info: dict) -> CompressedLinear:
+    """A quantizer's result, whose weight is by construction the dequantized codes."""
+    return CompressedLinear(weight=dequantize(codes, scales, zeros, group_size), codes=codes, scales=scales,
+                            zeros=zeros, bits=bits, group_size=group_size, info=info)
 
 
 def quantize_grouped(

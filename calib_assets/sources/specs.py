@@ -10,10 +10,11 @@ Every spec has a `label`, which becomes the source's Dagster partition key.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
+
+from calib_assets.naming import check_key_name
 
 # name -> human description; the readers live in `embedded.py`.
 EMBEDDED_SOURCES: dict[str, str] = {
@@ -26,7 +27,6 @@ EMBEDDED_SOURCES: dict[str, str] = {
     "abc-news": "Lee corpus: 300 ABC (Australia) news articles (gensim test data)",
 }
 
-LABEL_PATTERN = re.compile(r"^[a-z0-9-]{1,40}$")
 LOCAL_EXTENSIONS = (".txt", ".jsonl", ".parquet")
 
 # Ready-made specs for users with network access. They are documented starting points: nothing here
@@ -83,13 +83,7 @@ HUGGINGFACE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def check_label(value: str) -> str:
-    """A label becomes a Dagster partition key: lowercase letters, digits and '-', 1-40 characters."""
-    if not isinstance(value, str) or not LABEL_PATTERN.match(value):
-        raise ValueError(
-            f"source label {value!r} is not allowed: use 1-40 characters of lowercase letters a-z, "
-            "digits 0-9 and '-' (it becomes a Dagster partition key)"
-        )
-    return value
+    return check_key_name(value, "source label")
 
 
 def _check_not_blank(value: str, what: str) -> str:

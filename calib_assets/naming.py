@@ -1,0 +1,16 @@
+"""Names that become Dagster partition keys (models, sources): one rule for all of them."""
+
+from __future__ import annotations
+
+import re
+
+KEY_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def check_key_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not KEY_NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use 1-40 characters of lowercase letters a-z, digits 0-9 and '-', "
+            "starting with a letter or digit (it becomes a Dagster partition key)"
+        )
+    return value
