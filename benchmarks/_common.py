@@ -1,0 +1,43 @@
+"""Shared set-up for the benchmarks: the embedded model, a fixed calibration set and held-out text."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from calib_assets.artifacts import artifact_root
+from calib_assets.calibration import sample_windows, tokenize_documents
+from calib_assets.evaluation import heldout_token_stream
+from calib_assets.models import load_model, parse_model_spec, prepare_model_folder
+from calib_assets.sources import build_corpus, parse_source_spec
+
+
+def embedded_model_folder() -> Path:
+    return prepare_model_folder(parse_model_spec("smollm2-135m"), artifact_root() / "model-cache")
+
+
+def fixed_inputs(source: str, n_samples: int, seq_len: int, eval_tokens: int, out: Path) -> tuple[Path, Path]:
+    """Calibration ids (set 0 of `source`) and the held-out token stream, saved as .npy files."""
+    _, tokenizer = load_model(embedded_model_folder())
+    corpus = build_corpus(parse_source_spec(source))
+    pool = corpus[corpus["split"] == "calibration"]
+    documents = tokenize_documents(dict(zip(pool["doc_id"], pool["text"])), tokenizer)
+    windows = sample_windows(documents, seq_len=seq_len, n_samples=n_samples, seed=0, source=source)
+    heldout = corpus[corpus["split"] == "heldout"]["text"].tolist()
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "calibration.npy", np.array([w.token_ids for w in windows], dtype=np.int64))
+    np.save(out / "heldout.npy", np.array(heldout_token_stream(heldout, tokenizer, eval_tokens), dtype=np.int64))
+    return out / "calibration.npy", out / "heldout.npy"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(record: dict) -> None:
+    sys.stdout.write("RESULT " + json.dumps(record) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,125 @@
+"""Each compression method on the embedded model with one fixed calibration set: wall time, peak memory,
+held-out perplexity; with llm-compressor installed in .venv-llmc, the same runs side by side.
+
+    .venv/bin/python benchmarks/compression.py [--methods gptq,wanda] [--samples 32] [--seq-len 512]
+
+Every method runs in its own process, so that peak RSS is that method's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# name -> (method, params): the issue's settings on a model whose hidden size (576) needs groups of 64
+METHODS = {
+    "gptq": ("gptq", {"bits": 3, "group_size": 64}),
+    "sparsegpt": ("sparsegpt", {"n": 2, "m": 4}),
+    "wanda": ("wanda", {"n": 2, "m": 4}),
+    "spqr": ("spqr", {"bits": 3, "group_size": 16}),
+    "awq": ("awq", {"bits": 3, "group_size": 64}),
+    "rtn": ("rtn", {"bits": 3, "group_size": 64}),
+    "magnitude": ("magnitude", {"n": 2, "m": 4}),
+}
+LLMC_PYTHON = HERE.parent / ".venv-llmc" / "bin" / "python"
+
+
+def run_one(args) -> None:
+    """Child process: compress a fresh model with one method, then score it on the held-out stream."""
+    import numpy as np
+    import torch
+
+    from _common import embedded_model_folder, emit, peak_rss_mb
+    from calib_assets.compression import compress_model, make_method_config
+    from calib_assets.evaluation import perplexity
+    from calib_assets.models import load_model
+
+    model, _ = load_model(embedded_model_folder())
+    ids = torch.from_numpy(np.load(args.calibration))
+    stream = np.load(args.heldout).tolist()
+    if args.child == "dense":
+        seconds = 0.0
+    else:
+        method, params = METHODS[args.child]
+        config = make_method_config(method, params)
+        started = time.perf_counter()
+        compress_model(model, ids, config, forward_dtype=getattr(torch, args.dtype), batch_size=8)
+        seconds = time.perf_counter() - started
+    ppl = perplexity(model.to(getattr(torch, args.eval_dtype)), stream, seq_len=args.seq_len, batch_size=8)
+    emit({"tool": "calib_assets", "method": args.child, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+          "perplexity": ppl.perplexity})
+
+
+def _spawn(python: Path, script: Path, argv: list[str]) -> dict | None:
+    completed = subprocess.run([str(python), str(script), *argv], capture_output=True, text=True)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    if completed.returncode != 0 or not lines:
+        print(f"  {script.name} {' '.join(argv[:2])} failed:\n{completed.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {list(METHODS)}")
+    parser.add_argument("--source", default="bbc-tech")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--eval-tokens", type=int, default=16384)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="forward dtype during compression (math is fp32 regardless)")
+    parser.add_argument("--eval-dtype", default="float32", choices=["bfloat16", "float32"])
+    parser.add_argument("--no-llmcompressor", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--calibration", help=argparse.SUPPRESS)
+    parser.add_argument("--heldout", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return run_one(args)
+
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; allowed: {list(METHODS)}")
+    from _common import fixed_inputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration, heldout = fixed_inputs(args.source, args.samples, args.seq_len, args.eval_tokens, Path(tmp))
+        common = ["--calibration", str(calibration), "--heldout", str(heldout), "--seq-len", str(args.seq_len),
+                  "--dtype", args.dtype, "--eval-dtype", args.eval_dtype]
+        use_llmc = LLMC_PYTHON.exists() and not args.no_llmcompressor
+        rows = []
+        for method in ["dense", *methods]:
+            ours = _spawn(Path(sys.executable), Path(__file__), ["--child", method, *common])
+            theirs = None
+            if use_llmc and method in {"gptq", "sparsegpt", "wanda", "awq"}:
+                theirs = _spawn(LLMC_PYTHON, HERE / "llmcompressor_run.py", ["--method", method, *common])
+            rows.append((method, ours, theirs))
+            _print_row(method, ours, theirs)
+    print(f"\nembedded SmolLM2-135M; calibration: {args.samples} x {args.seq_len} tokens of {args.source} (set 0); "
+          f"perplexity on {args.eval_tokens} held-out {args.source} tokens in {args.eval_dtype}; "
+          f"forward dtype during compression: {args.dtype}" + ("" if use_llmc else "; llm-compressor not installed"))
+
+
+def _print_row(method: str, ours: dict | None, theirs: dict | None) -> None:
+    if method == "dense":
+        print(f"{'method':<10} {'seconds':>8} {'peak MB':>8} {'ppl':>9} | {'llmc s':>8} {'llmc MB':>8} "
+              f"{'llmc ppl':>9} {'time ratio':>10}")
+    def cell(record, key, fmt):
+        return format(record[key], fmt) if record else "-"
+    ratio = f"{ours['seconds'] / theirs['seconds']:.2f}" if ours and theirs and theirs["seconds"] else "-"
+    print(f"{method:<10} {cell(ours, 'seconds', '8.1f'):>8} {cell(ours, 'peak_rss_mb', '8.0f'):>8} "
+          f"{cell(ours, 'perplexity', '9.2f'):>9} | {cell(theirs, 'seconds', '8.1f'):>8} "
+          f"{cell(theirs, 'peak_rss_mb', '8.0f'):>8} {cell(theirs, 'perplexity', '9.2f'):>9} {ratio:>10}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
