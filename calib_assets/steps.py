@@ -295,15 +295,19 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
     with atomic_dir(directory) as tmp:
         table.to_parquet(tmp / "results.parquet", index=False)
         write_json(tmp / MANIFEST, manifest)
-    return {**manifest, "results": table}
+    return manifest
+
+
+def read_evaluation(root: Path, variant: str, calib: str | None) -> pd.DataFrame:
+    return pd.read_parquet(evaluation_dir(root, variant, calib) / "results.parquet")
 
 
 def collect_results(study: Study, root: Path) -> pd.DataFrame:
     """Every evaluation of the study that exists on disk, in one long table."""
     partitions = [(variant, calib) for variant in study.variant_keys for calib in study.calib_keys]
     partitions += [(variant, None) for variant in study.baseline_keys]
-    frames = [pd.read_parquet(path) for variant, calib in partitions
-              if (path := evaluation_dir(root, variant, calib) / "results.parquet").is_file()]
+    frames = [read_evaluation(root, variant, calib) for variant, calib in partitions
+              if (evaluation_dir(root, variant, calib) / "results.parquet").is_file()]
     if not frames:
         return pd.DataFrame(columns=EVAL_COLUMNS)
     return pd.concat(frames, ignore_index=True)[EVAL_COLUMNS]

@@ -138,3 +138,40 @@ def test_definitions_load_with_the_dagster_cli():
         [Path(sys.executable).parent / "dagster", "definitions", "validate", "-m", "calib_assets.definitions"],
         env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_blocking_checks_ran_and_passed_for_every_partition(materialized):
+    study, _, _, instance, _ = materialized
+    for asset, check, expected in [
+        ("calibration_set", "calibration_set_valid", len(study.calib_keys) * len(study.models)),
+        ("compressed_model", "checkpoint_invariants", len(study.variant_keys) * len(study.calib_keys)),
+        ("evaluation", "evaluation_complete", len(study.variant_keys) * len(study.calib_keys)),
+        ("baseline_evaluation", "evaluation_complete", len(study.baseline_keys)),
+    ]:
+        key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=1000)
+        succeeded = {record.partition for record in history if record.status.value == "SUCCEEDED"}
+        assert len(succeeded) == expected, (asset, check, len(history))
+
+
+def test_calibration_check_catches_a_leak_into_evaluation_text(materialized, tmp_path):
+    import shutil
+
+    from calib_assets.invariants import calibration_set_problems
+
+    study, _, root, _, _ = materialized
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("model-cache", "checkpoints", "*.duckdb"))
+    model, calib = study.models[0].name, study.calib_keys[0]
+    assert calibration_set_problems(study, copy, model, calib) == []
+    source = study.parse_calib(calib)[0]
+    corpus = pd.read_parquet(next(steps.corpus_dir(copy, source).glob("*.parquet")))
+    leaked = corpus.loc[corpus["split"] == "heldout", "doc_id"].iloc[0]
+    samples = steps.calibration_dir(copy, model, calib) / "samples.jsonl"
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    rows[0]["doc_id"] = leaked
+    rows[1]["doc_id"] = rows[2]["doc_id"]
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    problems = calibration_set_problems(study, copy, model, calib)
+    assert any("held-out evaluation text" in p for p in problems)
+    assert any("more than one window" in p for p in problems)

@@ -1,25 +1,36 @@
-"""The study's assets. Each body reads its partition, calls one step of the library, returns metadata."""
-
+"""The study's assets. Each body reads its partition, calls one step of the library, returns metadata
+and the results of its blocking checks (a failed check stops everything downstream of the partition)."""
 
 from typing import Any
 
 import dagster as dg
 
+from calib_assets import invariants, steps
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.defs.resources import ArtifactStore, Compute
 from calib_assets.steps import CODE_VERSIONS
-from calib_assets import steps
 
 OWNERS = ["team:calib-assets"]
 
 
-def _result(manifest: dict[str, Any], **metadata: Any) -> dg.MaterializeResult:
-    """Report the artifact's content hash as its data version, plus readable metadata."""
+def _result(manifest: dict[str, Any], checks: dict[str, list[str]] | None = None,
+            **metadata: Any) -> dg.MaterializeResult:
+    """Report the artifact's content hash as its data version, readable metadata and check results."""
     return dg.MaterializeResult(
         data_version=dg.DataVersion(manifest["fingerprint"]),
         metadata={"fingerprint": manifest["fingerprint"], "reused": bool(manifest.get("reused", False)),
                   **{key: value for key, value in metadata.items() if value is not None}},
+        check_results=[
+            dg.AssetCheckResult(check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"problems": dg.MetadataValue.json(problems[:50])})
+            for name, problems in (checks or {}).items()
+        ],
     )
+
+
+def _check(name: str, asset: str, partitions_def, description: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(name, asset=asset, blocking=True, partitions_def=partitions_def,
+                              description=description)]
 
 
 def _keys(context: dg.AssetExecutionContext) -> dict[str, str]:
@@ -68,6 +79,9 @@ def build_assets(parts: StudyPartitions) -> list:
         partitions_def=parts.calibration, group_name="calibration", code_version=CODE_VERSIONS["calibration_set"],
         kinds={"numpy", "json"}, owners=OWNERS,
         ins={"calibration_pool": dg.AssetIn(partition_mapping=parts.pool_to_calibration(), dagster_type=dg.Nothing)},
+        check_specs=_check("calibration_set_valid", "calibration_set", parts.calibration,
+                           "Shape (n_samples, seq_len), one window per document, no document shared with the "
+                           "source's other sets or with any evaluation text."),
         description="One calibration set: n_samples windows of seq_len tokens from distinct documents of one "
                     "source (seed k = the k-th disjoint set); data version = hash of the token ids.",
     )
@@ -76,7 +90,9 @@ def build_assets(parts: StudyPartitions) -> list:
         manifest = steps.materialize_calibration_set(study, keys["model"], keys["calib"], store.path)
         directory = steps.calibration_dir(store.path, keys["model"], keys["calib"])
         preview = (directory / "samples.jsonl").read_text().splitlines()[:2]
-        return _result(manifest, shape=str(manifest["shape"]), documents=len(manifest["doc_ids"]),
+        problems = invariants.calibration_set_problems(study, store.path, keys["model"], keys["calib"])
+        return _result(manifest, {"calibration_set_valid": problems}, shape=str(manifest["shape"]),
+                       documents=len(manifest["doc_ids"]),
                        path=dg.MetadataValue.path(str(directory)),
                        preview=dg.MetadataValue.md("\n\n".join(f"```\n{line[:600]}\n```" for line in preview)))
 
@@ -85,20 +101,23 @@ def build_assets(parts: StudyPartitions) -> list:
         kinds={"pytorch", "safetensors"}, owners=OWNERS, pool="gpu",
         ins={"calibration_set": dg.AssetIn(partition_mapping=parts.calibration_to_compressed(),
                                            dagster_type=dg.Nothing)},
+        check_specs=_check("checkpoint_invariants", "compressed_model", parts.compressed, CHECKPOINT_CHECK),
         description="The base model compressed with a calibration-based method on exactly one calibration set "
                     "(the base model reaches it through the set's lineage).",
     )
     def compressed_model(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
         keys = _keys(context)
         device, dtype = compute.resolve()
-        return _checkpoint_result(steps.materialize_checkpoint(
-            study, keys["variant"], keys["calib"], store.path, device=device, forward_dtype=dtype,
-            log=context.log.info))
+        manifest = steps.materialize_checkpoint(study, keys["variant"], keys["calib"], store.path, device=device,
+                                                forward_dtype=dtype, log=context.log.info)
+        return _checkpoint_result(manifest, invariants.checkpoint_problems(study, store.path, keys["variant"],
+                                                                           keys["calib"]))
 
     @dg.asset(
         partitions_def=parts.baselines, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
         kinds={"pytorch", "safetensors"}, owners=OWNERS, pool="gpu",
         ins={"base_model": dg.AssetIn(partition_mapping=parts.model_to_baselines(), dagster_type=dg.Nothing)},
+        check_specs=_check("checkpoint_invariants", "baseline_model", parts.baselines, CHECKPOINT_CHECK),
         description="Controls that use no calibration data, once per model: the dense model itself and "
                     "calibration-free methods (RTN, magnitude pruning).",
     )
@@ -106,11 +125,12 @@ def build_assets(parts: StudyPartitions) -> list:
         _, method = study.parse_variant(context.partition_key)
         if method is None:
             model = study.parse_variant(context.partition_key)[0].name
-            return _result(steps.base_model_manifest(store.path, model), dense=True)
+            return _result(steps.base_model_manifest(store.path, model), {"checkpoint_invariants": []}, dense=True)
         device, dtype = compute.resolve()
-        return _checkpoint_result(steps.materialize_checkpoint(
-            study, context.partition_key, None, store.path, device=device, forward_dtype=dtype,
-            log=context.log.info))
+        manifest = steps.materialize_checkpoint(study, context.partition_key, None, store.path, device=device,
+                                                forward_dtype=dtype, log=context.log.info)
+        return _checkpoint_result(manifest, invariants.checkpoint_problems(study, store.path, context.partition_key,
+                                                                           None))
 
     def _evaluation_asset(name: str, upstream: str, partitions_def, description: str):
         @dg.asset(
@@ -118,6 +138,8 @@ def build_assets(parts: StudyPartitions) -> list:
             code_version=CODE_VERSIONS["evaluation"], kinds={"pytorch", "parquet"}, owners=OWNERS, pool="gpu",
             ins={upstream: dg.AssetIn(dagster_type=dg.Nothing),
                  "text_corpus": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)},
+            check_specs=_check("evaluation_complete", name, partitions_def,
+                               "One finite value for every evaluation dataset and metric."),
             description=description,
         )
         def _evaluate(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
@@ -129,10 +151,10 @@ def build_assets(parts: StudyPartitions) -> list:
             device, dtype = compute.resolve()
             manifest = steps.evaluate_variant(study, variant, calib, store.path, device=device,
                                               forward_dtype=dtype, run_id=context.run_id)
-            table = manifest.get("results")
-            return _result(manifest, rows=manifest["rows"], results=(
-                dg.MetadataValue.md(table[["eval_dataset", "metric", "value", "token_count"]].to_markdown(
-                    index=False)) if table is not None else None))
+            table = steps.read_evaluation(store.path, variant, calib)
+            return _result(manifest, {"evaluation_complete": invariants.evaluation_problems(study, table)},
+                           rows=manifest["rows"], results=dg.MetadataValue.md(
+                               table[["eval_dataset", "metric", "value", "token_count"]].to_markdown(index=False)))
 
         return _evaluate
 
@@ -162,7 +184,11 @@ def build_assets(parts: StudyPartitions) -> list:
             baseline_evaluation, eval_results]
 
 
-def _checkpoint_result(manifest: dict[str, Any]) -> dg.MaterializeResult:
-    return _result(manifest, size_bytes=manifest.get("size_bytes"), bits_per_param=manifest.get("bits_per_param"),
+CHECKPOINT_CHECK = ("Finite weights, at most 2^bits levels per quantization group, and the configured sparsity "
+                    "pattern (N:M in every group, or the unstructured share).")
+
+
+def _checkpoint_result(manifest: dict[str, Any], problems: list[str]) -> dg.MaterializeResult:
+    return _result(manifest, {"checkpoint_invariants": problems}, size_bytes=manifest.get("size_bytes"), bits_per_param=manifest.get("bits_per_param"),
                    sparsity=manifest.get("sparsity"), compress_seconds=manifest.get("compress_seconds"),
                    calibration_fingerprint=manifest.get("calibration_fingerprint"))

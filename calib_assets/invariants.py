@@ -1,0 +1,85 @@
+"""Invariants of materialized artifacts, checked after each is written (the Dagster layer turns them into
+blocking asset checks). Each function returns the list of problems found: empty means the check passed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from calib_assets import steps
+from calib_assets.study import Study
+
+
+def calibration_set_problems(study: Study, root: Path, model: str, calib: str) -> list[str]:
+    """Shape, distinct documents, disjoint from the source's other sets, never any evaluation text."""
+    from calib_assets.calibration import load_calibration_set
+
+    source, seed = study.parse_calib(calib)
+    spec = study.calibration
+    calibration_set = load_calibration_set(steps.calibration_dir(root, model, calib))
+    problems = []
+    if calibration_set.token_ids.shape != (spec.n_samples, spec.seq_len):
+        problems.append(f"shape {calibration_set.token_ids.shape} != ({spec.n_samples}, {spec.seq_len})")
+    documents = set(calibration_set.doc_ids)
+    if len(documents) != len(calibration_set.doc_ids):
+        problems.append("a document gives more than one window")
+    for other_seed in spec.seeds:
+        other = steps.calibration_dir(root, model, f"{source}.s{other_seed}")
+        if other_seed != seed and (other / "manifest.json").is_file():
+            shared = documents & set(load_calibration_set(other).doc_ids)
+            if shared:
+                problems.append(f"shares {len(shared)} documents with seed {other_seed}")
+    for dataset in study.eval_datasets:
+        heldout = set(steps.load_corpus_split(root, dataset, "heldout")["doc_id"])
+        if documents & heldout:
+            problems.append(f"{len(documents & heldout)} documents are held-out evaluation text of {dataset}")
+    return problems
+
+
+def checkpoint_problems(study: Study, root: Path, variant: str, calib: str | None) -> list[str]:
+    """Finite weights; at most 2^bits levels per quantization group; the configured sparsity pattern."""
+    from calib_assets.compression import load_checkpoint
+
+    _, method = study.parse_variant(variant)
+    compressed, _ = load_checkpoint(steps.checkpoint_dir(root, variant, calib))
+    config = method.config
+    problems = []
+    for name, layer in compressed.items():
+        if not bool(layer.weight.isfinite().all()):
+            problems.append(f"{name}: non-finite weights")
+        if layer.codes is not None:
+            problems += [f"{name}: {p}" for p in _level_problems(layer.codes.numpy(), layer.bits, layer.group_size)]
+        if getattr(config, "target_sparsity", None) is not None:
+            problems += [f"{name}: {p}" for p in _sparsity_problems(layer.weight.numpy(), config)]
+    return problems
+
+
+def _level_problems(codes: np.ndarray, bits: int, group_size: int | None) -> list[str]:
+    if codes.max(initial=0) >= 2**bits:
+        return [f"code {int(codes.max())} needs more than {bits} bits"]
+    rows, cols = codes.shape
+    group = group_size or cols
+    per_group = codes.reshape(rows, cols // group, group)
+    levels = max(len(np.unique(block)) for block in per_group.reshape(-1, group))
+    return [] if levels <= 2**bits else [f"{levels} levels in a group of {bits}-bit codes"]
+
+
+def _sparsity_problems(weight: np.ndarray, config) -> list[str]:
+    pruned = weight == 0
+    if config.sparsity is None:  # n of every m consecutive inputs pruned, in every row
+        per_group = pruned.reshape(weight.shape[0], -1, config.m).sum(axis=2)
+        return [] if (per_group >= config.n).all() else [f"a group of {config.m} has fewer than {config.n} zeros"]
+    share, floor = pruned.mean(), math.floor(config.sparsity * weight.shape[1]) / weight.shape[1]
+    return [] if share >= floor - 1e-12 else [f"sparsity {share:.4f} < {config.sparsity}"]
+
+
+def evaluation_problems(study: Study, table: pd.DataFrame) -> list[str]:
+    """One finite value per evaluation dataset and metric."""
+    expected = {f"{dataset}-heldout" for dataset in study.eval_datasets}
+    problems = [f"missing {dataset}" for dataset in sorted(expected - set(table["eval_dataset"]))]
+    bad = table[~table["value"].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    problems += [f"{row.eval_dataset}/{row.metric} = {row.value}" for row in bad.itertuples()]
+    return problems
