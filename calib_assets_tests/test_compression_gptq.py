@@ -1,9 +1,20 @@
-"""GPTQ against RTN, against a naive unblocked implementation, and on broken Hessians."""
+"""GPTQ against RTN, against a naive unblocked implementation, and on broken Hessians; act-order, static
+groups and the true-sequential engine."""
 
 import pytest
 import torch
 
-from calib_assets.compression import GPTQ, RTN, GPTQConfig, RTNConfig
+from calib_assets.compression import (
+    GPTQ,
+    RTN,
+    GPTQConfig,
+    RTNConfig,
+    apply_checkpoint,
+    compress_model,
+    load_checkpoint,
+    make_method_config,
+    save_checkpoint,
+)
 from calib_assets.compression.quantizer import dequantize, fit_params, quantize
 
 
@@ -137,3 +148,202 @@ def test_non_finite_statistics_or_weights_fail_clearly():
         gptq.compress(w)
     with pytest.raises(RuntimeError, match="add_batch"):
         GPTQ(GPTQConfig(), (4, 8)).compress(torch.randn(4, 8))
+
+
+# --- act-order, static groups, true-sequential ---------------------------------------------------------
+
+def _with_hessian(config, w, H):
+    gptq = GPTQ(config, w.shape)
+    gptq.H = H.clone()
+    return gptq.compress(w)
+
+
+def _scaled_inputs(cols: int, seed: int, spread: float = 3.0) -> torch.Tensor:
+    """Correlated inputs whose features have strongly different scales (log-uniform over `spread` decades)."""
+    gen = torch.Generator().manual_seed(seed + 100)
+    scales = 10 ** (spread * torch.rand(cols, generator=gen) - spread / 2)
+    return _correlated_inputs(cols, seed=seed) * scales
+
+
+def test_act_order_is_plain_gptq_on_permuted_columns():
+    torch.manual_seed(0)
+    w = torch.randn(12, 64)
+    x = _scaled_inputs(64, seed=1)
+    H = 2 * x.T @ x / x.shape[0]
+    perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+    inverse = torch.argsort(perm)
+    assert not torch.equal(perm, torch.arange(64))
+    act = _with_hessian(GPTQConfig(bits=3, group_size=16, blocksize=16, act_order=True), w, H)
+    plain = _with_hessian(GPTQConfig(bits=3, group_size=16, blocksize=16), w[:, perm], H[perm][:, perm])
+    assert torch.equal(act.weight, plain.weight[:, inverse])
+    assert torch.equal(act.codes, plain.codes[:, inverse])
+    assert torch.equal(act.scales, plain.scales) and torch.equal(act.zeros, plain.zeros)
+    assert act.g_idx.dtype == torch.int32 and act.g_idx.shape == (64,)
+    assert torch.equal(act.g_idx.long(), inverse // 16)  # column -> group of its processing position
+    assert torch.equal(dequantize(act.codes, act.scales, act.zeros, 16, act.g_idx), act.weight)
+    assert (torch.bincount(act.g_idx.long()) == 16).all()
+    for g in range(4):
+        assert max(act.weight[r, act.g_idx == g].unique().numel() for r in range(12)) <= 8
+
+
+def test_act_order_helps_on_heterogeneous_input_scales():
+    act, plain = [], []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        w = torch.randn(16, 64)
+        x = _scaled_inputs(64, seed=seed)
+        act.append(_output_error(w, _gptq(GPTQConfig(bits=3, group_size=None, act_order=True), w, x).weight, x))
+        plain.append(_output_error(w, _gptq(GPTQConfig(bits=3, group_size=None), w, x).weight, x))
+    assert sum(act) <= sum(plain)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_static_groups_use_rtn_grids_of_original_weights(act_order):
+    torch.manual_seed(0)
+    w = torch.randn(10, 64)
+    x = _scaled_inputs(64, seed=2)
+    result = _gptq(GPTQConfig(bits=3, group_size=16, blocksize=16, static_groups=True, act_order=act_order), w, x)
+    rtn = RTN(RTNConfig(bits=3, group_size=16), w.shape).compress(w)
+    assert torch.equal(result.scales, rtn.scales) and torch.equal(result.zeros, rtn.zeros)
+    assert result.g_idx is None  # groups are runs of original columns
+    assert torch.equal(dequantize(result.codes, result.scales, result.zeros, 16), result.weight)
+    assert _levels_per_group(result.weight, 16) <= 8
+    assert _output_error(w, result.weight, x) < _output_error(w, rtn.weight, x)
+    dynamic = _gptq(GPTQConfig(bits=3, group_size=16, blocksize=16, act_order=act_order), w, x)
+    assert not torch.equal(dynamic.scales, rtn.scales)
+
+
+@pytest.mark.parametrize(
+    "config, label",
+    [(GPTQConfig(act_order=True), "gptq-w4g128-act"),
+     (GPTQConfig(bits=3, group_size=64, act_order=True, static_groups=True), "gptq-w3g64-act-static"),
+     (GPTQConfig(true_sequential=True, percdamp=0.1), "gptq-w4g128-ts-damp0p1"),
+     (GPTQConfig(symmetric=True, act_order=True, true_sequential=True), "gptq-w4g128-sym-act-ts")],
+)
+def test_new_option_labels(config, label):
+    assert config.label() == label
+    assert make_method_config("gptq", config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "params, needle",
+    [({"act_order": 1}, "act_order"), ({"static_groups": True, "group_size": None}, "static_groups"),
+     ({"true_sequential": "yes"}, "true_sequential"), ({"actorder": True}, "act_order")],
+)
+def test_new_options_are_validated(params, needle):
+    with pytest.raises(ValueError, match=needle):
+        make_method_config("gptq", params)
+
+
+def test_act_order_checkpoint_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    w = torch.randn(8, 32)
+    x = _scaled_inputs(32, seed=3)
+    results = {"model.layers.0.mlp.up_proj": _gptq(GPTQConfig(bits=3, group_size=8, act_order=True), w, x),
+               "model.layers.0.mlp.down_proj": _gptq(GPTQConfig(bits=4, group_size=8, act_order=True,
+                                                                static_groups=True), w, x)}
+    save_checkpoint(tmp_path / "ckpt", results, {})
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    for name, result in results.items():
+        assert torch.equal(loaded[name].weight.view(torch.int32), result.weight.view(torch.int32))
+        assert torch.equal(loaded[name].codes, result.codes)
+        if result.g_idx is None:
+            assert loaded[name].g_idx is None
+        else:
+            assert torch.equal(loaded[name].g_idx, result.g_idx)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=256)
+    state = LlamaForCausalLM(config).state_dict()
+
+    def make():
+        model = LlamaForCausalLM(config).eval()
+        model.load_state_dict(state)
+        return model
+
+    ids = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(1))
+    return make, ids
+
+
+def _inputs_of(model, module_name, ids):
+    captured = []
+    module = dict(model.named_modules())[module_name]
+    handle = module.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().clone()))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    return torch.cat([c.reshape(-1, c.shape[-1]) for c in captured]).double()
+
+
+def _compress_recording_hessians(make, ids, config, monkeypatch):
+    used = []
+    original = GPTQ.compress
+
+    def spy(self, weight):
+        used.append((tuple(weight.shape), self.H.clone().double()))
+        return original(self, weight)
+
+    monkeypatch.setattr(GPTQ, "compress", spy)
+    model = make()
+    results = compress_model(model, ids, config, forward_dtype=torch.float32, batch_size=4)
+    monkeypatch.setattr(GPTQ, "compress", original)
+    return model, results, used
+
+
+def test_true_sequential_stages_see_compressed_earlier_stages(tiny_llama, monkeypatch):
+    make, ids = tiny_llama
+    config = GPTQConfig(bits=3, group_size=32, true_sequential=True)
+    model, results, used = _compress_recording_hessians(make, ids, config, monkeypatch)
+    # stages in call order: [q,k,v] -> [o] -> [gate,up] -> [down], in each layer
+    assert [shape for shape, _ in used] == [(128, 64), (64, 64), (256, 64), (64, 128)] * 2
+
+    reference = make()
+    modules = dict(reference.named_modules())
+    prefix = "model.layers.0."
+    for stage, (names, target) in enumerate([(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                                             "self_attn.o_proj"),
+                                            (["self_attn.o_proj"], "mlp.gate_proj"),
+                                            (["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj")]):
+        uncompressed = _inputs_of(reference, prefix + target, ids)
+        for name in names:
+            modules[prefix + name].weight.data.copy_(results[prefix + name].weight)
+        x = _inputs_of(reference, prefix + target, ids)
+        expected = 2 * x.T @ x / x.shape[0]
+        hessian = used[stage + 1][1]
+        tolerance = 1e-5 * float(expected.abs().max())
+        assert torch.allclose(hessian, expected, rtol=1e-4, atol=tolerance), target
+        before = 2 * uncompressed.T @ uncompressed / uncompressed.shape[0]
+        assert not torch.allclose(hessian, before, rtol=1e-4, atol=tolerance), target
+
+    # the first stage has nothing compressed before it: identical to the one-pass engine
+    _, one_pass, used_one_pass = _compress_recording_hessians(
+        make, ids, GPTQConfig(bits=3, group_size=32), monkeypatch)
+    for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+        assert torch.equal(one_pass[prefix + name].weight, results[prefix + name].weight)
+    assert not torch.equal(one_pass[prefix + "self_attn.o_proj"].weight, results[prefix + "self_attn.o_proj"].weight)
+    uncompressed = _inputs_of(make(), prefix + "self_attn.o_proj", ids)
+    expected = 2 * uncompressed.T @ uncompressed / uncompressed.shape[0]
+    assert torch.allclose(used_one_pass[1][1], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    for name, result in results.items():  # the model holds the returned weights
+        assert torch.equal(dict(model.named_modules())[name].weight, result.weight)
+
+
+def test_act_order_through_the_engine(tiny_llama, tmp_path):
+    make, ids = tiny_llama
+    model = make()
+    results = compress_model(model, ids, GPTQConfig(bits=4, group_size=32, act_order=True), batch_size=4)
+    q, k = results["model.layers.0.self_attn.q_proj"], results["model.layers.0.self_attn.k_proj"]
+    assert q.g_idx is not None and torch.equal(q.g_idx, k.g_idx)  # row-stacked: one permutation
+    for result in results.values():
+        assert torch.equal(dequantize(result.codes, result.scales, result.zeros, 32, result.g_idx), result.weight)
+    save_checkpoint(tmp_path / "ckpt", results, {})
+    fresh = make()
+    apply_checkpoint(fresh, tmp_path / "ckpt")
+    for key, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor.view(torch.int32), model.state_dict()[key].view(torch.int32)), key

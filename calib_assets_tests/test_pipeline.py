@@ -175,3 +175,29 @@ def test_calibration_check_catches_a_leak_into_evaluation_text(materialized, tmp
     problems = calibration_set_problems(study, copy, model, calib)
     assert any("held-out evaluation text" in p for p in problems)
     assert any("more than one window" in p for p in problems)
+
+
+def test_findings_follow_a_new_evaluation_eagerly(materialized):
+    study, defs, _, instance, _ = materialized
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert settled.total_requested == 0  # everything is up to date after a full run
+    key = dg.MultiPartitionKey({"variant": study.variant_keys[0], "calib": study.calib_keys[0]})
+    defs.resolve_job_def("reevaluate_checkpoints").execute_in_process(instance=instance, partition_key=key)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    requested = {r.key.to_user_string() for r in result.results if r.true_subset.size}
+    # eval_results and, in the same tick, every dbt model downstream of it; nothing upstream
+    assert requested == {"eval_results", "stg_eval_results", "mart_calibration_spread", "mart_baselines"}
+
+
+def test_weekly_reevaluation_requests_every_materialized_checkpoint(materialized):
+    study, defs, _, instance, _ = materialized
+    schedule = next(s for s in defs.schedules if s.name == "weekly_reevaluate_checkpoints")
+    import datetime
+
+    tick = datetime.datetime(2026, 11, 23, 3, tzinfo=datetime.timezone.utc)
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick,
+                                   repository_def=defs.get_repository_def()) as context:
+        requests = list(schedule.evaluate_tick(context).run_requests)
+    expected = {str(dg.MultiPartitionKey({"variant": v, "calib": c}))
+                for v in study.variant_keys for c in study.calib_keys}
+    assert {request.partition_key for request in requests} == expected

@@ -4,7 +4,8 @@ compressed checkpoints. Plain Python + torch (transformers and safetensors impor
 
 from __future__ import annotations
 
-from .checkpoint import apply_checkpoint, load_checkpoint, save_checkpoint
+from .awq import AWQConfig, compress_layer_awq
+from .checkpoint import ExtraTensor, apply_checkpoint, load_checkpoint, save_checkpoint
 from .config import (
     METHODS,
     CompressedLinear,
@@ -12,6 +13,7 @@ from .config import (
     MagnitudeConfig,
     MethodConfig,
     RTNConfig,
+    SparseGPTConfig,
     WandaConfig,
     check_layer_compatible,
     make_method_config,
@@ -27,9 +29,17 @@ from .engine import (
 from .gptq import GPTQ
 from .magnitude import Magnitude
 from .rtn import RTN
+from .sparsegpt import SparseGPT
+from .spqr import SpQR, SpQRConfig, spqr_bits_per_param
 from .wanda import Wanda
 
 __all__ = [
+    "AWQConfig",
+    "ExtraTensor",
+    "SpQR",
+    "SpQRConfig",
+    "compress_layer_awq",
+    "spqr_bits_per_param",
     "COMPRESSORS",
     "METHODS",
     "CompressedLinear",
@@ -40,6 +50,8 @@ __all__ = [
     "MethodConfig",
     "RTN",
     "RTNConfig",
+    "SparseGPT",
+    "SparseGPTConfig",
     "Wanda",
     "WandaConfig",
     "apply_checkpoint",

@@ -4,14 +4,20 @@ A checkpoint directory holds `tensors.safetensors` and `manifest.json`. The base
 are not duplicated: the caller's manifest names the base model (its fingerprint), and `apply_checkpoint`
 writes the linears into a freshly loaded copy of it. Per linear, under its full module name:
 - quantized: `<name>.codes` (codes bit-packed into uint8), `<name>.scales`, `<name>.zeros`
-  (uint8 when every zero point is an integer in 0..255, else fp32);
+  (uint8 when every zero point is an integer in 0..255, else fp32), and `<name>.g_idx` (int32, each
+  column's group) when the columns were grouped out of order (GPTQ act-order);
 - pruned: `<name>.mask` (keep-mask, np.packbits order) and `<name>.values` (the kept weights, fp32);
 - otherwise: `<name>.weight` (fp32).
+- quantized weights that differ from their codes' grid (SpQR's outliers, counted in `info["outliers"]`):
+  `<name>.outlier_idx` (flat row-major indices, int32) and `<name>.outlier_values` (fp32).
+Extra tensors (`ExtraTensor`, keyed by full parameter name: AWQ's folded norm weights) are stored as is
+under `extra/<name>` (fp32) and listed in the manifest's `extra`; `apply_checkpoint` writes them back.
 Loading reconstructs bit for bit the weights the method produced.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,13 @@ from .quantizer import dequantize, pack_codes, unpack_codes
 TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
+EXTRA_PREFIX = "extra/"
+
+
+@dataclass
+class ExtraTensor(CompressedLinear):
+    """A full-precision tensor a method changed besides the linears' weights (e.g. AWQ's folded norm
+    weights), keyed in a results dict by its full parameter name; only `weight` (any shape) and `info`."""
 
 
 def save_checkpoint(path: str | Path, compressed: dict[str, CompressedLinear], manifest: dict[str, Any]) -> dict:
@@ -37,7 +50,10 @@ def save_checkpoint(path: str | Path, compressed: dict[str, CompressedLinear], m
         raise ValueError("nothing to save: `compressed` is empty")
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict[str, Any]] = {}
-    for name in sorted(compressed):
+    extras = {name: c for name, c in compressed.items() if isinstance(c, ExtraTensor)}
+    for name in sorted(extras):
+        tensors[EXTRA_PREFIX + name] = extras[name].weight.detach().cpu().float().contiguous()
+    for name in sorted(set(compressed) - set(extras)):
         stored, summary = _encode(name, compressed[name])
         tensors.update(stored)
         layers[name] = summary
@@ -59,6 +75,9 @@ def save_checkpoint(path: str | Path, compressed: dict[str, CompressedLinear], m
             sparsity=pruned / n_params,
             fingerprint=sha256_files([tmp / TENSORS_FILE]),
         )
+        if extras:
+            final["extra"] = {name: {"shape": list(extras[name].weight.shape), "info": dict(extras[name].info)}
+                              for name in sorted(extras)}
         write_json(tmp / MANIFEST_FILE, final)
     return read_json(Path(path) / MANIFEST_FILE)
 
@@ -78,6 +97,8 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[dict[str,
         raise ValueError(f"{tensors_path} does not match the manifest's fingerprint: the checkpoint is corrupt")
     tensors = load_file(str(tensors_path))
     compressed = {name: _decode(name, summary, tensors) for name, summary in manifest["layers"].items()}
+    for name, summary in manifest.get("extra", {}).items():
+        compressed[name] = ExtraTensor(weight=tensors[EXTRA_PREFIX + name], info=summary.get("info", {}))
     return compressed, manifest
 
 
@@ -87,6 +108,9 @@ def apply_checkpoint(model: nn.Module, path: str | Path) -> dict:
     compressed, manifest = load_checkpoint(path)
     modules = dict(model.named_modules())
     for name, result in compressed.items():
+        if isinstance(result, ExtraTensor):
+            _apply_extra(model, name, result)
+            continue
         module = modules.get(name)
         if not isinstance(module, nn.Linear):
             raise ValueError(f"checkpoint layer {name!r} is not a linear of this model")
@@ -97,6 +121,18 @@ def apply_checkpoint(model: nn.Module, path: str | Path) -> dict:
             )
         module.weight.data.copy_(result.weight)
     return manifest
+
+
+def _apply_extra(model: nn.Module, name: str, extra: ExtraTensor) -> None:
+    targets = dict(model.named_parameters())
+    targets.update(model.named_buffers())
+    target = targets.get(name)
+    if target is None:
+        raise ValueError(f"checkpoint tensor {name!r} is not a parameter or buffer of this model")
+    if tuple(target.shape) != tuple(extra.weight.shape):
+        raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(extra.weight.shape)}, "
+                         f"the model's has {tuple(target.shape)}")
+    target.data.copy_(extra.weight)
 
 
 def _encode(name: str, c: CompressedLinear) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -112,7 +148,10 @@ def _encode(name: str, c: CompressedLinear) -> tuple[dict[str, torch.Tensor], di
         stored[f"{name}.codes"] = pack_codes(c.codes.cpu(), c.bits)
         stored[f"{name}.scales"] = c.scales.detach().cpu().float().contiguous()
         stored[f"{name}.zeros"] = (as_bytes.to(torch.uint8) if compact else zeros).contiguous()
+        if c.g_idx is not None:
+            stored[f"{name}.g_idx"] = c.g_idx.detach().to("cpu", torch.int32, copy=True)  # row-split layers share one
         summary.update(format="quantized", bits=c.bits, group_size=c.group_size)
+        stored.update(_outliers(name, c, weight, stored, summary))
     if c.mask is not None:
         mask = c.mask.detach().cpu().bool()
         stored[f"{name}.mask"] = torch.from_numpy(np.packbits(mask.numpy().reshape(-1)))
@@ -138,11 +177,16 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
         codes = unpack_codes(tensors[f"{name}.codes"], summary["bits"], rows * cols).reshape(rows, cols)
         scales = tensors[f"{name}.scales"]
         zeros = tensors[f"{name}.zeros"].float()
-        weight = dequantize(codes, scales, zeros, summary["group_size"])
+        g_idx = tensors.get(f"{name}.g_idx")
+        weight = dequantize(codes, scales, zeros, summary["group_size"], g_idx)
         if mask is not None:
             weight = apply_mask(weight, mask)
+        if f"{name}.outlier_idx" in tensors:
+            weight = weight.reshape(-1).index_put((tensors[f"{name}.outlier_idx"].long(),),
+                                                  tensors[f"{name}.outlier_values"]).view(rows, cols)
         return CompressedLinear(weight=weight, codes=codes, scales=scales, zeros=zeros, bits=summary["bits"],
-                                group_size=summary["group_size"], mask=mask, info=summary.get("info", {}))
+                                group_size=summary["group_size"], mask=mask, g_idx=g_idx,
+                                info=summary.get("info", {}))
     if summary["format"] == "pruned":
         weight = torch.zeros(rows, cols, dtype=torch.float32)
         weight[mask] = tensors[f"{name}.values"]
@@ -150,3 +194,26 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
     if summary["format"] == "dense":
         return CompressedLinear(weight=tensors[f"{name}.weight"], info=summary.get("info", {}))
     raise ValueError(f"layer {name!r}: unknown stored format {summary['format']!r}")
+
+
+def _outliers(name: str, c: CompressedLinear, weight: torch.Tensor, stored: dict[str, torch.Tensor],
+              summary: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The entries where `weight` differs (bitwise) from what the stored codes give back, as (index, value);
+    their number must be the result's declared `info["outliers"]` (0 unless the method keeps outliers)."""
+    from .spqr import outlier_mask
+
+    grid = CompressedLinear(weight=weight, codes=c.codes.cpu(), scales=stored[f"{name}.scales"],
+                            zeros=stored[f"{name}.zeros"].float(), group_size=c.group_size,
+                            g_idx=stored.get(f"{name}.g_idx"),
+                            mask=None if c.mask is None else c.mask.detach().cpu().bool())
+    off_grid = outlier_mask(grid).reshape(-1)
+    count, declared = int(off_grid.sum()), int(c.info.get("outliers", 0))
+    if count != declared:
+        raise ValueError(f"layer {name!r}: the weight differs from its dequantized codes at {count} entries, "
+                         f"but the result declares {declared} outliers")
+    if not count:
+        return {}
+    index = off_grid.nonzero().squeeze(1)
+    summary["outliers"] = count
+    return {f"{name}.outlier_idx": index.to(torch.int32 if off_grid.numel() < 2**31 else torch.int64),
+            f"{name}.outlier_values": weight.reshape(-1)[index].contiguous()}

@@ -73,6 +73,9 @@ class GPTQConfig(_QuantConfig):
 
     percdamp: float = 0.01
     blocksize: int = 128
+    act_order: bool = False  # columns by descending diag(H)
+    static_groups: bool = False  # every group's grid fitted on the original weights, before the loop
+    true_sequential: bool = False  # engine: [q,k,v] -> [o] -> [gate,up] -> [down], re-running the layer
 
     method: ClassVar[str] = "gptq"
     row_independent: ClassVar[bool] = True
@@ -84,9 +87,17 @@ class GPTQConfig(_QuantConfig):
         if not 0 <= self.percdamp:
             raise ValueError(f"percdamp={self.percdamp!r} must be >= 0")
         _check_int("blocksize", self.blocksize, 1)
+        for name in ("act_order", "static_groups", "true_sequential"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.static_groups and self.group_size is None:
+            raise ValueError("static_groups=True needs a group_size (with one group per row it changes nothing)")
 
     def label(self) -> str:
         label = f"gptq-{self._quant_tag()}"
+        label += "-act" if self.act_order else ""
+        label += "-static" if self.static_groups else ""
+        label += "-ts" if self.true_sequential else ""
         if self.percdamp != 0.01:
             label += f"-damp{_number_tag(self.percdamp)}"
         return label
@@ -155,13 +166,158 @@ class WandaConfig(_SparsityConfig):
     needs_calibration: ClassVar[bool] = True
 
 
-MethodConfig = RTNConfig | GPTQConfig | MagnitudeConfig | WandaConfig
+@dataclass(frozen=True)
+class SparseGPTConfig(_SparsityConfig):
+    """SparseGPT (Frantar & Alistarh, 2023): OBS pruning with GPTQ's Hessian updates; optional joint
+    quantization of the kept weights (`bits`, `group_size`, `symmetric` as in GPTQ)."""
+
+    blocksize: int = 128
+    percdamp: float = 0.01
+    bits: int | None = None
+    group_size: int | None = None
+    symmetric: bool = False
+
+    method: ClassVar[str] = "sparsegpt"
+    needs_calibration: ClassVar[bool] = True
+
+    @property
+    def row_independent(self) -> bool:
+        """N:M masks are chosen row by row; the unstructured mask over whole blocks of all rows, so
+        row-stacking q/k/v would change it."""
+        return self.sparsity is None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("blocksize", self.blocksize, 1)
+        _check_float("percdamp", self.percdamp)
+        if not 0 <= self.percdamp:
+            raise ValueError(f"percdamp={self.percdamp!r} must be >= 0")
+        if self.m is not None and self.blocksize % self.m != 0:
+            raise ValueError(f"N:M needs m={self.m} to divide blocksize={self.blocksize}")
+        if self.bits is None:
+            if self.group_size is not None or self.symmetric:
+                raise ValueError(
+                    f"group_size={self.group_size!r}, symmetric={self.symmetric!r} need bits (2..8) "
+                    "for joint quantization"
+                )
+        else:
+            _QuantConfig.__post_init__(self)  # type: ignore[arg-type]
+
+    def label(self) -> str:
+        label = f"sparsegpt-{self._sparsity_tag()}"
+        if self.sparsity is not None and self.blocksize != 128:  # the unstructured mask is chosen per block
+            label += f"-bs{self.blocksize}"
+        if self.bits is not None:
+            label += "-" + _QuantConfig._quant_tag(self)  # type: ignore[arg-type]
+        if self.percdamp != 0.01:
+            label += f"-damp{_number_tag(self.percdamp)}"
+        return label
+
+
+@dataclass(frozen=True)
+class SpQRConfig:
+    """SpQR (Dettmers et al., 2024): GPTQ with small groups whose scales and zero points are quantized
+    again (`qq_*`, in runs of `qq_groupsize` output rows), plus unstructured fp32 outliers.
+
+    `outlier_threshold` is relative to mean_j(var_i(W_ij) / U_jj^2) (U: Cholesky factor of H^-1);
+    `inf` keeps no outliers. Not row-independent: the threshold and the second-level groups span rows,
+    so the engine compresses each linear on its own rather than row-stacked.
+    """
+
+    bits: int = 3
+    group_size: int = 16
+    qq_scale_bits: int = 3
+    qq_zero_bits: int = 3
+    qq_groupsize: int = 16
+    outlier_threshold: float = 0.2
+    act_order: bool = True
+    percdamp: float = 1.0
+    blocksize: int = 128
+    simplified_outliers: bool = False
+
+    method: ClassVar[str] = "spqr"
+    row_independent: ClassVar[bool] = False
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_int("bits", self.bits, 2, 8)
+        _check_int("group_size", self.group_size, 1)
+        _check_int("qq_scale_bits", self.qq_scale_bits, 2, 8)
+        _check_int("qq_zero_bits", self.qq_zero_bits, 2, 8)
+        _check_int("qq_groupsize", self.qq_groupsize, 1)
+        _check_int("blocksize", self.blocksize, 1)
+        _check_float("outlier_threshold", self.outlier_threshold)
+        if not self.outlier_threshold >= 0:
+            raise ValueError(f"outlier_threshold={self.outlier_threshold!r} must be >= 0 (inf: no outliers)")
+        _check_float("percdamp", self.percdamp)
+        if not 0 <= self.percdamp:
+            raise ValueError(f"percdamp={self.percdamp!r} must be >= 0")
+        for name in ("act_order", "simplified_outliers"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def label(self) -> str:
+        label = f"spqr-w{self.bits}g{self.group_size}"
+        if (self.qq_scale_bits, self.qq_zero_bits, self.qq_groupsize) != (3, 3, 16):
+            label += f"-qq{self.qq_scale_bits}{self.qq_zero_bits}g{self.qq_groupsize}"
+        if self.outlier_threshold != 0.2:
+            tag = "none" if self.outlier_threshold == float("inf") else _number_tag(self.outlier_threshold)
+            label += f"-ol{tag}"
+        label += "" if self.act_order else "-noact"
+        label += "-simple" if self.simplified_outliers else ""
+        if self.percdamp != 1.0:
+            label += f"-damp{_number_tag(self.percdamp)}"
+        return label
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class AWQConfig(_QuantConfig):
+    """AWQ (Lin et al., 2024): per-input-channel scales s = mean|x|^a searched on a grid of `n_grid` ratios
+    a in [0, 1) to minimise the block output error, 1/s folded into the previous op; then, with `clip`, a
+    per-group clipping range searched over `clip_grid` steps down to (1 - max_shrink) of the max; RTN."""
+
+    n_grid: int = 20
+    clip: bool = True
+    clip_grid: int = 20
+    max_shrink: float = 0.5
+
+    method: ClassVar[str] = "awq"
+    row_independent: ClassVar[bool] = False  # the engine runs awq.compress_layer_awq per decoder layer
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("n_grid", self.n_grid, 1)
+        _check_int("clip_grid", self.clip_grid, 1)
+        if not isinstance(self.clip, bool):
+            raise ValueError(f"clip must be true or false, got {self.clip!r}")
+        _check_float("max_shrink", self.max_shrink)
+        if not 0 <= self.max_shrink < 1:
+            raise ValueError(f"max_shrink={self.max_shrink!r} is out of range; allowed: [0, 1)")
+
+    def label(self) -> str:
+        label = f"awq-{self._quant_tag()}"
+        label += "" if self.clip else "-noclip"
+        if self.n_grid != 20:
+            label += f"-grid{self.n_grid}"
+        if self.clip and (self.clip_grid, self.max_shrink) != (20, 0.5):
+            label += f"-clip{self.clip_grid}s{_number_tag(self.max_shrink)}"
+        return label
+
+
+MethodConfig = RTNConfig | GPTQConfig | MagnitudeConfig | WandaConfig | SparseGPTConfig | SpQRConfig | AWQConfig
 
 METHODS: dict[str, type] = {
     "rtn": RTNConfig,
     "magnitude": MagnitudeConfig,
     "wanda": WandaConfig,
     "gptq": GPTQConfig,
+    "sparsegpt": SparseGPTConfig,
+    "spqr": SpQRConfig,
+    "awq": AWQConfig,
 }
 
 
@@ -201,7 +357,7 @@ class CompressedLinear:
     """What a compressor produced for one linear.
 
     `weight` is the dense fp32 effective weight. When quantized, `dequantize(codes, scales, zeros,
-    group_size)` reproduces `weight` bit for bit; when pruned, `mask` (True = kept) marks the kept entries.
+    group_size, g_idx)` reproduces `weight` bit for bit; when pruned, `mask` (True = kept) marks the kept entries.
     """
 
     weight: torch.Tensor
@@ -211,6 +367,7 @@ class CompressedLinear:
     bits: int | None = None
     group_size: int | None = None
     mask: torch.Tensor | None = None
+    g_idx: torch.Tensor | None = None  # int32 [in_features]: column -> group (act-order); None: j // group_size
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -232,6 +389,7 @@ class CompressedLinear:
             scales=move(self.scales),
             zeros=move(self.zeros),
             mask=move(self.mask),
+            g_idx=move(self.g_idx),
         )
 
 

@@ -21,13 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .awq import compress_layer_awq
 from .config import CompressedLinear, MethodConfig, check_layer_compatible
 from .gptq import GPTQ
 from .magnitude import Magnitude
 from .rtn import RTN
+from .sparsegpt import SparseGPT
+from .spqr import SpQR
 from .wanda import Wanda
 
-COMPRESSORS: dict[str, type] = {"rtn": RTN, "magnitude": Magnitude, "wanda": Wanda, "gptq": GPTQ}
+COMPRESSORS: dict[str, type] = {"rtn": RTN, "magnitude": Magnitude, "wanda": Wanda, "gptq": GPTQ,
+                                "sparsegpt": SparseGPT, "spqr": SpQR}
 
 Progress = Callable[[int, int, str], None]
 LayerInputs = list[tuple[torch.Tensor, dict[str, Any]]]  # one (hidden_states, kwargs) per batch
@@ -90,6 +94,7 @@ def compress_model(
             inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
         total = len(decoder.layers)
         groups = None  # linears sharing an input: found on layer 0, the same in every decoder layer
+        layer_fn = compress_layer_awq if config.method == "awq" else _compress_layer  # AWQ works per block
         for index, layer in enumerate(decoder.layers):
             layer_prefix = f"{prefix}layers.{index}"
             rerun = index < total - 1  # the last layer's outputs are not needed
@@ -97,7 +102,7 @@ def compress_model(
                 with _on_device(layer, device, forward_dtype):
                     groups = _groups_sharing_input(layer, inputs)
             results.update(
-                _compress_layer(layer, layer_prefix, inputs, config, device, forward_dtype, rerun, groups)
+                layer_fn(layer, layer_prefix, inputs, config, device, forward_dtype, rerun, groups)
             )
             if progress is not None:
                 progress(index + 1, total, layer_prefix)
@@ -141,30 +146,42 @@ def _compress_layer(
     Linears that read the same input (q/k/v, gate/up) share one set of statistics and, for row-wise
     methods, are compressed as one row-stacked matrix: each output row is treated on its own, so the
     result is exactly that of compressing them one by one, at a fraction of the cost.
+
+    With `true_sequential`, the groups are stages compressed one after the other in call order
+    (q/k/v -> o -> gate/up -> down in a Llama layer): each stage's statistics come from a fresh run of
+    the layer in which the earlier stages are already compressed.
     """
     linears = {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
     groups = groups or [[name] for name in linears]
+    staged = inputs is not None and getattr(config, "true_sequential", False)
+    stages = [[group] for group in groups] if staged else [groups]
     results: dict[str, CompressedLinear] = {}
     with _on_device(layer, device, forward_dtype) as master:
-        if inputs is not None:
-            compressors = {group[0]: _stacked_compressor(config, [linears[n] for n in group]) for group in groups}
-            _collect_statistics(layer, {name: linears[name] for name in compressors}, compressors, inputs, prefix)
-        else:
-            compressors = {name: make_compressor(config, linears[name]) for name in linears}
-        for group in groups:
-            names = ", ".join(f"{prefix}.{name}" for name in group)
-            weights = [master[f"{name}.weight"] for name in group]
-            try:
-                stacked = compressors.pop(group[0]).compress(torch.cat(weights))
-            except (ValueError, RuntimeError, FloatingPointError) as error:
-                raise type(error)(f"{names}: {error}") from error
-            rows = [w.shape[0] for w in weights]
-            for name, result in zip(group, _split_rows(stacked, rows)):
-                master[f"{name}.weight"] = result.weight
-                results[f"{prefix}.{name}"] = result.to("cpu")
-        _load(layer, master, device, forward_dtype)
+        for stage in stages:
+            compressors = {group[0]: _stacked_compressor(config, [linears[n] for n in group]) for group in stage}
+            if inputs is not None:
+                hooked = {name: linears[name] for name in compressors}
+                _collect_statistics(layer, hooked, compressors, inputs, prefix, stop_early=staged)
+            for group in stage:
+                results.update(_compress_group(compressors.pop(group[0]), group, master, prefix))
+            _load(layer, master, device, forward_dtype)  # the next stage (or rerun) sees this one compressed
         if inputs is not None and rerun:
             inputs[:] = _run_layer(layer, inputs)
+    return results
+
+
+def _compress_group(compressor, group: list[str], master: dict[str, torch.Tensor], prefix: str):
+    """Compress the row-stacked weights of `group`; write them into `master`; name -> result (on CPU)."""
+    names = ", ".join(f"{prefix}.{name}" for name in group)
+    weights = [master[f"{name}.weight"] for name in group]
+    try:
+        stacked = compressor.compress(torch.cat(weights))
+    except (ValueError, RuntimeError, FloatingPointError) as error:
+        raise type(error)(f"{names}: {error}") from error
+    results = {}
+    for name, result in zip(group, _split_rows(stacked, [w.shape[0] for w in weights])):
+        master[f"{name}.weight"] = result.weight
+        results[f"{prefix}.{name}"] = result.to("cpu")
     return results
 
 
@@ -185,7 +202,7 @@ def _split_rows(result: CompressedLinear, rows: list[int]) -> list[CompressedLin
 
 
 def _groups_sharing_input(layer: nn.Module, inputs: LayerInputs) -> list[list[str]]:
-    """Linears grouped by the input tensor they receive, seen on one calibration window."""
+    """Linears grouped by the input tensor they receive, in call order, seen on one calibration window."""
     linears = {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
     hidden, kwargs = inputs[0]
     seen: dict[str, torch.Tensor] = {}  # holding the tensors keeps their ids from being reused
@@ -203,7 +220,7 @@ def _groups_sharing_input(layer: nn.Module, inputs: LayerInputs) -> list[list[st
         for handle in handles:
             handle.remove()
     groups: dict[int, list[str]] = {}
-    for name in linears:
+    for name in [*seen, *(n for n in linears if n not in seen)]:  # call order, then never-called linears
         groups.setdefault(id(seen[name]) if name in seen else id(linears[name]), []).append(name)
     return list(groups.values())
 
@@ -221,19 +238,29 @@ def _first_sample(kwargs: dict[str, Any], batch: int) -> dict[str, Any]:
     return {key: cut(value) for key, value in kwargs.items()}
 
 
-def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix: str) -> None:
+def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix: str,
+                        stop_early: bool = False) -> None:
+    """Feed each hooked linear's inputs to its compressor; `stop_early` (one hooked linear) cuts each
+    batch's forward right after that linear has run."""
+
     def hook(name):
         def feed(module, args, output):
             try:
                 compressors[name].add_batch(args[0].detach().float())
             except (ValueError, RuntimeError, FloatingPointError) as error:
                 raise type(error)(f"{prefix}.{name}: {error}") from error
+            if stop_early:
+                raise _StopForward
 
         return feed
 
     handles = [linears[name].register_forward_hook(hook(name)) for name in linears]
     try:
-        _run_layer(layer, inputs)
+        for hidden, kwargs in inputs:
+            try:
+                layer(hidden, **kwargs)
+            except _StopForward:
+                pass
     finally:
         for handle in handles:
             handle.remove()

@@ -3,6 +3,11 @@ back into the columns not yet quantized through the inverse Hessian of the layer
 
 H = 2 X X^T / n over the calibration tokens. U = upper Cholesky factor of H^-1, so that row i of U,
 divided by U[i, i], is the optimal update of the columns after i when column i is fixed.
+
+act_order processes the columns by descending diag(H) (the inputs with most energy first); without
+static groups a group is then a run of `group_size` consecutive columns in that order, and `g_idx` maps
+each original column to its group. static_groups fits every group's grid on the original weights
+before the loop, groups being runs of columns in the original order.
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ from typing import Any
 import torch
 
 from .config import CompressedLinear, GPTQConfig, check_finite, weight_shape_of
-from .quantizer import fit_params, quantized_linear
+from .quantizer import fit_params, quantize_grouped, quantized_linear
 
 MAX_DAMPING_RETRIES = 12
 
 
-class GPTQ:
-    def __init__(self, config: GPTQConfig, layer: Any):
+class HessianCompressor:
+    """Accumulates H = 2 X X^T / n from a linear's inputs; shared by GPTQ and SparseGPT."""
+
+    name = "GPTQ"
+
+    def __init__(self, config: Any, layer: Any):
         self.config = config
         self.rows, self.columns = weight_shape_of(layer)
         self.H: torch.Tensor | None = None
@@ -34,56 +43,87 @@ class GPTQ:
         self.H.mul_(self.nsamples / total).add_(x.T @ x, alpha=2.0 / total)
         self.nsamples = total
 
-    def compress(self, weight: torch.Tensor) -> CompressedLinear:
-        start = time.perf_counter()
+    def _weight_and_hessian(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """fp32 copies of W and H with dead inputs (diag 0) neutralised: H[d, d] = 1, W[:, d] = 0."""
         if self.H is None:
-            raise RuntimeError("GPTQ needs calibration inputs: add_batch was never called")
-        cfg = self.config
+            raise RuntimeError(f"{self.name} needs calibration inputs: add_batch was never called")
         W = weight.detach().float().clone()
         check_finite("weight", W)
         H = self.H.to(W.device).clone()
         check_finite("Hessian", H)
-
         dead = torch.diag(H) == 0
         H[dead, dead] = 1
         W[:, dead] = 0
-        U, damping, retries = self._inverse_hessian_factor(H)
-
-        codes, scales, zeros = self._quantize_columns(W, U)
         self.H = None  # free the statistics; a compressor is used once
+        return W, H, dead
+
+
+def inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float, int]:
+    """Upper Cholesky factor of (H + damping I)^-1; damping grows x10 until both factorizations work."""
+    diag_mean = float(torch.diag(H).mean())
+    damping = percdamp * diag_mean
+    floor = 1e-6 * max(abs(diag_mean), 1e-12)  # a start when percdamp is 0 and H is singular
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for retries in range(MAX_DAMPING_RETRIES + 1):
+        L, info = torch.linalg.cholesky_ex(H + damping * eye)
+        if int(info) == 0:
+            # cholesky_solve(I, L) == cholesky_inverse(L), but MKL's potri is ~40x slower on CPU
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_solve(eye, L), upper=True)
+            if int(info) == 0 and torch.isfinite(U).all():
+                return U, damping, retries
+        damping = max(damping * 10, floor)
+    raise FloatingPointError(
+        f"Hessian is not positive definite even with damping {damping:.3g} "
+        f"after {MAX_DAMPING_RETRIES} increases (mean diag {diag_mean:.3g})"
+    )
+
+
+class GPTQ(HessianCompressor):
+    config: GPTQConfig
+
+    def compress(self, weight: torch.Tensor) -> CompressedLinear:
+        start = time.perf_counter()
+        cfg = self.config
+        W, H, dead = self._weight_and_hessian(weight)
+        cols = W.shape[1]
+        group = cfg.group_size or cols
+
+        static = None
+        if cfg.static_groups:  # grids of the original (dead-zeroed) weights, groups in original order
+            _, static_scales, static_zeros = quantize_grouped(W, cfg.bits, cfg.group_size, cfg.symmetric)
+            static = (static_scales, static_zeros)
+        perm = torch.arange(cols, device=W.device)
+        if cfg.act_order:
+            perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+            W, H = W[:, perm], H[perm][:, perm]
+        U, damping, retries = inverse_hessian_factor(H, cfg.percdamp)
+
+        codes, scales, zeros = self._quantize_columns(W, U, perm, static)
+        invperm = torch.argsort(perm)
+        codes = codes[:, invperm]
+        g_idx = None
+        if cfg.act_order and static is None and cfg.group_size:
+            g_idx = (invperm // group).to(torch.int32)  # original column -> its group in processing order
         info = {"seconds": time.perf_counter() - start, "damping": damping, "damping_retries": retries,
                 "dead_inputs": int(dead.sum()), "tokens": self.nsamples}
-        return quantized_linear(codes, scales, zeros, cfg.bits, cfg.group_size, info)
-
-    def _inverse_hessian_factor(self, H: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-        """Upper Cholesky factor of (H + damping I)^-1; damping grows x10 until both factorizations work."""
-        diag_mean = float(torch.diag(H).mean())
-        damping = self.config.percdamp * diag_mean
-        floor = 1e-6 * max(abs(diag_mean), 1e-12)  # a start when percdamp is 0 and H is singular
-        eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-        for retries in range(MAX_DAMPING_RETRIES + 1):
-            L, info = torch.linalg.cholesky_ex(H + damping * eye)
-            if int(info) == 0:
-                # cholesky_solve(I, L) == cholesky_inverse(L), but MKL's potri is ~40x slower on CPU
-                U, info = torch.linalg.cholesky_ex(torch.cholesky_solve(eye, L), upper=True)
-                if int(info) == 0 and torch.isfinite(U).all():
-                    return U, damping, retries
-            damping = max(damping * 10, floor)
-        raise FloatingPointError(
-            f"Hessian is not positive definite even with damping {damping:.3g} "
-            f"after {MAX_DAMPING_RETRIES} increases (mean diag {diag_mean:.3g})"
-        )
+        return quantized_linear(codes, scales, zeros, cfg.bits, cfg.group_size, info, g_idx=g_idx)
 
     def _quantize_columns(
-        self, W: torch.Tensor, U: torch.Tensor
+        self, W: torch.Tensor, U: torch.Tensor, perm: torch.Tensor, static: tuple | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes in processing order; grids per group, fitted at each group start unless `static`."""
         cfg = self.config
         rows, cols = W.shape
         maxq = 2**cfg.bits - 1
         group = cfg.group_size or cols
         codes = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
-        scales = torch.zeros(rows, cols // group, dtype=torch.float32, device=W.device)
-        zeros = torch.zeros_like(scales)
+        if static is None:
+            scales = torch.zeros(rows, cols // group, dtype=torch.float32, device=W.device)
+            zeros = torch.zeros_like(scales)
+        else:
+            scales, zeros = static
+            group_of = (perm // group).tolist()  # processing position -> original group
+            grids = list(zip(scales.T.contiguous(), zeros.T.contiguous()))
         scale = zero = None
 
         for i1 in range(0, cols, cfg.blocksize):
@@ -93,7 +133,9 @@ class GPTQ:
             U1 = U[i1:i2, i1:i2]
             for i in range(i2 - i1):
                 col = i1 + i
-                if col % group == 0:
+                if static is not None:
+                    scale, zero = grids[group_of[col]]
+                elif col % group == 0:
                     current = self._current_group(W, W1, Err1, U, i1, i, col + group)
                     scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                     scales[:, col // group], zeros[:, col // group] = scale, zero

@@ -40,10 +40,17 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
     return q.clamp(0, maxq).to(torch.uint8)
 
 
-def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    """fp32 weights from codes [rows, cols] and per-group scales/zeros [rows, n_groups]."""
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int | None,
+               g_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 weights from codes [rows, cols] and per-group scales/zeros [rows, n_groups].
+
+    Column j belongs to group j // group_size, or to group g_idx[j] when a g_idx [cols] is given.
+    """
     if scales.dim() == 1:
         scales, zeros = scales[:, None], zeros[:, None]
+    if g_idx is not None:
+        g_idx = g_idx.long()
+        return (codes.float() - zeros.float()[:, g_idx]) * scales.float()[:, g_idx]
     cols = codes.shape[1]
     step = group_size or cols
     scales = scales.float().repeat_interleave(step, dim=1)[:, :cols]
@@ -52,10 +59,10 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
 
 
 def quantized_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
-                     group_size: int | None, info: dict) -> CompressedLinear:
+                     group_size: int | None, info: dict, g_idx: torch.Tensor | None = None) -> CompressedLinear:
     """A quantizer's result, whose weight is by construction the dequantized codes."""
-    return CompressedLinear(weight=dequantize(codes, scales, zeros, group_size), codes=codes, scales=scales,
-                            zeros=zeros, bits=bits, group_size=group_size, info=info)
+    return CompressedLinear(weight=dequantize(codes, scales, zeros, group_size, g_idx), codes=codes,
+                            scales=scales, zeros=zeros, bits=bits, group_size=group_size, g_idx=g_idx, info=info)
 
 
 def quantize_grouped(

@@ -6,6 +6,7 @@ from typing import Any
 import dagster as dg
 
 from calib_assets import invariants, steps
+from calib_assets.defs.automation import FINDINGS_CONDITION
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.defs.resources import ArtifactStore, Compute
 from calib_assets.steps import CODE_VERSIONS
@@ -167,7 +168,7 @@ def build_assets(parts: StudyPartitions) -> list:
 
     @dg.asset(
         group_name="warehouse", code_version=CODE_VERSIONS["eval_results"], kinds={"duckdb"}, owners=OWNERS,
-        pool="duckdb", deps=[evaluation, baseline_evaluation],
+        pool="duckdb", deps=[evaluation, baseline_evaluation], automation_condition=FINDINGS_CONDITION,
         description="Every evaluation of the study in one long DuckDB table (one row per model, method, "
                     "calibration set, evaluation dataset and metric): the source of the dbt marts.",
     )

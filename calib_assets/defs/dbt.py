@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-from dagster_dbt import DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from calib_assets.defs.automation import FINDINGS_CONDITION
 
 from calib_assets.defs.resources import ArtifactStore
 from calib_assets.steps import warehouse_path
@@ -24,8 +26,22 @@ def ensure_manifest(project: DbtProject = dbt_project) -> Path:
     return project.manifest_path
 
 
+class Translator(DagsterDbtTranslator):
+    """dbt models join the findings group and follow their parents eagerly."""
+
+    def get_automation_condition(self, dbt_resource_props):
+        return FINDINGS_CONDITION
+
+    def get_group_name(self, dbt_resource_props):
+        return "findings"
+
+    def get_owners(self, dbt_resource_props):
+        return ["team:calib-assets"]
+
+
 def build_dbt_assets():
-    @dbt_assets(manifest=ensure_manifest(), project=dbt_project, pool="duckdb", name="dbt_marts")
+    @dbt_assets(manifest=ensure_manifest(), project=dbt_project, pool="duckdb", name="dbt_marts",
+                dagster_dbt_translator=Translator())
     def dbt_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, store: ArtifactStore):
         os.environ[DUCKDB_ENV] = str(warehouse_path(store.path))
         yield from dbt.cli(["build"], context=context).stream()

@@ -22,6 +22,26 @@ def stages(parts: StudyPartitions) -> list[tuple[str, list[str], dg.PartitionsDe
     ]
 
 
+REEVALUATION = (  # (job, asset, partitions attribute, the checkpoint asset it re-evaluates)
+    ("reevaluate_checkpoints", "evaluation", "compressed", "compressed_model"),
+    ("reevaluate_baselines", "baseline_evaluation", "baselines", "baseline_model"),
+)
+
+
+def build_reevaluation(parts: StudyPartitions) -> tuple[list, list]:
+    """Jobs that re-run only the evaluations, and their weekly schedules."""
+    from calib_assets.defs.automation import reevaluation_schedule
+
+    jobs, schedules = [], []
+    for name, asset, partitions, upstream in REEVALUATION:
+        job = dg.define_asset_job(name, selection=dg.AssetSelection.assets(asset),
+                                  partitions_def=getattr(parts, partitions),
+                                  description=f"Re-evaluate existing {upstream} partitions.")
+        jobs.append(job)
+        schedules.append(reevaluation_schedule(f"weekly_{name}", job, upstream))
+    return jobs, schedules
+
+
 def build_jobs(parts: StudyPartitions, dbt_assets_def: dg.AssetsDefinition) -> list:
     jobs = []
     for name, assets, partitions_def in stages(parts):

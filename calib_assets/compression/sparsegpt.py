@@ -1,0 +1,92 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune a linear column by column with GPTQ's machinery, each
+pruned weight's removal compensated in the columns not yet processed through the inverse Hessian.
+
+The OBS saliency of weight (r, j) is w_rj^2 / [H^-1]_jj^2 with the same upper Cholesky factor U of H^-1
+as GPTQ (U[j, j]^2 stands for [H^-1]_jj of the columns still to process). Unstructured: at each block
+start the lowest `sparsity` fraction of the block's scores, over the whole block, is pruned. N:M: at
+every m-th column, the n lowest scores of each row among the next m columns are pruned. Joint
+quantization rounds the kept weights on GPTQ's grid (fitted on the updated weights at each group start)
+and pins the pruned ones to the zero point, so they dequantize to exactly 0.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .config import CompressedLinear, SparseGPTConfig
+from .gptq import GPTQ, HessianCompressor, inverse_hessian_factor
+from .magnitude import apply_mask, lowest_mask, nm_mask
+from .quantizer import dequantize, fit_params
+
+
+class SparseGPT(HessianCompressor):
+    config: SparseGPTConfig
+    name = "SparseGPT"
+
+    def compress(self, weight: torch.Tensor) -> CompressedLinear:
+        start = time.perf_counter()
+        cfg = self.config
+        W, H, dead = self._weight_and_hessian(weight)
+        U, damping, retries = inverse_hessian_factor(H, cfg.percdamp)
+        Q, mask, codes, scales, zeros = self._prune_columns(W, U)
+        info = {"seconds": time.perf_counter() - start, "damping": damping, "damping_retries": retries,
+                "dead_inputs": int(dead.sum()), "tokens": self.nsamples}
+        if cfg.bits is None:
+            return CompressedLinear(weight=apply_mask(Q, mask), mask=mask, info=info)
+        weight = apply_mask(dequantize(codes, scales, zeros, cfg.group_size), mask)
+        return CompressedLinear(weight=weight, codes=codes, scales=scales, zeros=zeros, bits=cfg.bits,
+                                group_size=cfg.group_size, mask=mask, info=info)
+
+    def _prune_columns(self, W: torch.Tensor, U: torch.Tensor):
+        cfg = self.config
+        rows, cols = W.shape
+        quantized = cfg.bits is not None
+        maxq = 2 ** (cfg.bits or 1) - 1
+        group = cfg.group_size or cols
+        Q = torch.zeros_like(W)
+        mask = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
+        codes = torch.zeros_like(W) if quantized else None
+        scales = torch.zeros(rows, cols // group, device=W.device) if quantized else None
+        zeros = torch.zeros_like(scales) if quantized else None
+        scale = zero = None
+
+        for i1 in range(0, cols, cfg.blocksize):
+            i2 = min(i1 + cfg.blocksize, cols)
+            W1 = W[:, i1:i2].clone()
+            Err1 = torch.zeros_like(W1)
+            U1 = U[i1:i2, i1:i2]
+            inv_d2 = 1 / torch.diag(U1) ** 2
+            if cfg.sparsity is not None:
+                # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
+                # `score <= sorted[k]` prunes one more, and one even at sparsity 0)
+                score = W1**2 * inv_d2
+                mask1 = lowest_mask(score.reshape(1, -1), cfg.sparsity).reshape(score.shape)
+            else:
+                mask1 = torch.ones_like(W1, dtype=torch.bool)
+            for i in range(i2 - i1):
+                col = i1 + i
+                if cfg.sparsity is None and i % cfg.m == 0:
+                    score = W1[:, i : i + cfg.m] ** 2 * inv_d2[i : i + cfg.m]
+                    mask1[:, i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m)
+                w = W1[:, i]
+                keep = mask1[:, i]
+                q = torch.where(keep, w, torch.zeros((), device=w.device))
+                if quantized:
+                    if col % group == 0:
+                        current = GPTQ._current_group(W, W1, Err1, U, i1, i, col + group)
+                        scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
+                        scales[:, col // group], zeros[:, col // group] = scale, zero
+                    c = torch.where(keep, torch.clamp(torch.round(q / scale) + zero, 0, maxq), zero)
+                    codes[:, col] = c
+                    q = (c - zero) * scale
+                Q[:, col] = q
+                err = (w - q) / U1[i, i]
+                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
+                Err1[:, i] = err
+            mask[:, i1:i2] = mask1
+            W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
+        if quantized:
+            codes = codes.to(torch.uint8)
+        return Q, mask, codes, scales, zeros

@@ -1,0 +1,200 @@
+"""SpQR (Dettmers et al., 2024): GPTQ with small groups whose grid statistics are quantized again, plus
+unstructured outliers kept in full precision.
+
+Per linear, with H = 2 X X^T / n and U the upper Cholesky factor of (H + damping I)^-1 (as in GPTQ):
+1. act_order: the columns are processed by descending diag(H); a group is a run of `group_size` columns
+   in that order (`g_idx` maps each original column to its group).
+2. At each group start, a min/max grid per row (asymmetric, zero point not rounded) is fitted on the
+   group's current weights, leaving out the likely outliers: a weight whose leave-one-out exclusion lowers
+   the group's Hessian-weighted error sum_k ((q_k - w_k) / U_kk)^2 by more than the threshold is
+   replaced by its row's mean for the fit. The grid's statistics are then quantized themselves: the
+   group's scales (one per row) with a `qq_scale_bits` min/max grid per run of `qq_groupsize` rows, the
+   zero points likewise with `qq_zero_bits`. The weights use the dequantized statistics.
+3. Column i: q = grid(w), err = (w - q) / U_ii. If err^2 > threshold the weight is an outlier: it keeps
+   its current value and feeds no error back. The errors update the later columns as in GPTQ.
+   threshold = outlier_threshold * mean_j(var_i(W_ij) / U_jj^2) over columns j, variance over rows i.
+
+The result holds codes, the fp32 dequantized second-level statistics as `scales`/`zeros` (so that the
+codes reproduce the quantized weights exactly), `g_idx` under act-order, and `weight`, which holds the
+outliers' fp32 values: the outliers are exactly the entries where `weight` differs (bitwise) from
+`dequantize(codes, ...)`; `outlier_mask` finds them and checkpoints store them as (index, value).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from .config import CompressedLinear, SpQRConfig
+from .gptq import GPTQ, HessianCompressor, inverse_hessian_factor
+from .quantizer import dequantize
+
+SECOND_LEVEL_BITS = 16  # each second-level grid's own scale and zero point, counted as fp16 (the paper's)
+OUTLIER_BITS = 32  # per outlier: a 16-bit value and a 16-bit column index (the paper's CSR count)
+
+
+def spqr_bits_per_param(config: SpQRConfig, outliers: int, numel: int) -> float:
+    """Average storage bits per weight, the SpQR paper's (and reference code's) count:
+
+        bits + (qq_scale_bits + qq_zero_bits) / group_size
+             + 2 * (16 + 16) / (group_size * qq_groupsize)
+             + 32 * outliers / numel
+
+    Each group of `group_size` weights of a row has a quantized scale and zero point; each run of
+    `qq_groupsize` such groups has two second-level grids (one for the scales, one for the zeros), each
+    with an fp16 scale and zero point; each outlier costs a 16-bit value and a 16-bit index.
+    """
+    g, qqg = config.group_size, config.qq_groupsize
+    return (config.bits + (config.qq_scale_bits + config.qq_zero_bits) / g
+            + 2 * (2 * SECOND_LEVEL_BITS) / (g * qqg) + OUTLIER_BITS * outliers / numel)
+
+
+def outlier_mask(result: CompressedLinear) -> torch.Tensor:
+    """True where `weight` is not (bitwise) what the codes give: the weights kept in full precision."""
+    grid = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
+    if result.mask is not None:
+        grid = torch.where(result.mask, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
+    return result.weight.float().contiguous().view(torch.int32) != grid.contiguous().view(torch.int32)
+
+
+class SpQR(HessianCompressor):
+    name = "SpQR"
+    config: SpQRConfig
+
+    def compress(self, weight: torch.Tensor) -> CompressedLinear:
+        start = time.perf_counter()
+        cfg = self.config
+        tokens = self.nsamples
+        W, H, dead = self._weight_and_hessian(weight)
+        rows, cols = W.shape
+        if cols % cfg.group_size:
+            raise ValueError(f"group_size={cfg.group_size} does not divide in_features={cols}")
+        perm = torch.arange(cols, device=W.device)
+        if cfg.act_order:
+            perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+            W, H = W[:, perm], H[perm][:, perm]
+        U, damping, retries = inverse_hessian_factor(H, cfg.percdamp)
+
+        threshold = math.inf
+        if math.isfinite(cfg.outlier_threshold):
+            spread = W.var(dim=0, correction=1 if rows > 1 else 0) / torch.diag(U).square()
+            threshold = cfg.outlier_threshold * float(spread.mean())
+        codes, scales, zeros, outliers, kept = self._quantize_columns(W, U, threshold)
+
+        invperm = torch.argsort(perm)
+        codes = codes[:, invperm]
+        g_idx = (invperm // cfg.group_size).to(torch.int32) if cfg.act_order else None
+        grid = dequantize(codes, scales, zeros, cfg.group_size, g_idx)
+        result = CompressedLinear(
+            weight=torch.where(outliers[:, invperm], kept[:, invperm], grid), codes=codes, scales=scales,
+            zeros=zeros, bits=cfg.bits, group_size=cfg.group_size, g_idx=g_idx)
+        n_outliers = int(outlier_mask(result).sum())
+        result.info = {
+            "seconds": time.perf_counter() - start, "damping": damping, "damping_retries": retries,
+            "dead_inputs": int(dead.sum()), "tokens": tokens, "outliers": n_outliers,
+            "outlier_threshold": threshold if math.isfinite(threshold) else None,
+            "bits_per_param": spqr_bits_per_param(cfg, n_outliers, rows * cols),
+        }
+        return result
+
+    def _quantize_columns(self, W: torch.Tensor, U: torch.Tensor, threshold: float):
+        """GPTQ's blocked column loop with SpQR grids and outliers; all outputs in processing order."""
+        cfg = self.config
+        rows, cols = W.shape
+        g, maxq = cfg.group_size, 2**cfg.bits - 1
+        codes = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
+        scales = torch.zeros(rows, cols // g, dtype=torch.float32, device=W.device)
+        zeros = torch.zeros_like(scales)
+        outliers = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
+        kept = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)  # values of the outliers
+        find_outliers = math.isfinite(threshold)
+        d = torch.diag(U)
+        scale = zero = None
+
+        for i1 in range(0, cols, cfg.blocksize):
+            i2 = min(i1 + cfg.blocksize, cols)
+            W1 = W[:, i1:i2].clone()
+            Err1 = torch.zeros_like(W1)
+            U1 = U[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                if col % g == 0:
+                    current = GPTQ._current_group(W, W1, Err1, U, i1, i, col + g)
+                    scale, zero = self._group_grid(current, d[col : col + g], threshold)
+                    scales[:, col // g], zeros[:, col // g] = scale, zero
+                w = W1[:, i]
+                c = torch.clamp(torch.round(w / scale + zero), 0, maxq)
+                err = (w - (c - zero) * scale) / U1[i, i]
+                if find_outliers:
+                    is_outlier = err.square() > threshold
+                    err = torch.where(is_outlier, torch.zeros_like(err), err)  # kept exactly: nothing to feed back
+                    outliers[:, col], kept[:, col] = is_outlier, w
+                codes[:, col] = c
+                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
+                Err1[:, i] = err
+            W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)  # lazy batch update, as in GPTQ
+        return codes.to(torch.uint8), scales, zeros, outliers, kept
+
+    def _group_grid(self, x: torch.Tensor, d: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row (scale, zero) of a group [rows, g], fitted without its likely outliers, then quantized."""
+        cfg = self.config
+        if math.isfinite(threshold) and not cfg.simplified_outliers and x.shape[1] > 1:
+            likely = leave_one_out_gain(x, d, cfg.bits) > threshold
+            inliers = (~likely).float()
+            mean = (x * inliers).sum(dim=1, keepdim=True) / inliers.sum(dim=1, keepdim=True).clamp_min(1)
+            x = torch.where(likely, mean, x)
+        scale, zero = fit_minmax(x, cfg.bits)
+        scale = quantize_statistic(scale, cfg.qq_scale_bits, cfg.qq_groupsize).clamp_min(1e-9)
+        zero = quantize_statistic(zero, cfg.qq_zero_bits, cfg.qq_groupsize)
+        return scale, zero
+
+
+def fit_minmax(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SpQR's grid per row of x [rows, n]: [min, max] in 2^bits levels, zero point -min/scale not rounded."""
+    xmin, xmax = x.min(dim=1).values, x.max(dim=1).values
+    flat = xmin == xmax
+    xmin = torch.where(flat, xmin - 1, xmin)
+    xmax = torch.where(flat, xmax + 1, xmax)
+    scale = (xmax - xmin) / (2**bits - 1)
+    return scale, -xmin / scale
+
+
+def round_trip(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """x [rows, n] quantized on per-row grids (scale, zero [rows]) and dequantized."""
+    codes = torch.clamp(torch.round(x / scale[:, None] + zero[:, None]), 0, 2**bits - 1)
+    return (codes - zero[:, None]) * scale[:, None]
+
+
+def quantize_statistic(values: torch.Tensor, bits: int, groupsize: int) -> torch.Tensor:
+    """Second level: values [rows] quantized with a min/max grid per run of `groupsize` rows; dequantized."""
+    n = values.numel()
+    padded = torch.cat([values, values[-1:].expand((-n) % groupsize)]).view(-1, groupsize)  # pad: same min/max
+    scale, zero = fit_minmax(padded, bits)
+    return round_trip(padded, scale, zero, bits).reshape(-1)[:n]
+
+
+def leave_one_out_gain(x: torch.Tensor, d: torch.Tensor, bits: int) -> torch.Tensor:
+    """[rows, g]: how much the group's error sum_k ((q_k - x_k) / d_k)^2 drops when weight k is left out
+    of the grid fit and not quantized (the grid refitted on the other g - 1 weights)."""
+    rows, g = x.shape
+    others = torch.arange(g, device=x.device).repeat(g, 1)
+    others = others[~torch.eye(g, dtype=torch.bool, device=x.device)].view(g, g - 1)  # row k: all but k
+    loo = x[:, others].reshape(rows * g, g - 1)
+    scale, zero = fit_minmax(loo, bits)
+    loo_error = ((round_trip(loo, scale, zero, bits) - loo).view(rows, g, g - 1) / d[others]).square().sum(-1)
+    scale, zero = fit_minmax(x, bits)
+    base_error = ((round_trip(x, scale, zero, bits) - x) / d).square().sum(dim=1, keepdim=True)
+    return base_error - loo_error
+
+
+def spqr_info_summary(results: dict[str, CompressedLinear]) -> dict[str, Any]:
+    """Whole-model outlier count and average bits per parameter (numel-weighted) of SpQR results."""
+    numel = sum(r.weight.numel() for r in results.values() if "bits_per_param" in r.info)
+    if not numel:
+        return {"outliers": 0, "bits_per_param": None}
+    bits = sum(r.info["bits_per_param"] * r.weight.numel() for r in results.values() if "bits_per_param" in r.info)
+    return {"outliers": sum(r.info["outliers"] for r in results.values() if "outliers" in r.info),
+            "bits_per_param": bits / numel}

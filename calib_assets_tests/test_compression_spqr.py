@@ -1,0 +1,188 @@
+"""SpQR against RTN, its grids and outliers against direct counts, its average bits against the paper's
+formula computed by hand, and its checkpoints (outliers included) bit for bit."""
+
+import re
+
+import pytest
+import torch
+
+from calib_assets.compression import (
+    RTN,
+    RTNConfig,
+    SpQR,
+    SpQRConfig,
+    apply_checkpoint,
+    compress_model,
+    load_checkpoint,
+    make_method_config,
+    save_checkpoint,
+)
+from calib_assets.compression.checkpoint import _encode
+from calib_assets.compression.quantizer import dequantize
+from calib_assets.compression.spqr import outlier_mask
+
+
+def _salient_inputs(cols: int, tokens: int = 1024, seed: int = 0) -> torch.Tensor:
+    """Correlated inputs with a few large-magnitude channels."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(tokens, cols, generator=gen)
+    x = z @ (torch.randn(cols, cols, generator=gen) / cols**0.5 + 0.1 * torch.eye(cols))
+    x[:, [3, 17, 40]] *= 12
+    return x
+
+
+def _spqr(config, w, x):
+    spqr = SpQR(config, w.shape)
+    for part in x.chunk(4):
+        spqr.add_batch(part[None])
+    return spqr.compress(w)
+
+
+def _output_error(w, q, x):
+    return float(torch.linalg.norm(x @ w.T - x @ q.T))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    torch.manual_seed(0)
+    return torch.randn(64, 128), _salient_inputs(128)
+
+
+@pytest.mark.parametrize("config", [SpQRConfig(), SpQRConfig(act_order=False), SpQRConfig(simplified_outliers=True),
+                                    SpQRConfig(outlier_threshold=float("inf")), SpQRConfig(bits=4, group_size=32)],
+                         ids=lambda c: c.label())
+def test_spqr_beats_rtn(config, problem):
+    w, x = problem
+    result = _spqr(config, w, x)
+    rtn = RTN(RTNConfig(bits=config.bits, group_size=config.group_size), w.shape).compress(w)
+    assert _output_error(w, result.weight, x) < 0.9 * _output_error(w, rtn.weight, x)
+    assert result.info["damping_retries"] == 0 and torch.isfinite(result.weight).all()
+
+
+def _groups_of(result):
+    cols = result.weight.shape[1]
+    return result.g_idx.long() if result.g_idx is not None else torch.arange(cols) // result.group_size
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_grids_levels_and_outliers(act_order, problem):
+    w, x = problem
+    config = SpQRConfig(act_order=act_order)
+    result = _spqr(config, w, x)
+    outliers = outlier_mask(result)
+    assert 0 < int(outliers.sum()) == result.info["outliers"] < 0.1 * w.numel()
+    grid = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
+    assert torch.equal(result.weight[~outliers], grid[~outliers])  # non-outliers: exactly their codes
+    groups = _groups_of(result)
+    assert torch.equal(torch.bincount(groups), torch.full((128 // 16,), 16))
+    for row in range(w.shape[0]):
+        for group in range(128 // 16):
+            inliers = result.weight[row, (groups == group) & ~outliers[row]]
+            assert inliers.unique().numel() <= 2**config.bits
+    # second level: within a run of qq_groupsize rows, a group's scales (zeros) take <= 2^qq_bits values
+    for start in range(0, w.shape[0], config.qq_groupsize):
+        for group in range(128 // 16):
+            assert result.scales[start : start + 16, group].unique().numel() <= 2**config.qq_scale_bits
+            assert result.zeros[start : start + 16, group].unique().numel() <= 2**config.qq_zero_bits
+    assert not torch.equal(result.zeros, result.zeros.round())  # zero points are not rounded (SpQR)
+
+
+def test_act_order_groups_follow_hessian_diagonal(problem):
+    w, x = problem
+    result = _spqr(SpQRConfig(), w, x)
+    energy = (x * x).sum(dim=0)
+    first_group = set(torch.argsort(energy, descending=True)[:16].tolist())
+    assert set(torch.nonzero(result.g_idx == 0).squeeze(1).tolist()) == first_group
+
+
+def test_bits_per_param_matches_hand_formula(problem):
+    w, x = problem
+    result = _spqr(SpQRConfig(bits=3, group_size=16, qq_scale_bits=3, qq_zero_bits=3, qq_groupsize=16), w, x)
+    outliers = int(outlier_mask(result).sum())
+    # 3 bits + (3 + 3) / 16 for the group's quantized scale and zero + 2 * (16 + 16) / (16 * 16) for the
+    # fp16 scale and zero of the second-level grids of scales and of zeros = 3.625, + 32 bits per outlier
+    assert result.info["bits_per_param"] == pytest.approx(3.625 + 32 * outliers / (64 * 128))
+    none = _spqr(SpQRConfig(bits=4, group_size=32, qq_scale_bits=2, qq_zero_bits=5, qq_groupsize=8,
+                            outlier_threshold=float("inf")), w, x)
+    assert none.info["outliers"] == 0 and not outlier_mask(none).any()
+    assert none.info["bits_per_param"] == pytest.approx(4 + 7 / 32 + 64 / 256)
+
+
+def test_lower_threshold_keeps_more_outliers(problem):
+    w, x = problem
+    results = [_spqr(SpQRConfig(outlier_threshold=t), w, x) for t in (0.05, 0.2, 1.0, 1e6)]
+    counts = [r.info["outliers"] for r in results]
+    assert counts[0] > counts[1] > counts[2] >= counts[3] == 0
+    errors = [_output_error(w, r.weight, x) for r in results]
+    assert errors[0] < errors[1] < errors[3]  # the outliers kept in fp32 pay off
+
+
+def test_config_validation_and_labels():
+    assert SpQRConfig().label() == "spqr-w3g16"
+    assert SpQRConfig(bits=4, outlier_threshold=float("inf"), act_order=False).label() == "spqr-w4g16-olnone-noact"
+    assert re.fullmatch(r"[a-z0-9-]+", SpQRConfig(qq_scale_bits=4, percdamp=0.1, simplified_outliers=True).label())
+    config = make_method_config("spqr", {"bits": 4})
+    assert make_method_config("spqr", config.to_dict()) == config
+    assert SpQRConfig.needs_calibration
+    for params, needle in [({"bits": 9}, "bits=9"), ({"bits": 1}, "bits=1"), ({"qq_zero_bits": 0}, "qq_zero_bits=0"),
+                           ({"outlier_threshold": -1.0}, "outlier_threshold=-1.0"), ({"act_order": 1}, "act_order")]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            make_method_config("spqr", params)
+    with pytest.raises(ValueError, match="qq_groupsize") as error:
+        make_method_config("spqr", {"qq_group_size": 16})
+    assert "outlier_threshold" in str(error.value)
+
+
+def test_checkpoint_rejects_undeclared_off_grid_weights(problem):
+    w, x = problem
+    result = _spqr(SpQRConfig(), w, x)
+    result.info["outliers"] -= 1
+    with pytest.raises(ValueError, match="declares"):
+        _encode("layer", result)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=256)
+    state = LlamaForCausalLM(config).state_dict()
+
+    def make():
+        model = LlamaForCausalLM(config).eval()
+        model.load_state_dict(state)
+        return model
+
+    return make
+
+
+def _bits(t):
+    return t.detach().float().contiguous().view(torch.int32)
+
+
+def test_compress_model_and_checkpoint_are_bit_exact(tiny, tmp_path):
+    ids = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(1))
+    model = tiny()
+    results = compress_model(model, ids, SpQRConfig(), batch_size=4)
+    assert len(results) == 14
+    modules = dict(model.named_modules())
+    for name, result in results.items():
+        assert torch.equal(_bits(modules[name].weight), _bits(result.weight))
+        assert result.g_idx is not None and result.info["bits_per_param"] > 3.625
+    assert sum(r.info["outliers"] for r in results.values()) > 0
+
+    manifest = save_checkpoint(tmp_path / "ckpt", results, {"method": SpQRConfig().to_dict()})
+    assert sum(layer.get("outliers", 0) for layer in manifest["layers"].values()) == \
+        sum(r.info["outliers"] for r in results.values())
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    for name, result in results.items():
+        assert torch.equal(_bits(loaded[name].weight), _bits(result.weight))
+        assert torch.equal(loaded[name].codes, result.codes)
+        assert torch.equal(loaded[name].g_idx, result.g_idx)
+    fresh = tiny()
+    apply_checkpoint(fresh, tmp_path / "ckpt")
+    compressed = model.state_dict()
+    for key, tensor in fresh.state_dict().items():
+        assert torch.equal(_bits(tensor), _bits(compressed[key])), key
