@@ -78,8 +78,8 @@ def _sparsity_problems(weight: np.ndarray, config) -> list[str]:
 
 def evaluation_problems(study: Study, table: pd.DataFrame) -> list[str]:
     """One finite value per evaluation dataset and metric."""
-    expected = {f"{dataset}-heldout" for dataset in study.eval_datasets}
+    expected = {f"{dataset}-heldout" for dataset in study.eval_datasets} | {t.name for t in study.evaluation.tasks}
     problems = [f"missing {dataset}" for dataset in sorted(expected - set(table["eval_dataset"]))]
-    bad = table[~table["value"].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    bad = table[~table["value"].map(lambda v: isinstance(v, (float, int)) and math.isfinite(v))]
     problems += [f"{row.eval_dataset}/{row.metric} = {row.value}" for row in bad.itertuples()]
     return problems

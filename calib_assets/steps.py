@@ -24,7 +24,8 @@ CODE_VERSIONS = {
     "calibration_pool": "1",
     "calibration_set": "1",
     "compressed_model": "1",
-    "evaluation": "1",
+    "offline_tasks": "1",
+    "evaluation": "2",
     "eval_results": "1",
 }
 MANIFEST = "manifest.json"
@@ -249,68 +250,160 @@ def load_variant_model(study: Study, variant: str, calib: str | None, root: Path
 # -- evaluation ----------------------------------------------------------------------------------
 EVAL_COLUMNS = [
     "model", "method", "method_config", "variant", "calib", "calibration_source", "seed",
-    "calibration_fingerprint", "checkpoint_fingerprint", "eval_dataset", "metric", "value", "token_count",
-    "code_version", "run_id", "evaluated_at",
+    "calibration_fingerprint", "checkpoint_fingerprint", "eval_dataset", "metric", "value", "stderr",
+    "token_count", "n_examples", "code_version", "run_id", "evaluated_at",
 ]
+RESULTS_FILE, CORRECT_FILE = "results.parquet", "correct.parquet"
+
+
+def tasks_dir(root: Path, task: str) -> Path:
+    return root / "tasks" / task
+
+
+def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
+    """Build the study's offline tasks from held-out text only, and prove it (check_heldout_only)."""
+    from calib_assets.evaluation import build_cloze_task, build_next_sentence_task, check_heldout_only
+    from calib_assets.evaluation import read_task_manifest, write_lm_eval_task
+    from calib_assets.sources import load_corpus
+
+    corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
+               for name in study.eval_datasets}
+    corpus = pd.concat([load_corpus(corpus_dir(root, name)) for name in study.eval_datasets], ignore_index=True)
+    builders = {"cloze": build_cloze_task, "next_sentence": build_next_sentence_task}
+    manifests = {}
+    for task in study.offline_tasks:
+        directory = tasks_dir(root, task.name)
+        inputs, inputs_hash = _inputs("offline_tasks", corpora=corpora, task=task.model_dump())
+        reused = _reusable(directory, inputs_hash)
+        if reused is None:
+            built = builders[task.kind](corpus, n_examples=task.n_examples, seed=task.seed)
+            built.manifest.update(inputs=inputs, inputs_hash=inputs_hash)
+            write_lm_eval_task(built, directory, task.name)
+            reused = read_task_manifest(directory)
+        check_heldout_only(reused, corpus)
+        manifests[task.name] = reused
+    fingerprint = sha256_json({name: m["examples_fingerprint"] for name, m in manifests.items()})
+    return {"fingerprint": fingerprint, "tasks": {name: len(m["doc_ids"]) for name, m in manifests.items()}}
+
+
+def task_specs(study: Study, root: Path) -> list:
+    from calib_assets.evaluation import TaskSpec
+
+    specs = [TaskSpec(name=task.name, include_path=str(tasks_dir(root, task.name))) for task in study.offline_tasks]
+    return specs + [TaskSpec(name=task.name, data_files=task.data_files) for task in study.lm_eval_tasks]
 
 
 def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, *, device: str,
                      forward_dtype, run_id: str) -> dict[str, Any]:
-    """Perplexity of a variant on the held-out text of every evaluation dataset; writes results.parquet."""
-    from calib_assets.evaluation import heldout_token_stream, perplexity
-
+    """Held-out perplexity on every evaluation dataset, the study's tasks (lm-eval) and KL against the
+    dense model; writes results.parquet (long rows) and correct.parquet (per-example task outcomes)."""
     model_spec, method = study.parse_variant(variant)
     checkpoint = variant_manifest(study, variant, calib, root)
     corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
                for name in study.eval_datasets}
+    tasks = {task.name: read_json(tasks_dir(root, task.name) / MANIFEST)["examples_fingerprint"]
+             for task in study.offline_tasks}
     directory = evaluation_dir(root, variant, calib)
-    inputs, inputs_hash = _inputs("evaluation", checkpoint_fingerprint=checkpoint["fingerprint"],
-                                  corpora=corpora, evaluation=study.evaluation.model_dump(),
-                                  forward_dtype=str(forward_dtype))
+    inputs, inputs_hash = _inputs("evaluation", checkpoint_fingerprint=checkpoint["fingerprint"], corpora=corpora,
+                                  tasks=tasks, evaluation=study.evaluation.model_dump(), forward_dtype=str(forward_dtype))
     if reused := _reusable(directory, inputs_hash):
         return reused
     model, tokenizer, _ = load_variant_model(study, variant, calib, root, device=device)
     model = model.to(dtype=forward_dtype)
+    measurements, correct = _measure(study, root, model, tokenizer, model_spec.name if method else None, device,
+                                     forward_dtype)
     source, seed = study.parse_calib(calib) if calib else (None, None)
-    rows = []
-    for dataset in study.eval_datasets:
-        texts = load_corpus_split(root, dataset, "heldout")["text"].tolist()
-        stream = heldout_token_stream(texts, tokenizer, study.evaluation.max_tokens)
-        result = perplexity(model, stream, seq_len=study.evaluation.seq_len,
-                            batch_size=study.evaluation.batch_size, device=device)
-        rows.append({
-            "model": model_spec.name, "method": method.config.method if method else DENSE,
-            "method_config": json.dumps(method.config.to_dict() if method else {}, sort_keys=True), "variant": variant,
-            "calib": calib, "calibration_source": source, "seed": seed,
-            "calibration_fingerprint": checkpoint.get("calibration_fingerprint"),
-            "checkpoint_fingerprint": checkpoint["fingerprint"], "eval_dataset": f"{dataset}-heldout",
-            "metric": "perplexity", "value": result.perplexity, "token_count": result.n_tokens,
-            "code_version": CODE_VERSIONS["evaluation"], "run_id": run_id,
-            "evaluated_at": pd.Timestamp.now(tz="UTC"),
-        })
-    table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
+    identity = {
+        "model": model_spec.name, "method": method.config.method if method else DENSE,
+        "method_config": json.dumps(method.config.to_dict() if method else {}, sort_keys=True), "variant": variant,
+        "calib": calib, "calibration_source": source, "seed": seed,
+        "calibration_fingerprint": checkpoint.get("calibration_fingerprint"),
+        "checkpoint_fingerprint": checkpoint["fingerprint"], "code_version": CODE_VERSIONS["evaluation"],
+        "run_id": run_id, "evaluated_at": pd.Timestamp.now(tz="UTC"),
+    }
+    table = pd.DataFrame([{**identity, **row} for row in measurements], columns=EVAL_COLUMNS)
     fingerprint = sha256_bytes([table.drop(columns=["run_id", "evaluated_at"]).to_json().encode()])
     manifest = {"variant": variant, "calib": calib, "rows": len(table), "fingerprint": fingerprint,
                 "inputs": inputs, "inputs_hash": inputs_hash, "forward_dtype": str(forward_dtype)}
     with atomic_dir(directory) as tmp:
-        table.to_parquet(tmp / "results.parquet", index=False)
+        table.to_parquet(tmp / RESULTS_FILE, index=False)
+        correct.to_parquet(tmp / CORRECT_FILE, index=False)
         write_json(tmp / MANIFEST, manifest)
     return manifest
 
 
+def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None, device: str, forward_dtype):
+    """(metric rows, per-example correctness) of one loaded model; `dense_name` names the base model to
+    compare next-token distributions with (None: this model is the dense one)."""
+    from calib_assets.evaluation import evaluate_tasks_detailed, heldout_token_stream, next_token_kl, perplexity
+
+    spec, rows = study.evaluation, []
+    for dataset in study.eval_datasets:
+        texts = load_corpus_split(root, dataset, "heldout")["text"].tolist()
+        stream = heldout_token_stream(texts, tokenizer, spec.max_tokens)
+        result = perplexity(model, stream, seq_len=spec.seq_len, batch_size=spec.batch_size, device=device)
+        rows.append({"eval_dataset": f"{dataset}-heldout", "metric": "perplexity", "value": result.perplexity,
+                     "token_count": result.n_tokens})
+    if dense_name and spec.kl_tokens:
+        dataset = study.eval_datasets[0]
+        texts = load_corpus_split(root, dataset, "heldout")["text"].tolist()
+        stream = heldout_token_stream(texts, tokenizer, spec.kl_tokens)
+        windows = [stream[i:i + spec.seq_len] for i in range(0, len(stream) - spec.seq_len + 1, spec.seq_len)]
+        dense, _, _ = _load_base(study, root, dense_name, device=device)
+        kl = next_token_kl(dense.to(dtype=forward_dtype), model, windows, spec.batch_size, device=device)
+        rows.append({"eval_dataset": f"{dataset}-heldout", "metric": "kl_vs_dense", "value": kl,
+                     "token_count": len(windows) * spec.seq_len})
+    correct = pd.DataFrame(columns=["task", "metric", "example", "correct"])
+    specs = task_specs(study, root)
+    if specs:
+        result = evaluate_tasks_detailed(model, tokenizer, specs, batch_size=spec.batch_size, limit=spec.limit,
+                                         device=device)
+        rows += [{"eval_dataset": row["task"], "metric": row["metric"], "value": row["value"],
+                  "stderr": row["stderr"], "n_examples": row["n_samples"]} for row in result.rows]
+        correct = pd.DataFrame([{"task": task, "metric": metric, "example": int(example), "correct": bool(ok)}
+                                for task, by_metric in result.correct.items()
+                                for metric, outcomes in by_metric.items() for example, ok in outcomes.items()],
+                               columns=correct.columns)
+    return rows, correct
+
+
 def read_evaluation(root: Path, variant: str, calib: str | None) -> pd.DataFrame:
-    return pd.read_parquet(evaluation_dir(root, variant, calib) / "results.parquet")
+    return pd.read_parquet(evaluation_dir(root, variant, calib) / RESULTS_FILE)
 
 
 def collect_results(study: Study, root: Path) -> pd.DataFrame:
-    """Every evaluation of the study that exists on disk, in one long table."""
+    """Every evaluation of the study that exists on disk, in one long table, plus the share of task
+    answers that flip between correct and wrong relative to the dense model."""
     partitions = [(variant, calib) for variant in study.variant_keys for calib in study.calib_keys]
     partitions += [(variant, None) for variant in study.baseline_keys]
-    frames = [read_evaluation(root, variant, calib) for variant, calib in partitions
-              if (evaluation_dir(root, variant, calib) / "results.parquet").is_file()]
-    if not frames:
+    found = [(variant, calib) for variant, calib in partitions
+             if (evaluation_dir(root, variant, calib) / RESULTS_FILE).is_file()]
+    if not found:
         return pd.DataFrame(columns=EVAL_COLUMNS)
-    return pd.concat(frames, ignore_index=True)[EVAL_COLUMNS]
+    tables = [read_evaluation(root, variant, calib) for variant, calib in found]
+    tables += [_flip_rows(study, root, variant, calib, table) for (variant, calib), table in zip(found, tables)]
+    return pd.concat([t for t in tables if len(t)], ignore_index=True)[EVAL_COLUMNS]
+
+
+def _flip_rows(study: Study, root: Path, variant: str, calib: str | None, table: pd.DataFrame) -> pd.DataFrame:
+    from calib_assets.evaluation import answer_flips
+
+    model_spec, method = study.parse_variant(variant)
+    dense_file = evaluation_dir(root, f"{model_spec.name}.{DENSE}") / CORRECT_FILE
+    own_file = evaluation_dir(root, variant, calib) / CORRECT_FILE
+    if method is None or not dense_file.is_file() or not own_file.is_file() or table.empty:
+        return pd.DataFrame(columns=EVAL_COLUMNS)
+    dense, own = pd.read_parquet(dense_file), pd.read_parquet(own_file)
+    rows = []
+    for (task, metric), outcomes in own.groupby(["task", "metric"]):
+        reference = dense[(dense["task"] == task) & (dense["metric"] == metric)]
+        if reference.empty:
+            continue
+        flips = answer_flips(dict(zip(reference["example"], reference["correct"])),
+                             dict(zip(outcomes["example"], outcomes["correct"])))
+        rows.append({**table.iloc[0].to_dict(), "eval_dataset": task, "metric": f"{metric}_flip_share",
+                     "value": flips["share"], "stderr": None, "token_count": None, "n_examples": len(outcomes)})
+    return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
 
 def write_eval_results(results: pd.DataFrame, duckdb_path: Path) -> str:

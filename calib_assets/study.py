@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -75,11 +75,39 @@ class CalibrationSpec(_Strict):
         return sorted(seeds)
 
 
+class OfflineTaskEntry(_Strict):
+    """A task built from the held-out text of the study's evaluation datasets (never calibration data)."""
+
+    kind: Literal["cloze", "next_sentence"]
+    n_examples: int = Field(100, gt=0)
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"calib_{self.kind}"
+
+
+class LmEvalTaskEntry(_Strict):
+    """A task of lm-eval by its name (e.g. one of the paper's ten), optionally on local data files."""
+
+    kind: Literal["lm_eval"] = "lm_eval"
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    data_files: str | list[str] | None = None
+
+
 class EvaluationSpec(_Strict):
     datasets: list[str] | None = Field(None, description="sources whose held-out text is scored; default: all")
     seq_len: int = Field(512, gt=1)
     max_tokens: int = Field(16384, gt=1, description="held-out tokens scored per dataset")
     batch_size: int = Field(8, gt=0)
+    tasks: list[Annotated[Union[OfflineTaskEntry, LmEvalTaskEntry], Field(discriminator="kind")]] = []
+    limit: int | None = Field(None, gt=0, description="at most this many examples per task (lm-eval limit)")
+    kl_tokens: int = Field(0, ge=0, description="held-out tokens of the first dataset for KL vs the dense model")
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, tasks: list) -> list:
+        return _unique(tasks, "evaluation task", lambda task: task.name)
 
 
 class ComputeSpec(_Strict):
@@ -144,6 +172,14 @@ class Study(_Strict):
     @property
     def calibration_free_methods(self) -> list[MethodEntry]:
         return [method for method in self.methods if not method.needs_calibration]
+
+    @property
+    def offline_tasks(self) -> list[OfflineTaskEntry]:
+        return [task for task in self.evaluation.tasks if isinstance(task, OfflineTaskEntry)]
+
+    @property
+    def lm_eval_tasks(self) -> list[LmEvalTaskEntry]:
+        return [task for task in self.evaluation.tasks if isinstance(task, LmEvalTaskEntry)]
 
     @property
     def calib_keys(self) -> list[str]:

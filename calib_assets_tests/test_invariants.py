@@ -24,8 +24,8 @@ def test_sparsity_check_enforces_n_of_m():
 
 def test_evaluation_check_wants_every_dataset_and_finite_values():
     study = load_study("ci")
-    table = pd.DataFrame({"eval_dataset": [f"{d}-heldout" for d in study.eval_datasets],
-                          "metric": "perplexity", "value": [12.0, float("nan")]})
+    expected = [f"{d}-heldout" for d in study.eval_datasets] + [task.name for task in study.evaluation.tasks]
+    table = pd.DataFrame({"eval_dataset": expected, "metric": "m", "value": [float("nan")] + [0.5] * (len(expected) - 1)})
     problems = evaluation_problems(study, table)
     assert len(problems) == 1 and "nan" in problems[0]
-    assert evaluation_problems(study, table.iloc[:1].assign(value=3.0)) == [f"missing {study.eval_datasets[1]}-heldout"]
+    assert evaluation_problems(study, table.iloc[1:]) == [f"missing {expected[0]}"]

@@ -41,9 +41,16 @@ def test_every_partition_lands_in_eval_results(materialized):
     study, _, root, _, _ = materialized
     results = _table(root, "select * from eval_results")
     expected_models = len(study.variant_keys) * len(study.calib_keys) + len(study.baseline_keys)
-    assert len(results) == expected_models * len(study.eval_datasets)
-    assert set(results["metric"]) == {"perplexity"}
-    assert np.isfinite(results["value"]).all() and (results["value"] > 1).all()
+    perplexities = results[results["eval_dataset"].str.endswith("-heldout") & (results["metric"] == "perplexity")]
+    assert len(perplexities) == expected_models * len(study.eval_datasets)
+    assert (perplexities["value"] > 1).all()
+    assert np.isfinite(results["value"]).all()
+    compressed = expected_models - len(study.models)  # every variant but the dense model
+    assert (results["metric"] == "kl_vs_dense").sum() == compressed
+    tasks = {task.name for task in study.evaluation.tasks}
+    assert tasks and set(results.loc[results["metric"] == "acc", "eval_dataset"]) == tasks
+    accuracies = results[results["metric"].isin(["acc", "acc_norm", "acc_flip_share", "acc_norm_flip_share"])]
+    assert accuracies["value"].between(0, 1).all()
     assert set(results.columns) >= {"model", "method", "method_config", "calibration_source", "seed",
                                     "calibration_fingerprint", "checkpoint_fingerprint", "eval_dataset",
                                     "value", "token_count", "code_version", "run_id", "evaluated_at"}
@@ -67,9 +74,35 @@ def test_spread_mart_matches_a_pandas_computation(materialized):
 
 def test_dense_model_is_evaluated_once_per_model_not_per_calibration_set(materialized):
     study, _, root, _, _ = materialized
-    baselines = _table(root, "select * from mart_baselines")
+    baselines = _table(root, "select * from mart_baselines where metric = 'perplexity' and eval_dataset like '%-heldout'")
     assert sorted(baselines["variant"].unique()) == sorted(study.baseline_keys)
     assert len(baselines) == len(study.baseline_keys) * len(study.eval_datasets)
+
+
+def test_flip_shares_match_a_hand_count_against_the_dense_model(materialized):
+    study, _, root, _, _ = materialized
+    variant, calib = study.variant_keys[0], study.calib_keys[0]
+    dense = pd.read_parquet(steps.evaluation_dir(root, f"{study.models[0].name}.dense") / "correct.parquet")
+    own = pd.read_parquet(steps.evaluation_dir(root, variant, calib) / "correct.parquet")
+    merged = own.merge(dense, on=["task", "metric", "example"], suffixes=("", "_dense"))
+    expected = (merged["correct"] != merged["correct_dense"]).groupby([merged["task"], merged["metric"]]).mean()
+    results = _table(root, f"select * from eval_results where variant = '{variant}' and calib = '{calib}' "
+                           "and metric like '%_flip_share'")
+    assert len(results) == len(expected) > 0
+    for row in results.itertuples():
+        assert row.value == pytest.approx(expected[(row.eval_dataset, row.metric.removesuffix("_flip_share"))])
+
+
+def test_offline_tasks_use_only_heldout_documents(materialized):
+    study, _, root, _, _ = materialized
+    heldout = set()
+    for source in study.eval_datasets:
+        corpus = pd.read_parquet(next(steps.corpus_dir(root, source).glob("*.parquet")))
+        heldout |= set(corpus.loc[corpus["split"] == "heldout", "doc_id"])
+    for task in study.offline_tasks:
+        rows = [json.loads(line) for line in (steps.tasks_dir(root, task.name) / "test.jsonl").read_text().splitlines()]
+        used = {row["doc_id"] for row in rows} | {d for row in rows for d in row.get("distractor_doc_ids", [])}
+        assert len(rows) == task.n_examples and used <= heldout
 
 
 def test_data_versions_are_content_hashes(materialized):

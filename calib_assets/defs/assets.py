@@ -133,12 +133,29 @@ def build_assets(parts: StudyPartitions) -> list:
         return _checkpoint_result(manifest, invariants.checkpoint_problems(study, store.path, context.partition_key,
                                                                            None))
 
+    @dg.asset(
+        group_name="evaluation", code_version=CODE_VERSIONS["offline_tasks"], kinds={"json"}, owners=OWNERS,
+        deps=[dg.AssetDep("text_corpus", partition_mapping=dg.AllPartitionMapping())],
+        check_specs=[dg.AssetCheckSpec("tasks_leak_free", asset="offline_tasks", blocking=True,
+                                       description="Every task document is held-out text, never calibration data.")],
+        description="Offline lm-eval tasks (LAMBADA-style cloze, HellaSwag-style next sentence) built "
+                    "deterministically from the held-out text of the evaluation datasets.",
+    )
+    def offline_tasks(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        try:
+            manifest, problems = steps.materialize_offline_tasks(study, store.path), []
+        except ValueError as error:  # check_heldout_only names the leaked documents
+            manifest, problems = {"fingerprint": "leak"}, [str(error)]
+        return _result(manifest, {"tasks_leak_free": problems},
+                       tasks=dg.MetadataValue.json(manifest.get("tasks", {})))
+
     def _evaluation_asset(name: str, upstream: str, partitions_def, description: str):
         @dg.asset(
             name=name, partitions_def=partitions_def, group_name="evaluation",
             code_version=CODE_VERSIONS["evaluation"], kinds={"pytorch", "parquet"}, owners=OWNERS, pool="gpu",
             ins={upstream: dg.AssetIn(dagster_type=dg.Nothing),
-                 "text_corpus": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)},
+                 "text_corpus": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing),
+                 "offline_tasks": dg.AssetIn(dagster_type=dg.Nothing)},
             check_specs=_check("evaluation_complete", name, partitions_def,
                                "One finite value for every evaluation dataset and metric."),
             description=description,
@@ -161,10 +178,10 @@ def build_assets(parts: StudyPartitions) -> list:
 
     evaluation = _evaluation_asset(
         "evaluation", "compressed_model", parts.compressed,
-        "Held-out perplexity of one compressed checkpoint on every evaluation dataset.")
+        "One compressed checkpoint: held-out perplexity, the study's tasks through lm-eval, KL to the dense model.")
     baseline_evaluation = _evaluation_asset(
         "baseline_evaluation", "baseline_model", parts.baselines,
-        "Held-out perplexity of the dense model and the calibration-free controls, once per model.")
+        "The dense model and the calibration-free controls, once per model, on the same evaluation suite.")
 
     @dg.asset(
         group_name="warehouse", code_version=CODE_VERSIONS["eval_results"], kinds={"duckdb"}, owners=OWNERS,
@@ -181,8 +198,8 @@ def build_assets(parts: StudyPartitions) -> list:
                        expected_partitions=expected,
                        duckdb=dg.MetadataValue.path(str(steps.warehouse_path(store.path))))
 
-    return [base_model, text_corpus, calibration_pool, calibration_set, compressed_model, baseline_model, evaluation,
-            baseline_evaluation, eval_results]
+    return [base_model, text_corpus, calibration_pool, calibration_set, compressed_model, baseline_model,
+            offline_tasks, evaluation, baseline_evaluation, eval_results]
 
 
 CHECKPOINT_CHECK = ("Finite weights, at most 2^bits levels per quantization group, and the configured sparsity "

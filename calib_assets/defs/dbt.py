@@ -2,6 +2,7 @@
 
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,10 +21,21 @@ dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_D
 
 
 def ensure_manifest(project: DbtProject = dbt_project) -> Path:
-    """`dbt parse` when the manifest is missing (prepare_if_dev only runs under `dagster dev`)."""
-    if not project.manifest_path.exists():
-        project.preparer.prepare(project)
-    return project.manifest_path
+    """`dbt parse` when the manifest is missing or older than the project's files (prepare_if_dev only
+    runs under `dagster dev`, and a stale manifest would not know the current models and tests)."""
+    manifest = project.manifest_path
+    sources = [path for pattern in ("*.yml", "models/**/*", "macros/**/*", "tests/**/*")
+               for path in DBT_PROJECT_DIR.glob(pattern) if path.is_file()]
+    if not manifest.exists() or any(path.stat().st_mtime > manifest.stat().st_mtime for path in sources):
+        subprocess.run([dbt_executable(), "parse", "--quiet", "--project-dir", str(DBT_PROJECT_DIR),
+                        "--profiles-dir", str(DBT_PROJECT_DIR)], check=True, cwd=DBT_PROJECT_DIR)
+    return manifest
+
+
+def dbt_executable() -> str:
+    """The dbt of this interpreter's environment, whether or not that environment is activated."""
+    beside_python = Path(sys.executable).parent / "dbt"
+    return str(beside_python) if beside_python.exists() else "dbt"
 
 
 class Translator(DagsterDbtTranslator):
@@ -50,7 +62,5 @@ def build_dbt_assets():
 
 
 def dbt_resource() -> DbtCliResource:
-    # The dbt of this interpreter's environment, whether or not that environment is activated.
-    beside_python = Path(sys.executable).parent / "dbt"
-    executable = str(beside_python) if beside_python.exists() else "dbt"
-    return DbtCliResource(project_dir=dbt_project, profiles_dir=str(DBT_PROJECT_DIR), dbt_executable=executable)
+    return DbtCliResource(project_dir=dbt_project, profiles_dir=str(DBT_PROJECT_DIR),
+                          dbt_executable=dbt_executable())

@@ -16,8 +16,9 @@ def stages(parts: StudyPartitions) -> list[tuple[str, list[str], dg.PartitionsDe
         ("prepare_corpora", ["text_corpus"], parts.sources),
         ("tokenize_pools", ["calibration_pool"], parts.pools),
         ("build_calibration_sets", ["calibration_set"], parts.calibration),
-        ("compress_and_evaluate", ["compressed_model", "evaluation"], parts.compressed),
+        ("build_tasks", ["offline_tasks"], None),
         ("baselines", ["baseline_model", "baseline_evaluation"], parts.baselines),
+        ("compress_and_evaluate", ["compressed_model", "evaluation"], parts.compressed),
         ("findings", ["eval_results", DBT], None),
     ]
 

@@ -13,7 +13,9 @@ select
     eval_dataset,
     metric,
     cast(value as double) as value,
+    cast(stderr as double) as stderr,
     cast(token_count as bigint) as token_count,
+    cast(n_examples as bigint) as n_examples,
     code_version,
     run_id,
     evaluated_at
