@@ -356,8 +356,10 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
     correct = pd.DataFrame(columns=["task", "metric", "example", "correct"])
     specs = task_specs(study, root)
     if specs:
+        # bootstrap_iters=0: lm-eval's bootstrap forks a process pool, which can deadlock in a process
+        # that already runs threads (Dagster, torch); stderr of accuracies is analytic and still reported
         result = evaluate_tasks_detailed(model, tokenizer, specs, batch_size=spec.batch_size, limit=spec.limit,
-                                         device=device)
+                                         device=device, bootstrap_iters=0)
         rows += [{"eval_dataset": row["task"], "metric": row["metric"], "value": row["value"],
                   "stderr": row["stderr"], "n_examples": row["n_samples"]} for row in result.rows]
         correct = pd.DataFrame([{"task": task, "metric": metric, "example": int(example), "correct": bool(ok)}

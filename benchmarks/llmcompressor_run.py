@@ -1,0 +1,187 @@
+"""One compression method with llm-compressor (vllm-project/llm-compressor) on the embedded model, scored
+with OUR perplexity code; the counterpart of `compression.py --child METHOD`.
+
+Runs in the optional .venv-llmc (`make bench-env`), never in the main venv:
+
+    .venv-llmc/bin/python benchmarks/llmcompressor_run.py --method gptq \
+        --calibration calibration.npy --heldout heldout.npy [--seq-len 512] [--save-masks masks.safetensors]
+
+The calibration token ids (.npy, [n, seq_len]) go to `oneshot` as a `datasets.Dataset` of exactly those
+rows (all-ones attention mask, no shuffling, no re-tokenization) through the sequential pipeline, one
+decoder layer at a time, each layer calibrated on the outputs of the already-compressed layers before
+it (`propagate_error`), as in our engine. Settings are set to match ours (`compression.py` METHODS),
+overriding llm-compressor's defaults where they differ:
+
+- gptq: 3 bits, groups of 64, asymmetric, no act-order (llm-compressor defaults to "static"
+  act-order and symmetric), dampening 0.01, blocks of 128. Remaining difference: llm-compressor fixes
+  every group's scale/zero from the ORIGINAL weights before the GPTQ loop (its observer runs first),
+  while our default fits a group's grid on the error-updated weights when the group starts (the GPTQ
+  reference); ours matches llm-compressor only with `static_groups=True`.
+- sparsegpt: 2:4 (`mask_structure="2:4"`), dampening 0.01, blocks of 128, no joint quantization.
+- wanda: 2:4. Its statistic is ||x_j||^2 / n_samples where ours is mean(x_j^2) over tokens: a constant
+  factor per linear, which changes no mask except at float near-ties (the two round differently).
+- awq: 3 bits, groups of 64, asymmetric, plain activation scaling s = mean|x|^a on a 20-point grid
+  (`duo_scaling=False`, the reference AWQ), then round-to-nearest with llm-compressor's min/max observer.
+  llm-compressor has no clipping search (ours clips by default). On CPU its AWQ needs `cpu_workaround`
+  and is slow: on the 2 shared cores it had not finished 20 of 30 layers after 10 minutes with only
+  8 x 128 calibration tokens (its grid search re-runs whole attention/MLP blocks per grid point).
+
+During calibration llm-compressor forces eager attention (ours runs the model's sdpa); the two agree to
+float rounding, not bit for bit. --dtype is accepted for symmetry with compression.py and ignored: the
+model is calibrated in float32.
+
+lm_head is ignored everywhere (llm-compressor's "Linear" target would otherwise include it, and it is
+tied to the embeddings). Only `oneshot` is timed. Perplexity: the compressed weights are copied into a
+freshly loaded plain model (no compressed-tensors wrappers), cast to --eval-dtype and scored with
+`calib_assets.evaluation.perplexity`, exactly as `compression.py` scores ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+METHODS = ("gptq", "sparsegpt", "wanda", "awq")
+BITS, GROUP_SIZE = 3, 64  # compression.py METHODS["gptq"] / ["awq"]
+PRUNE_N, PRUNE_M = 2, 4  # compression.py METHODS["sparsegpt"] / ["wanda"]
+DAMPENING = 0.01
+BLOCK_SIZE = 128
+IGNORE = ["re:.*lm_head"]  # pruning modifiers name a linear "<layer>." (trailing dot): a plain "lm_head" misses it
+
+
+def weight_scheme():
+    """W3 g64 asymmetric, no act-order, min/max observer: our GPTQConfig/RTN grid."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    weights = QuantizationArgs(num_bits=BITS, type="int", symmetric=False, strategy="group",
+                               group_size=GROUP_SIZE, actorder=None, observer="memoryless_minmax")
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+
+
+def build_recipe(method: str):
+    if method == "gptq":
+        from llmcompressor.modifiers.gptq import GPTQModifier
+
+        return [GPTQModifier(config_groups=weight_scheme(), ignore=IGNORE, actorder=None,
+                             dampening_frac=DAMPENING, block_size=BLOCK_SIZE)]
+    if method == "sparsegpt":
+        from llmcompressor.modifiers.pruning import SparseGPTModifier
+
+        return [SparseGPTModifier(sparsity=PRUNE_N / PRUNE_M, mask_structure=f"{PRUNE_N}:{PRUNE_M}",
+                                  ignore=IGNORE, dampening_frac=DAMPENING, block_size=BLOCK_SIZE)]
+    if method == "wanda":
+        from llmcompressor.modifiers.pruning import WandaPruningModifier
+
+        return [WandaPruningModifier(sparsity=PRUNE_N / PRUNE_M, mask_structure=f"{PRUNE_N}:{PRUNE_M}",
+                                     ignore=IGNORE)]
+    if method == "awq":
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+        from llmcompressor.modifiers.transform.awq import AWQModifier
+
+        return [AWQModifier(duo_scaling=False, n_grid=20),
+                QuantizationModifier(config_groups=weight_scheme(), ignore=IGNORE)]
+    raise ValueError(f"unknown method {method!r}; allowed: {list(METHODS)}")
+
+
+def cpu_workaround() -> None:
+    """llm-compressor's AWQ pins its cached activations (`IntermediatesCache.pin_memory`) for faster
+    host-to-device copies; on a machine without an accelerator pinning raises "Cannot access accelerator
+    device when none is available". Pinning only speeds up transfers, so it is skipped there."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if not torch.accelerator.is_available():
+        IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+
+def calibration_dataset(ids):
+    """Exactly the given rows, already tokenized: llm-compressor then skips its own tokenization."""
+    from datasets import Dataset
+
+    rows = ids.tolist()
+    return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+
+
+def decoder_linears(model) -> dict:
+    import torch
+
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name.startswith("model.layers.")}
+
+
+def copy_weights(compressed, fresh) -> None:
+    """Every parameter of `fresh` that `compressed` holds under the same name (AWQ also rescales norms)."""
+    import torch
+
+    source = dict(compressed.named_parameters())
+    with torch.no_grad():
+        for name, param in fresh.named_parameters():
+            if name in source and source[name].shape == param.shape:
+                param.copy_(source[name].detach().to(param.dtype))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--calibration", required=True, help=".npy of token ids [n, seq_len]")
+    parser.add_argument("--heldout", required=True, help=".npy of the held-out token stream")
+    parser.add_argument("--seq-len", type=int, default=512, help="perplexity window")
+    parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"],
+                        help="accepted for symmetry with compression.py; llm-compressor always calibrates "
+                             "the float32 model (its forward runs in the model's dtype)")
+    parser.add_argument("--eval-dtype", default="float32", choices=["bfloat16", "float32"])
+    parser.add_argument("--batch-size", type=int, default=8, help="calibration batch size (ours: 8)")
+    parser.add_argument("--save-masks", help="safetensors file: module name -> bool mask (True = kept); "
+                                             "pruning methods only")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from llmcompressor import oneshot
+
+    from _common import embedded_model_folder, emit, peak_rss_mb
+    from calib_assets.evaluation import perplexity
+    from calib_assets.models import load_model
+
+    folder = embedded_model_folder()
+    ids = np.load(args.calibration)
+    stream = np.load(args.heldout).tolist()
+    model, tokenizer = load_model(folder, dtype=torch.float32)
+    dataset = calibration_dataset(ids)
+    recipe = build_recipe(args.method)
+    cpu_workaround()
+
+    started = time.perf_counter()
+    oneshot(model=model, processor=tokenizer, recipe=recipe, dataset=dataset, pipeline="sequential",
+            num_calibration_samples=len(dataset), shuffle_calibration_samples=False,
+            max_seq_length=ids.shape[1], batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+
+    if args.save_masks:
+        if args.method not in ("sparsegpt", "wanda"):
+            parser.error("--save-masks is for the pruning methods (sparsegpt, wanda)")
+        from safetensors.torch import save_file
+
+        masks = {name: (m.weight.detach() != 0).contiguous() for name, m in decoder_linears(model).items()}
+        save_file(masks, args.save_masks)
+
+    fresh, _ = load_model(folder, dtype=torch.float32)
+    copy_weights(model, fresh)
+    del model
+    ppl = perplexity(fresh.to(getattr(torch, args.eval_dtype)), stream, seq_len=args.seq_len, batch_size=8)
+    emit({"tool": "llmcompressor", "method": args.method, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+          "perplexity": ppl.perplexity})
+
+
+if __name__ == "__main__":
+    main()
