@@ -3,6 +3,7 @@ groups and the true-sequential engine."""
 
 import pytest
 import torch
+from helpers import correlated_inputs, tiny_llama_factory
 
 from calib_assets.compression import (
     GPTQ,
@@ -16,13 +17,6 @@ from calib_assets.compression import (
     save_checkpoint,
 )
 from calib_assets.compression.quantizer import dequantize, fit_params, quantize
-
-
-def _correlated_inputs(cols: int, tokens: int = 512, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(tokens, cols, generator=gen)
-    mixing = torch.randn(cols, cols, generator=gen) / cols**0.5 + torch.eye(cols) * 0.1
-    return z @ mixing
 
 
 def _gptq(config, w, x, chunks=4):
@@ -44,10 +38,10 @@ def _levels_per_group(weight, group):
 
 
 @pytest.mark.parametrize("bits, group", [(3, 16), (4, 32), (3, None), (2, 16)])
-def test_gptq_beats_rtn_on_correlated_inputs(bits, group):
+def test_gptq_beats_rtn_oncorrelated_inputs(bits, group):
     torch.manual_seed(0)
     w = torch.randn(24, 64)
-    x = _correlated_inputs(64)
+    x = correlated_inputs(64)
     gptq = _gptq(GPTQConfig(bits=bits, group_size=group, blocksize=16), w, x)
     rtn = RTN(RTNConfig(bits=bits, group_size=group), w.shape).compress(w)
     assert _output_error(w, gptq.weight, x) < 0.9 * _output_error(w, rtn.weight, x)
@@ -80,7 +74,7 @@ def _naive_gptq(w, H, bits, group, percdamp=0.01):
 def test_gptq_matches_naive_sequential_obq(blocksize):
     torch.manual_seed(0)
     w = torch.randn(16, 32)
-    x = _correlated_inputs(32, seed=3)
+    x = correlated_inputs(32, seed=3)
     result = _gptq(GPTQConfig(bits=4, group_size=16, blocksize=blocksize), w, x)
     H = 2 * x.double().T @ x.double() / x.shape[0]
     expected = _naive_gptq(w, H, bits=4, group=16)
@@ -93,7 +87,7 @@ def test_group_params_fitted_on_updated_weights_across_blocks():
     # group (32) larger than block (8): a group's grid must reflect every earlier column's update
     torch.manual_seed(1)
     w = torch.randn(8, 64)
-    x = _correlated_inputs(64, seed=4)
+    x = correlated_inputs(64, seed=4)
     small_blocks = _gptq(GPTQConfig(bits=3, group_size=32, blocksize=8), w, x)
     one_block = _gptq(GPTQConfig(bits=3, group_size=32, blocksize=64), w, x)
     assert torch.allclose(small_blocks.scales, one_block.scales, atol=1e-5)
@@ -103,7 +97,7 @@ def test_group_params_fitted_on_updated_weights_across_blocks():
 def test_dead_inputs_are_zeroed():
     torch.manual_seed(0)
     w = torch.randn(8, 16)
-    x = _correlated_inputs(16)
+    x = correlated_inputs(16)
     x[:, 5] = 0
     result = _gptq(GPTQConfig(bits=4, group_size=8), w, x)
     assert result.info["dead_inputs"] == 1
@@ -162,7 +156,7 @@ def _scaled_inputs(cols: int, seed: int, spread: float = 3.0) -> torch.Tensor:
     """Correlated inputs whose features have strongly different scales (log-uniform over `spread` decades)."""
     gen = torch.Generator().manual_seed(seed + 100)
     scales = 10 ** (spread * torch.rand(cols, generator=gen) - spread / 2)
-    return _correlated_inputs(cols, seed=seed) * scales
+    return correlated_inputs(cols, seed=seed) * scales
 
 
 def test_act_order_is_plain_gptq_on_permuted_columns():
@@ -255,18 +249,7 @@ def test_act_order_checkpoint_round_trip_is_bit_exact(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=256)
-    state = LlamaForCausalLM(config).state_dict()
-
-    def make():
-        model = LlamaForCausalLM(config).eval()
-        model.load_state_dict(state)
-        return model
-
+    make = tiny_llama_factory()
     ids = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(1))
     return make, ids
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import correlated_inputs
 
 from calib_assets.compression import (
     Magnitude,
@@ -17,13 +18,6 @@ from calib_assets.compression import (
     save_checkpoint,
 )
 from calib_assets.compression.quantizer import dequantize
-
-
-def _correlated_inputs(cols: int, tokens: int = 512, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(tokens, cols, generator=gen)
-    mixing = torch.randn(cols, cols, generator=gen) / cols**0.5 + torch.eye(cols) * 0.1
-    return z @ mixing
 
 
 def _fed(compressor, x, chunks=4):
@@ -44,7 +38,7 @@ def _output_error(w, q, x):
 def test_sparsegpt_beats_magnitude_and_wanda(params):
     torch.manual_seed(0)
     w = torch.randn(32, 64)
-    x = _correlated_inputs(64)
+    x = correlated_inputs(64)
     result = _sparsegpt(SparseGPTConfig(**params, blocksize=32), w, x)
     magnitude = Magnitude(MagnitudeConfig(**params), w.shape).compress(w)
     wanda = _fed(Wanda(WandaConfig(**params), w.shape), x).compress(w)
@@ -61,7 +55,7 @@ def test_unstructured_count_per_block(sparsity, blocksize):
     torch.manual_seed(1)
     rows, cols = 12, 64
     w = torch.randn(rows, cols)
-    result = _sparsegpt(SparseGPTConfig(sparsity=sparsity, blocksize=blocksize), w, _correlated_inputs(cols))
+    result = _sparsegpt(SparseGPTConfig(sparsity=sparsity, blocksize=blocksize), w, correlated_inputs(cols))
     for start in range(0, cols, blocksize):  # the lowest fraction of each block, over all its rows
         block = ~result.mask[:, start : start + blocksize]
         assert int(block.sum()) == int(block.numel() * sparsity)
@@ -73,7 +67,7 @@ def test_first_block_mask_is_the_obs_saliency():
     # the first block's scores use the untouched weights: W^2 / diag(U)^2 with U = chol(H^-1) upper
     torch.manual_seed(2)
     w = torch.randn(8, 32)
-    x = _correlated_inputs(32, seed=2)
+    x = correlated_inputs(32, seed=2)
     result = _sparsegpt(SparseGPTConfig(sparsity=0.5, blocksize=16, percdamp=0.01), w, x)
     H = 2 * x.double().T @ x.double() / x.shape[0]
     H += 0.01 * torch.diag(H).mean() * torch.eye(32, dtype=torch.float64)
@@ -88,7 +82,7 @@ def test_first_block_mask_is_the_obs_saliency():
 def test_nm_pattern_holds_in_every_group(n, m):
     torch.manual_seed(3)
     w = torch.randn(10, 64)
-    result = _sparsegpt(SparseGPTConfig(n=n, m=m, blocksize=32), w, _correlated_inputs(64))
+    result = _sparsegpt(SparseGPTConfig(n=n, m=m, blocksize=32), w, correlated_inputs(64))
     pruned = (~result.mask).reshape(10, 64 // m, m).sum(dim=-1)
     assert (pruned == n).all()
     assert torch.equal(result.weight == 0, ~result.mask)
@@ -99,7 +93,7 @@ def test_nm_pattern_holds_in_every_group(n, m):
 def test_joint_quantization(bits, group, params):
     torch.manual_seed(4)
     w = torch.randn(16, 64)
-    x = _correlated_inputs(64)
+    x = correlated_inputs(64)
     config = SparseGPTConfig(**params, bits=bits, group_size=group, blocksize=32)
     result = _sparsegpt(config, w, x)
     assert result.quantized and result.pruned
@@ -118,7 +112,7 @@ def test_joint_quantization(bits, group, params):
 def test_dead_inputs_and_broken_statistics():
     torch.manual_seed(0)
     w = torch.randn(8, 16)
-    x = _correlated_inputs(16)
+    x = correlated_inputs(16)
     x[:, 3] = 0
     result = _sparsegpt(SparseGPTConfig(n=2, m=4, blocksize=16), w, x)
     assert result.info["dead_inputs"] == 1 and (result.weight[:, 3] == 0).all()
@@ -201,7 +195,7 @@ def test_row_stacking_is_exact_for_nm_only():
     # the engine row-stacks q/k/v only for row-independent configs: N:M is, unstructured (per block) is not
     torch.manual_seed(5)
     w1, w2 = torch.randn(8, 32), torch.randn(4, 32) * 3
-    x = _correlated_inputs(32)
+    x = correlated_inputs(32)
     for config, independent in [(SparseGPTConfig(n=2, m=4, bits=4, group_size=16), True),
                                 (SparseGPTConfig(sparsity=0.5), False)]:
         stacked = _sparsegpt(config, torch.cat([w1, w2]), x)

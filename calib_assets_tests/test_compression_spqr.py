@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from helpers import tiny_llama_factory
 
 from calib_assets.compression import (
     RTN,
@@ -143,19 +144,7 @@ def test_checkpoint_rejects_undeclared_off_grid_weights(problem):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=256)
-    state = LlamaForCausalLM(config).state_dict()
-
-    def make():
-        model = LlamaForCausalLM(config).eval()
-        model.load_state_dict(state)
-        return model
-
-    return make
+    return tiny_llama_factory()
 
 
 def _bits(t):
