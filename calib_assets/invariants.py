@@ -18,21 +18,23 @@ def calibration_set_problems(study: Study, root: Path, model: str, calib: str) -
     from calib_assets.calibration import load_calibration_set
 
     source, seed = study.parse_calib(calib)
-    spec = study.calibration
+    size, seq_len = study.calib_size(calib), study.calibration.seq_len
     calibration_set = load_calibration_set(steps.calibration_dir(root, model, calib))
     problems = []
-    if calibration_set.token_ids.shape != (spec.n_samples, spec.seq_len):
-        problems.append(f"shape {calibration_set.token_ids.shape} != ({spec.n_samples}, {spec.seq_len})")
+    if calibration_set.token_ids.shape != (size, seq_len):
+        problems.append(f"shape {calibration_set.token_ids.shape} != ({size}, {seq_len})")
     documents = set(calibration_set.doc_ids)
     if len(documents) != len(calibration_set.doc_ids):
         problems.append("a document gives more than one window")
-    for other_seed in spec.seeds:
-        other = steps.calibration_dir(root, model, f"{source}.s{other_seed}")
-        if other_seed != seed and (other / "manifest.json").is_file():
+    siblings = [key for key in study.calib_keys if key != calib and study.parse_calib(key)[0] == source
+                and study.calib_size(key) == size]  # sets of one size are disjoint; sizes of a sweep may share
+    for other_calib in siblings:
+        other = steps.calibration_dir(root, model, other_calib)
+        if (other / "manifest.json").is_file():
             shared = documents & set(load_calibration_set(other).doc_ids)
             if shared:
-                problems.append(f"shares {len(shared)} documents with seed {other_seed}")
-    for dataset in study.eval_datasets:
+                problems.append(f"shares {len(shared)} documents with {other_calib}")
+    for dataset in study.eval_datasets + study.extra_dataset_names:
         heldout = set(steps.load_corpus_split(root, dataset, "heldout")["doc_id"])
         if documents & heldout:
             problems.append(f"{len(documents & heldout)} documents are held-out evaluation text of {dataset}")
@@ -78,7 +80,8 @@ def _sparsity_problems(weight: np.ndarray, config) -> list[str]:
 
 def evaluation_problems(study: Study, table: pd.DataFrame) -> list[str]:
     """One finite value per evaluation dataset and metric."""
-    expected = {f"{dataset}-heldout" for dataset in study.eval_datasets} | {t.name for t in study.evaluation.tasks}
+    expected = ({f"{dataset}-heldout" for dataset in study.eval_datasets} | set(study.extra_dataset_names)
+                | {t.name for t in study.evaluation.tasks})
     problems = [f"missing {dataset}" for dataset in sorted(expected - set(table["eval_dataset"]))]
     bad = table[~table["value"].map(lambda v: isinstance(v, (float, int)) and math.isfinite(v))]
     problems += [f"{row.eval_dataset}/{row.metric} = {row.value}" for row in bad.itertuples()]

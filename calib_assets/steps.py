@@ -107,11 +107,13 @@ def materialize_corpus(study: Study, source_name: str, root: Path) -> dict[str, 
 
     spec = study.source(source_name)
     directory = corpus_dir(root, source_name)
-    inputs, inputs_hash = _inputs("text_corpus", spec=spec.model_dump(),
-                                  heldout_fraction=study.calibration.heldout_fraction)
+    # evaluation-only text is held out whole, short paragraphs included (WikiText-style)
+    split = ({"heldout_fraction": 1.0, "min_chars": 1} if source_name in study.extra_dataset_names
+             else {"heldout_fraction": study.calibration.heldout_fraction})
+    inputs, inputs_hash = _inputs("text_corpus", spec=spec.model_dump(), **split)
     if reused := _reusable(directory, inputs_hash):
         return reused
-    corpus = build_corpus(spec, heldout_fraction=study.calibration.heldout_fraction)
+    corpus = build_corpus(spec, **split)
     save_corpus(corpus, directory)
     manifest = read_json(directory / MANIFEST)
     manifest.update(source=source_name, inputs=inputs, inputs_hash=inputs_hash)
@@ -150,7 +152,7 @@ def materialize_calibration_pool(study: Study, model_name: str, source_name: str
                                  inputs_hash=inputs_hash)
     lengths = reused["token_lengths"]
     eligible = sum(length >= spec.seq_len for length in lengths.values())
-    check_capacity(eligible, source=source_name, seq_len=spec.seq_len, n_samples=spec.n_samples, seeds=spec.seeds)
+    check_capacity(eligible, source=source_name, seq_len=spec.seq_len, n_samples=max(spec.sizes), seeds=spec.seeds)
     return {**reused, "eligible_documents": eligible}
 
 
@@ -164,17 +166,17 @@ def materialize_calibration_set(study: Study, model_name: str, calib: str, root:
     model_manifest = base_model_manifest(root, model_name)
     pool_manifest = _read_manifest(pool_dir(root, model_name, source_name), "calibration_pool",
                                    f"{model_name}|{source_name}")
-    spec = study.calibration
+    spec, n_samples = study.calibration, study.calib_size(calib)
     directory = calibration_dir(root, model_name, calib)
     inputs, inputs_hash = _inputs("calibration_set", pool_fingerprint=pool_manifest["fingerprint"], seed=seed,
-                                  n_samples=spec.n_samples, seq_len=spec.seq_len, sampler_seed=spec.sampler_seed)
+                                  n_samples=n_samples, seq_len=spec.seq_len, sampler_seed=spec.sampler_seed)
     if reused := _reusable(directory, inputs_hash):
         return reused
     tokenizer = AutoTokenizer.from_pretrained(model_manifest["folder"],
                                               trust_remote_code=trust_remote_code(study.model(model_name)))
     documents = load_token_pool(pool_dir(root, model_name, source_name))
     calibration_set = build_calibration_set(
-        documents, tokenizer, source=source_name, seq_len=spec.seq_len, n_samples=spec.n_samples, seed=seed,
+        documents, tokenizer, source=source_name, seq_len=spec.seq_len, n_samples=n_samples, seed=seed,
         sampler_seed=spec.sampler_seed)
     return save_calibration_set(calibration_set, directory, model=model_name, calib=calib,
                                 inputs=inputs, inputs_hash=inputs_hash)
@@ -249,7 +251,7 @@ def load_variant_model(study: Study, variant: str, calib: str | None, root: Path
 
 # -- evaluation ----------------------------------------------------------------------------------
 EVAL_COLUMNS = [
-    "model", "method", "method_config", "variant", "calib", "calibration_source", "seed",
+    "model", "method", "method_config", "variant", "calib", "calibration_source", "seed", "n_samples",
     "calibration_fingerprint", "checkpoint_fingerprint", "eval_dataset", "metric", "value", "stderr",
     "token_count", "n_examples", "code_version", "run_id", "evaluated_at",
 ]
@@ -266,6 +268,7 @@ def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
     from calib_assets.evaluation import read_task_manifest, write_lm_eval_task
     from calib_assets.sources import load_corpus
 
+    check_task_data_files(study)
     corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
                for name in study.eval_datasets}
     corpus = pd.concat([load_corpus(corpus_dir(root, name)) for name in study.eval_datasets], ignore_index=True)
@@ -286,6 +289,16 @@ def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
     return {"fingerprint": fingerprint, "tasks": {name: len(m["doc_ids"]) for name, m in manifests.items()}}
 
 
+def check_task_data_files(study: Study) -> None:
+    """Local task files must exist before any model is compressed for a study that scores them."""
+    for task in study.lm_eval_tasks:
+        files = [task.data_files] if isinstance(task.data_files, str) else task.data_files or []
+        missing = [file for file in files if not Path(file).expanduser().is_file()]
+        if missing:
+            raise FileNotFoundError(f"task {task.name!r}: data_files {missing} do not exist (paths are relative to "
+                                    f"{str(Path.cwd())!r}); give existing JSON/JSONL files in the task's schema")
+
+
 def task_specs(study: Study, root: Path) -> list:
     from calib_assets.evaluation import TaskSpec
 
@@ -300,7 +313,7 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
     model_spec, method = study.parse_variant(variant)
     checkpoint = variant_manifest(study, variant, calib, root)
     corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
-               for name in study.eval_datasets}
+               for name in study.eval_datasets + study.extra_dataset_names}
     tasks = {task.name: read_json(tasks_dir(root, task.name) / MANIFEST)["examples_fingerprint"]
              for task in study.offline_tasks}
     directory = evaluation_dir(root, variant, calib)
@@ -321,7 +334,7 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
         "checkpoint_fingerprint": checkpoint["fingerprint"], "code_version": CODE_VERSIONS["evaluation"],
         "run_id": run_id, "evaluated_at": pd.Timestamp.now(tz="UTC"),
     }
-    table = pd.DataFrame([{**identity, **row} for row in measurements], columns=EVAL_COLUMNS)
+    table = pd.DataFrame([{**identity, **row} for row in measurements], columns=EVAL_COLUMNS).drop(columns="n_samples")
     fingerprint = sha256_bytes([table.drop(columns=["run_id", "evaluated_at"]).to_json().encode()])
     manifest = {"variant": variant, "calib": calib, "rows": len(table), "fingerprint": fingerprint,
                 "inputs": inputs, "inputs_hash": inputs_hash, "forward_dtype": str(forward_dtype)}
@@ -338,11 +351,12 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
     from calib_assets.evaluation import evaluate_tasks_detailed, heldout_token_stream, next_token_kl, perplexity
 
     spec, rows = study.evaluation, []
-    for dataset in study.eval_datasets:
+    scored = [(dataset, f"{dataset}-heldout") for dataset in study.eval_datasets]
+    for dataset, name in scored + [(dataset, dataset) for dataset in study.extra_dataset_names]:
         texts = load_corpus_split(root, dataset, "heldout")["text"].tolist()
         stream = heldout_token_stream(texts, tokenizer, spec.max_tokens)
         result = perplexity(model, stream, seq_len=spec.seq_len, batch_size=spec.batch_size, device=device)
-        rows.append({"eval_dataset": f"{dataset}-heldout", "metric": "perplexity", "value": result.perplexity,
+        rows.append({"eval_dataset": name, "metric": "perplexity", "value": result.perplexity,
                      "token_count": result.n_tokens})
     if dense_name and spec.kl_tokens:
         dataset = study.eval_datasets[0]
@@ -384,7 +398,9 @@ def collect_results(study: Study, root: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=EVAL_COLUMNS)
     tables = [read_evaluation(root, variant, calib) for variant, calib in found]
     tables += [_flip_rows(study, root, variant, calib, table) for (variant, calib), table in zip(found, tables)]
-    return pd.concat([t for t in tables if len(t)], ignore_index=True)[EVAL_COLUMNS]
+    results = pd.concat([t for t in tables if len(t)], ignore_index=True)
+    results["n_samples"] = results["calib"].map(lambda calib: study.calib_size(calib) if calib else None).astype("Int64")
+    return results[EVAL_COLUMNS]
 
 
 def _flip_rows(study: Study, root: Path, variant: str, calib: str | None, table: pd.DataFrame) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 A study is models x methods x calibration sources x seeds, plus evaluation datasets. Partitions:
 - variant = "<model>.<method label>" for methods that use calibration data (e.g. smollm2-135m.gptq-w3g64)
-- calib   = "<source>.s<seed>" (e.g. bbc-tech.s2)
+- calib   = "<source>.s<seed>" (e.g. bbc-tech.s2), or "<source>.n<size>.s<seed>" when the study sweeps the
+  number of calibration examples (calibration.n_samples given as a list, e.g. c4.n128.s0)
 - baseline = "<model>.dense" and "<model>.<label>" for calibration-free methods, once per model.
 """
 
@@ -61,7 +62,7 @@ class MethodEntry(_Strict):
 
 
 class CalibrationSpec(_Strict):
-    n_samples: int = Field(gt=0, description="windows per calibration set")
+    n_samples: int | list[int] = Field(description="windows per calibration set; a list sweeps the set size")
     seq_len: int = Field(gt=0, description="tokens per window")
     seeds: list[int] = Field(min_length=1, description="seed k = the k-th disjoint set of each source")
     sampler_seed: int = 0
@@ -73,6 +74,23 @@ class CalibrationSpec(_Strict):
         if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
         return sorted(seeds)
+
+    @field_validator("n_samples")
+    @classmethod
+    def _positive_sizes(cls, n_samples: int | list[int]) -> int | list[int]:
+        sizes = n_samples if isinstance(n_samples, list) else [n_samples]
+        if not sizes or any(size <= 0 for size in sizes) or len(set(sizes)) != len(sizes):
+            raise ValueError(f"n_samples must be a positive integer or a list of distinct positive integers, "
+                             f"got {n_samples}")
+        return sorted(n_samples) if isinstance(n_samples, list) else n_samples
+
+    @property
+    def sizes(self) -> list[int]:
+        return self.n_samples if isinstance(self.n_samples, list) else [self.n_samples]
+
+    @property
+    def sweeps_size(self) -> bool:
+        return len(self.sizes) > 1
 
 
 class OfflineTaskEntry(_Strict):
@@ -96,13 +114,21 @@ class LmEvalTaskEntry(_Strict):
 
 
 class EvaluationSpec(_Strict):
-    datasets: list[str] | None = Field(None, description="sources whose held-out text is scored; default: all")
+    datasets: list[str] | None = Field(None, description="sources whose held-out text is scored; default: all; "
+                                                         "[]: none")
+    extra_datasets: list[Any] = Field([], description="evaluation-only text sources (never calibration data), "
+                                                      "scored whole, e.g. WikiText-2's test split")
     seq_len: int = Field(512, gt=1)
     max_tokens: int = Field(16384, gt=1, description="held-out tokens scored per dataset")
     batch_size: int = Field(8, gt=0)
     tasks: list[Annotated[Union[OfflineTaskEntry, LmEvalTaskEntry], Field(discriminator="kind")]] = []
     limit: int | None = Field(None, gt=0, description="at most this many examples per task (lm-eval limit)")
     kl_tokens: int = Field(0, ge=0, description="held-out tokens of the first dataset for KL vs the dense model")
+
+    @field_validator("extra_datasets")
+    @classmethod
+    def _parse_extra(cls, sources: list[Any]) -> list[Any]:
+        return _unique([parse_source_spec(source) for source in sources], "evaluation dataset", lambda s: s.label)
 
     @field_validator("tasks")
     @classmethod
@@ -149,7 +175,8 @@ class Study(_Strict):
         unknown = set(self.evaluation.datasets or []) - set(self.source_names)
         if unknown:
             raise ValueError(f"evaluation datasets {sorted(unknown)} are not sources of this study; "
-                             f"allowed: {self.source_names}")
+                             f"allowed: {self.source_names} (evaluation-only text goes in evaluation.extra_datasets)")
+        _unique(self.sources + self.evaluation.extra_datasets, "source or evaluation dataset label", lambda s: s.label)
         for model in self.models:
             for width in sorted(known_linear_in_features(model)):
                 for method in self.methods:
@@ -162,8 +189,18 @@ class Study(_Strict):
         return [source.label for source in self.sources]
 
     @property
+    def corpus_names(self) -> list[str]:
+        """Every text corpus the study reads: calibration sources, then evaluation-only datasets."""
+        return self.source_names + self.extra_dataset_names
+
+    @property
+    def extra_dataset_names(self) -> list[str]:
+        return [source.label for source in self.evaluation.extra_datasets]
+
+    @property
     def eval_datasets(self) -> list[str]:
-        return self.evaluation.datasets or self.source_names
+        """Sources whose held-out split is scored (and from which offline tasks are built)."""
+        return self.source_names if self.evaluation.datasets is None else self.evaluation.datasets
 
     @property
     def calibrated_methods(self) -> list[MethodEntry]:
@@ -181,9 +218,16 @@ class Study(_Strict):
     def lm_eval_tasks(self) -> list[LmEvalTaskEntry]:
         return [task for task in self.evaluation.tasks if isinstance(task, LmEvalTaskEntry)]
 
+    @cached_property
+    def _calib_grid(self) -> dict[str, tuple[str, int, int]]:
+        """calib key -> (source, n_samples, seed)."""
+        spec = self.calibration
+        return {calib_key(source, seed, size if spec.sweeps_size else None): (source, size, seed)
+                for source in self.source_names for size in spec.sizes for seed in spec.seeds}
+
     @property
     def calib_keys(self) -> list[str]:
-        return [calib_key(source, seed) for source in self.source_names for seed in self.calibration.seeds]
+        return list(self._calib_grid)
 
     @property
     def variant_keys(self) -> list[str]:
@@ -198,7 +242,8 @@ class Study(_Strict):
         return _lookup({m.name: m for m in self.models}, name, "model")
 
     def source(self, name: str):
-        return _lookup({s.label: s for s in self.sources}, name, "source")
+        """A calibration source or an evaluation-only dataset by label."""
+        return _lookup({s.label: s for s in self.sources + self.evaluation.extra_datasets}, name, "source")
 
     def method(self, label: str) -> MethodEntry | None:
         """The method behind a label; None for the dense baseline."""
@@ -211,19 +256,27 @@ class Study(_Strict):
         return self.model(model_name), self.method(label)
 
     def parse_calib(self, key: str) -> tuple[str, int]:
-        source, _, seed = key.rpartition(".s")
-        if source not in self.source_names or not seed.isdigit() or int(seed) not in self.calibration.seeds:
-            raise StudyError(f"calibration partition {key!r} is not in study {self.name!r}; "
-                             f"allowed: {self.calib_keys}")
-        return source, int(seed)
+        """(source, seed) of a calibration partition key."""
+        source, _, seed = self._calib_entry(key)
+        return source, seed
+
+    def calib_size(self, key: str) -> int:
+        """The number of calibration examples in the set behind a calibration partition key."""
+        return self._calib_entry(key)[1]
+
+    def _calib_entry(self, key: str) -> tuple[str, int, int]:
+        if key not in self._calib_grid:
+            allowed = self.calib_keys if len(self.calib_keys) <= 30 else self.calib_keys[:30] + ["..."]
+            raise StudyError(f"calibration partition {key!r} is not in study {self.name!r}; allowed: {allowed}")
+        return self._calib_grid[key]
 
 
 def variant_key(model: str, label: str) -> str:
     return f"{model}.{label}"
 
 
-def calib_key(source: str, seed: int) -> str:
-    return f"{source}.s{seed}"
+def calib_key(source: str, seed: int, n_samples: int | None = None) -> str:
+    return f"{source}.s{seed}" if n_samples is None else f"{source}.n{n_samples}.s{seed}"
 
 
 def known_linear_in_features(model: ModelSpec) -> set[int]:

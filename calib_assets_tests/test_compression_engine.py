@@ -270,3 +270,31 @@ def test_corrupt_or_mismatched_checkpoint_is_rejected(make_model, tmp_path):
     other = nn.Module()
     with pytest.raises(ValueError, match="not a linear"):
         apply_checkpoint(other, path)
+
+
+def _tiny_opt():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
+                       max_position_embeddings=64, word_embed_proj_dim=32)
+    return OPTForCausalLM(config).eval()
+
+
+def test_opt_layerwise_pass_equals_the_full_forward():
+    model, ids = _tiny_opt(), torch.randint(0, 128, (5, 16))
+    with torch.no_grad():
+        expected = model(ids).logits
+        hidden = layerwise_hidden_states(model, ids, batch_size=2)
+        logits = model.lm_head(model.model.decoder.final_layer_norm(hidden))
+    assert torch.allclose(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_opt_linears_are_compressed_under_their_full_names():
+    model, ids = _tiny_opt(), torch.randint(0, 128, (4, 16))
+    results = compress_model(model, ids, GPTQConfig(bits=3, group_size=16), forward_dtype=torch.float32)
+    assert set(results) == {f"model.decoder.layers.{i}.{name}" for i in range(2) for name in
+                            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                             "fc1", "fc2"]}
+    weight = model.model.decoder.layers[1].fc2.weight
+    assert max(len(torch.unique(group)) for group in weight.reshape(-1, 16)) <= 8

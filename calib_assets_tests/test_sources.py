@@ -143,10 +143,14 @@ def test_min_chars_drops_short_documents(tmp_path):
     assert len(build_corpus(local_spec(tmp_path / "s.jsonl"), min_chars=50)) == 3
 
 
-@pytest.mark.parametrize("bad", [0, 1, -0.1, 1.5, "0.2", True])
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, "0.2", True])
 def test_bad_heldout_fraction_rejected(bad):
     with pytest.raises(ValueError, match=re.escape(f"heldout_fraction {bad!r}")):
         build_corpus("bbc-tech", heldout_fraction=bad)
+
+
+def test_heldout_fraction_one_holds_out_every_document():
+    assert set(build_corpus("wikipedia", heldout_fraction=1.0)["split"]) == {"heldout"}
 
 
 @pytest.mark.parametrize("bad", [0, -5, 2.5])

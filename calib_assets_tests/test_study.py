@@ -47,6 +47,10 @@ def test_partition_keys_split_calibration_dependent_methods_from_controls():
         ({"models": ["gpt-99"]}, "gpt-99"),
         ({"calibration": {"n_samples": 4, "seq_len": 64, "seeds": [0, 0]}}, "distinct"),
         ({"calibration": {"n_samples": 0, "seq_len": 64, "seeds": [0]}}, "n_samples"),
+        ({"calibration": {"n_samples": [4, 4], "seq_len": 64, "seeds": [0]}}, "distinct positive"),
+        ({"calibration": {"n_samples": [], "seq_len": 64, "seeds": [0]}}, "n_samples"),
+        ({"evaluation": {"extra_datasets": ["bbc-tech"]}}, "duplicate source or evaluation dataset label 'bbc-tech'"),
+        ({"evaluation": {"extra_datasets": [{"kind": "hub", "path": "x"}]}}, "hub"),
         ({"evaluation": {"datasets": ["wikipedia"]}}, "wikipedia"),
         ({"colour": "blue"}, "colour"),
     ],
@@ -79,3 +83,40 @@ def test_study_files_are_chosen_by_name_env_or_path(tmp_path, monkeypatch):
     bad.write_text("name: x\nmodels: []\n")
     with pytest.raises(StudyError, match="is invalid"):
         load_study(str(bad))
+
+
+def test_a_size_sweep_puts_the_set_size_in_the_calibration_key():
+    study = _study(sources=["abc-news"], calibration={"n_samples": [8, 2], "seq_len": 64, "seeds": [0, 1]})
+    assert study.calib_keys == ["abc-news.n2.s0", "abc-news.n2.s1", "abc-news.n8.s0", "abc-news.n8.s1"]
+    assert [(study.parse_calib(key), study.calib_size(key)) for key in study.calib_keys] == [
+        (("abc-news", 0), 2), (("abc-news", 1), 2), (("abc-news", 0), 8), (("abc-news", 1), 8)]
+    with pytest.raises(StudyError, match=r"'abc-news.s0' is not in study.*abc-news.n2.s0"):
+        study.parse_calib("abc-news.s0")
+    assert _study().calib_size("bbc-tech.s1") == 4
+
+
+def test_evaluation_only_datasets_are_corpora_but_not_calibration_sources():
+    study = _study(evaluation={"extra_datasets": ["wikipedia"]})
+    assert study.corpus_names == ["bbc-tech", "abc-news", "wikipedia"]
+    assert study.source_names == ["bbc-tech", "abc-news"] and study.extra_dataset_names == ["wikipedia"]
+    assert all(not key.startswith("wikipedia") for key in study.calib_keys)
+    assert study.source("wikipedia").label == "wikipedia"
+
+
+@pytest.mark.parametrize("name", ["paper", "quantity"])
+def test_the_papers_grids_load_without_network(name):
+    study = load_study(name)
+    assert study.models and study.calibrated_methods and study.calib_keys
+
+
+def test_missing_local_task_files_fail_before_any_compression(tmp_path):
+    from calib_assets import steps
+
+    present = tmp_path / "boolq.jsonl"
+    present.write_text("{}\n")
+    study = _study(evaluation={"tasks": [{"kind": "lm_eval", "name": "boolq", "data_files": str(present)},
+                                         {"kind": "lm_eval", "name": "rte", "data_files": [str(tmp_path / "rte.jsonl")]}]})
+    with pytest.raises(FileNotFoundError, match=r"task 'rte'.*rte.jsonl"):
+        steps.materialize_offline_tasks(study, tmp_path)
+    steps.check_task_data_files(_study(evaluation={"tasks": [{"kind": "lm_eval", "name": "boolq",
+                                                                "data_files": str(present)}]}))

@@ -127,7 +127,8 @@ def layerwise_hidden_states(
         for layer in decoder.layers:
             with _on_device(layer, device, forward_dtype):
                 inputs = _run_layer(layer, inputs)
-    out_device = decoder.norm.weight.device if hasattr(decoder, "norm") else torch.device("cpu")
+    norm = _final_norm(decoder)
+    out_device = norm.weight.device if norm is not None else torch.device("cpu")
     return torch.cat([hidden for hidden, _ in inputs]).to(out_device)
 
 
@@ -280,6 +281,9 @@ class _StopForward(Exception):
     """Raised by the layer-0 pre-hook once its inputs are captured."""
 
 
+FRONT_MODULES = ("embed_tokens", "embed_positions", "project_in", "rotary_emb")  # run before layer 0
+
+
 def _capture_layer0_inputs(
     decoder: nn.Module, input_ids: torch.Tensor, device: torch.device, forward_dtype: torch.dtype, batch_size: int
 ) -> LayerInputs:
@@ -288,13 +292,13 @@ def _capture_layer0_inputs(
     def grab(module, args, kwargs):
         kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden, kwargs))
+        captured.append((hidden.to(forward_dtype), kwargs))  # OPT adds fp32 position embeddings
         raise _StopForward
 
     # The embeddings' output is cast, so the rotary cos/sin and any float mask are built in forward_dtype too.
     cast = decoder.embed_tokens.register_forward_hook(lambda m, i, out: out.to(forward_dtype))
     grab_handle = decoder.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    front = [m for m in (decoder.embed_tokens, getattr(decoder, "rotary_emb", None)) if m is not None]
+    front = [m for m in (getattr(decoder, name, None) for name in FRONT_MODULES) if m is not None]
     homes = [_device_of(m) for m in front]
     try:
         for m in front:
@@ -353,18 +357,23 @@ def _device_of(module: nn.Module) -> torch.device | None:
 
 
 def _decoder(model: nn.Module) -> nn.Module:
-    decoder = getattr(model, "model", model)
-    for attr in ("embed_tokens", "layers"):
-        if not hasattr(decoder, attr):
-            raise ValueError(
-                f"{type(model).__name__} is not a Llama-style decoder-only model: "
-                f"expected model.model.{attr}"
-            )
-    return decoder
+    """The module holding embed_tokens and the decoder layers: model.model (Llama, Mistral, Qwen...),
+    model.model.decoder (OPT) or the model itself (a bare decoder)."""
+    inner = getattr(model, "model", None)
+    for candidate in (getattr(inner, "decoder", None), inner, model):
+        if candidate is not None and all(hasattr(candidate, attr) for attr in ("embed_tokens", "layers")):
+            return candidate
+    raise ValueError(f"{type(model).__name__} is not a supported decoder-only model: expected embed_tokens and "
+                     f"layers in model.model (Llama-style) or model.model.decoder (OPT-style)")
 
 
 def _prefix_of(model: nn.Module, decoder: nn.Module) -> str:
-    return "model." if decoder is not model else ""
+    name = next(name for name, module in model.named_modules() if module is decoder)
+    return f"{name}." if name else ""
+
+
+def _final_norm(decoder: nn.Module) -> nn.Module | None:
+    return getattr(decoder, "norm", None) or getattr(decoder, "final_layer_norm", None)
 
 
 def _check_ids(ids: torch.Tensor | None, what: str) -> None:

@@ -52,7 +52,7 @@ def build_assets(parts: StudyPartitions) -> list:
                        spec=dg.MetadataValue.json(manifest["spec"]))
 
     @dg.asset(
-        partitions_def=parts.sources, group_name="inputs", code_version=CODE_VERSIONS["text_corpus"],
+        partitions_def=parts.corpora, group_name="inputs", code_version=CODE_VERSIONS["text_corpus"],
         kinds={"parquet"}, owners=OWNERS,
         description="Normalized, de-duplicated documents of one source, split into a calibration pool "
                     "and held-out evaluation text.",

@@ -13,7 +13,7 @@ def stages(parts: StudyPartitions) -> list[tuple[str, list[str], dg.PartitionsDe
     """(job name, asset names, partitions) in the order a whole study is run."""
     return [
         ("prepare_models", ["base_model"], parts.models),
-        ("prepare_corpora", ["text_corpus"], parts.sources),
+        ("prepare_corpora", ["text_corpus"], parts.corpora),
         ("tokenize_pools", ["calibration_pool"], parts.pools),
         ("build_calibration_sets", ["calibration_set"], parts.calibration),
         ("build_tasks", ["offline_tasks"], None),

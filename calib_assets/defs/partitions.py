@@ -16,7 +16,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 @dataclass(frozen=True)
 class StudyPartitions:
     models: dg.StaticPartitionsDefinition
-    sources: dg.StaticPartitionsDefinition
+    sources: dg.StaticPartitionsDefinition  # calibration sources
+    corpora: dg.StaticPartitionsDefinition  # calibration sources and evaluation-only datasets
     pools: dg.MultiPartitionsDefinition  # model x source
     calibration: dg.MultiPartitionsDefinition  # model x calib
     compressed: dg.MultiPartitionsDefinition  # variant x calib
@@ -31,6 +32,7 @@ class StudyPartitions:
         return cls(
             models=models,
             sources=sources,
+            corpora=dg.StaticPartitionsDefinition(study.corpus_names),
             pools=dg.MultiPartitionsDefinition({"model": models, "source": sources}),
             calibration=dg.MultiPartitionsDefinition({"model": models, "calib": calibs}),
             compressed=dg.MultiPartitionsDefinition(

@@ -66,8 +66,8 @@ def _frame(documents: dict[str, tuple[str, str]], heldout_fraction: float) -> pd
 
 
 def _check_heldout_fraction(value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"heldout_fraction {value!r} must be a number strictly between 0 and 1")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"heldout_fraction {value!r} must be a number in (0, 1] (1: evaluation-only text)")
 
 
 def _check_min_chars(value: int) -> None:
