@@ -80,7 +80,13 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> No
             "from mart_calibration_spread order by method, calib_source, eval_dataset, metric").df()
         baselines = connection.sql(
             "select method, eval_dataset, metric, value from mart_baselines order by method, eval_dataset").df()
+        results = connection.sql("select * from eval_results where calib is not null").df()
     with _pandas_wide():
+        summary = seed_spread_summary(results)
+        if not summary.empty:
+            echo("\nAcross calibration sets, per method and source: perplexity (mean over the held-out sets) "
+                 "next to task accuracy (%); range in the metric's units, cv = std / mean in %:")
+            echo(summary.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         echo("\nSpread across calibration sets (mart_calibration_spread):")
         echo(spread.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         echo("\nDense model and calibration-free controls (mart_baselines):")
@@ -88,7 +94,29 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> No
     echo(f"\nDuckDB warehouse: {duckdb_path}")
 
 
+def seed_spread_summary(results):
+    """One row per (method, calibration source): mean, range and coefficient of variation across its
+    calibration sets of the perplexity (averaged over evaluation datasets) and of each task's accuracy."""
+    import pandas as pd
+
+    ppl = results[results["metric"] == "perplexity"].groupby(["method", "calibration_source", "calib"])["value"].mean()
+    per_set = {"ppl": ppl}
+    for task, rows in results[results["metric"] == "acc"].groupby("eval_dataset"):
+        per_set[f"{task} acc"] = rows.set_index(["method", "calibration_source", "calib"])["value"] * 100
+    if ppl.empty:
+        return pd.DataFrame()
+    table = pd.DataFrame(per_set)
+    grouped = table.groupby(level=["method", "calibration_source"])
+    columns = {"sets": grouped.size()}
+    for name in per_set:
+        stats = grouped[name].agg(["mean", "min", "max", "std"])
+        columns[name] = stats["mean"]
+        columns[f"{name} range"] = stats["max"] - stats["min"]
+        columns[f"{name} cv%"] = 100 * stats["std"] / stats["mean"]
+    return pd.DataFrame(columns).reset_index().rename(columns={"calibration_source": "source"})
+
+
 def _pandas_wide():
     import pandas as pd
 
-    return pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500)
+    return pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500)
