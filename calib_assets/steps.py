@@ -83,6 +83,9 @@ def materialize_base_model(study: Study, model_name: str, root: Path) -> dict[st
     folder = prepare_model_folder(spec, root / "model-cache")
     manifest = {"model": model_name, "spec": spec.model_dump(), "folder": str(folder),
                 "fingerprint": weights_fingerprint(folder), "code_version": CODE_VERSIONS["base_model"]}
+    existing = model_dir(root, model_name) / MANIFEST
+    if existing.is_file() and read_json(existing) == manifest:
+        return {**manifest, "reused": True}
     with atomic_dir(model_dir(root, model_name)) as tmp:
         write_json(tmp / MANIFEST, manifest)
     return manifest
@@ -273,12 +276,13 @@ def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
                for name in study.eval_datasets}
     corpus = pd.concat([load_corpus(corpus_dir(root, name)) for name in study.eval_datasets], ignore_index=True)
     builders = {"cloze": build_cloze_task, "next_sentence": build_next_sentence_task}
-    manifests = {}
+    manifests, built_any = {}, False
     for task in study.offline_tasks:
         directory = tasks_dir(root, task.name)
         inputs, inputs_hash = _inputs("offline_tasks", corpora=corpora, task=task.model_dump())
         reused = _reusable(directory, inputs_hash)
         if reused is None:
+            built_any = True
             built = builders[task.kind](corpus, n_examples=task.n_examples, seed=task.seed)
             built.manifest.update(inputs=inputs, inputs_hash=inputs_hash)
             write_lm_eval_task(built, directory, task.name)
@@ -286,7 +290,8 @@ def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
         check_heldout_only(reused, corpus)
         manifests[task.name] = reused
     fingerprint = sha256_json({name: m["examples_fingerprint"] for name, m in manifests.items()})
-    return {"fingerprint": fingerprint, "tasks": {name: len(m["doc_ids"]) for name, m in manifests.items()}}
+    return {"fingerprint": fingerprint, "tasks": {name: len(m["doc_ids"]) for name, m in manifests.items()},
+            "reused": not built_any}
 
 
 def check_task_data_files(study: Study) -> None:

@@ -126,7 +126,8 @@ def build_assets(parts: StudyPartitions) -> list:
         _, method = study.parse_variant(context.partition_key)
         if method is None:
             model = study.parse_variant(context.partition_key)[0].name
-            return _result(steps.base_model_manifest(store.path, model), {"checkpoint_invariants": []}, dense=True)
+            manifest = {**steps.base_model_manifest(store.path, model), "reused": True}  # nothing to compute
+            return _result(manifest, {"checkpoint_invariants": []}, dense=True)
         device, dtype = compute.resolve()
         manifest = steps.materialize_checkpoint(study, context.partition_key, None, store.path, device=device,
                                                 forward_dtype=dtype, log=context.log.info)
