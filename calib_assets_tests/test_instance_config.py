@@ -14,3 +14,13 @@ def test_project_dagster_yaml_sets_pools_and_run_monitoring(tmp_path, monkeypatc
         assert pools.default_pool_limit == 1  # gpu and duckdb: one step at a time
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_max_runtime_seconds > 0
+
+
+def test_jobs_run_on_a_capped_multiprocess_executor(tmp_path):
+    from calib_assets.defs import build_definitions
+    from calib_assets.study import load_study
+
+    defs = build_definitions(load_study("ci"), root=str(tmp_path))
+    executor = defs.resolve_job_def("compress_and_evaluate").executor_def
+    resolved = executor.apply_config_mapping({}).value["config"]
+    assert executor.name == "multiprocess" and resolved["max_concurrent"] == 2

@@ -6,6 +6,8 @@ import dagster as dg
 
 from calib_assets.study import Study
 
+EXECUTOR_MAX_CONCURRENT = 2
+
 
 def build_definitions(study: Study, root: str | None = None) -> dg.Definitions:
     from calib_assets.defs.assets import build_assets
@@ -23,6 +25,8 @@ def build_definitions(study: Study, root: str | None = None) -> dg.Definitions:
         jobs=[*build_jobs(parts, dbt_marts), *reevaluation_jobs],
         schedules=schedules,
         sensors=[automation_sensor()],
+        # each step process loads its own model copy: cap how many run at once (pools cap GPU/DuckDB steps)
+        executor=dg.multiprocess_executor.configured({"max_concurrent": EXECUTOR_MAX_CONCURRENT}),
         resources={
             "store": ArtifactStore(root=root or default_root()),
             "compute": Compute(device=study.compute.device, forward_dtype=study.compute.forward_dtype),
