@@ -357,20 +357,25 @@ def chain_as_dicts(chain: list[Node]) -> list[dict[str, Any]]:
 
 def format_chain(chain: list[Node], max_doc_ids: int = 8) -> str:
     lines = []
+
+    def field(label: str, value: Any) -> None:
+        lines.append(f"     {label:<24}{value}")
+
     for index, node in enumerate(chain):
-        arrow = "   " if index == 0 else "-> "
-        lines.append(f"{arrow}{node.asset} [{node.partition}]")
-        lines.append(f"     fingerprint {node.fingerprint or '(not materialized)'}")
-        lines.append(f"     path        {node.path}")
+        lines.append(f"{'   ' if index == 0 else '-> '}{node.asset} [{node.partition}]")
+        field("fingerprint", node.fingerprint or "(not materialized)")
+        field("path", node.path)
         for key, value in node.details.items():
             if key == "results":
-                lines += [f"     result      {r['metric']} on {r['eval_dataset']} = {r['value']:.6g}" for r in value]
+                for result in value:
+                    field("result", f"{result['metric']} on {result['eval_dataset']} = {result['value']:.6g}")
             elif key == "doc_ids":
                 shown = ", ".join(value[:max_doc_ids]) + (", ..." if len(value) > max_doc_ids else "")
-                lines.append(f"     doc_ids     {len(value)} windows: {shown}")
+                field("doc_ids", f"{len(value)} windows: {shown}")
             elif value is not None:
-                lines.append(f"     {key:<11} {json.dumps(value) if isinstance(value, dict | list) else value}")
-        lines += [f"     STALE       {problem}" for problem in node.problems]
+                field(key, json.dumps(value) if isinstance(value, dict | list) else value)
+        for problem in node.problems:
+            field("STALE", problem)
     return "\n".join(lines)
 
 
