@@ -23,18 +23,19 @@ from calib_assets import steps
 from calib_assets.artifacts import read_json, sha256_files, write_json
 from calib_assets.study import Study
 
-TABLE_COLUMNS = {
-    "lineage_base_models": ["model", "fingerprint", "folder", "spec", "path"],
-    "lineage_source_snapshots": ["source", "fingerprint", "spec", "heldout_fraction", "documents",
-                                 "calibration_documents", "heldout_documents", "path"],
-    "lineage_calibration_pools": ["model", "source", "fingerprint", "corpus_fingerprint", "base_fingerprint",
-                                  "documents", "tokens", "path"],
-    "lineage_calibration_sets": ["model", "calib", "source", "seed", "n_samples", "seq_len", "sampler_seed",
-                                 "n_documents", "fingerprint", "pool_fingerprint", "corpus_fingerprint",
-                                 "base_fingerprint", "path"],
-    "lineage_checkpoints": ["variant", "calib", "model", "method", "method_label", "method_config", "fingerprint",
-                            "calibration_fingerprint", "base_fingerprint", "size_bytes", "file_bytes",
-                            "bits_per_param", "sparsity", "compress_seconds", "path"],
+V, I, F = "VARCHAR", "BIGINT", "DOUBLE"
+TABLE_SCHEMAS = {  # column -> DuckDB type (explicit, so that an empty table still has its types)
+    "lineage_base_models": {"model": V, "fingerprint": V, "folder": V, "spec": V, "path": V},
+    "lineage_source_snapshots": {"source": V, "fingerprint": V, "spec": V, "heldout_fraction": F, "documents": I,
+                                 "calibration_documents": I, "heldout_documents": I, "path": V},
+    "lineage_calibration_pools": {"model": V, "source": V, "fingerprint": V, "corpus_fingerprint": V,
+                                  "base_fingerprint": V, "documents": I, "tokens": I, "path": V},
+    "lineage_calibration_sets": {"model": V, "calib": V, "source": V, "seed": I, "n_samples": I, "seq_len": I,
+                                 "sampler_seed": I, "n_documents": I, "fingerprint": V, "pool_fingerprint": V,
+                                 "corpus_fingerprint": V, "base_fingerprint": V, "path": V},
+    "lineage_checkpoints": {"variant": V, "calib": V, "model": V, "method": V, "method_label": V, "method_config": V,
+                            "fingerprint": V, "calibration_fingerprint": V, "base_fingerprint": V, "size_bytes": I,
+                            "file_bytes": I, "bits_per_param": F, "sparsity": F, "compress_seconds": F, "path": V},
 }
 
 # `current`: the artifacts on disk are exactly the ones the evaluation was computed from (a stale row,
@@ -67,7 +68,7 @@ def _manifest(directory: Path) -> dict[str, Any] | None:
 
 def lineage_tables(study: Study, root: Path) -> dict[str, pd.DataFrame]:
     """One DataFrame per lineage table, from the manifests of every partition materialized under root."""
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLE_COLUMNS}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLE_SCHEMAS}
     for spec in study.models:
         if base := _manifest(steps.model_dir(root, spec.name)):
             rows["lineage_base_models"].append(_base_row(spec.name, base, root))
@@ -86,7 +87,7 @@ def lineage_tables(study: Study, root: Path) -> dict[str, pd.DataFrame]:
     for variant, calib in partitions:
         if checkpoint := _manifest(steps.checkpoint_dir(root, variant, calib)):
             rows["lineage_checkpoints"].append(_checkpoint_row(variant, calib, checkpoint, root))
-    return {name: pd.DataFrame(rows[name], columns=columns) for name, columns in TABLE_COLUMNS.items()}
+    return {name: pd.DataFrame(rows[name], columns=list(schema)) for name, schema in TABLE_SCHEMAS.items()}
 
 
 def _base_row(model: str, manifest: dict, root: Path) -> dict[str, Any]:
@@ -144,10 +145,12 @@ def write_lineage_tables(study: Study, root: Path, connection) -> dict[str, int]
     caller's transaction, after eval_results is written); return each table's row count."""
     counts = {}
     for name, table in lineage_tables(study, Path(root)).items():
-        view = f"incoming_{name}"
-        connection.register(view, table)
-        connection.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM {view}")
-        connection.unregister(view)
+        columns = ", ".join(f"{column} {kind}" for column, kind in TABLE_SCHEMAS[name].items())
+        connection.execute(f"CREATE OR REPLACE TABLE {name} ({columns})")
+        if len(table):
+            connection.register(f"incoming_{name}", table)
+            connection.execute(f"INSERT INTO {name} SELECT * FROM incoming_{name}")
+            connection.unregister(f"incoming_{name}")
         counts[name] = len(table)
     connection.execute(EVAL_LINEAGE_SQL)
     return counts

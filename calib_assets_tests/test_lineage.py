@@ -130,3 +130,19 @@ def test_the_chain_of_a_checkpoint_names_each_upstream_artifact(materialized):
 def test_long_lists_of_allowed_keys_are_truncated(keys, shown):
     text = lineage._allowed(keys)
     assert shown in text and len(text) < 200
+
+
+def test_before_anything_is_materialized_the_tables_are_typed_and_empty(tmp_path):
+    from calib_assets.study import load_study
+
+    study = load_study("ci")
+    database = steps.warehouse_path(tmp_path)
+    counts = {}
+    steps.write_eval_results(pd.DataFrame(columns=steps.EVAL_COLUMNS), database,
+                             also=[lambda connection: counts.update(lineage.write_lineage_tables(study, tmp_path,
+                                                                                                 connection))])
+    assert counts == {name: 0 for name in lineage.TABLE_SCHEMAS}
+    types = _sql(database, "select column_name, data_type from information_schema.columns "
+                           "where table_name = 'lineage_checkpoints'")
+    assert dict(zip(types["column_name"], types["data_type"])) == lineage.TABLE_SCHEMAS["lineage_checkpoints"]
+    assert len(_sql(database, "select * from eval_lineage")) == 0
