@@ -12,6 +12,8 @@ import pandas as pd
 PREVIEW_SAMPLES = 3
 PREVIEW_CHARS = 240
 PREVIEW_ROWS = 20
+EVALUATION_COLUMNS = ["eval_dataset", "metric", "value", "stderr", "token_count", "n_examples"]
+RESULT_KEY_COLUMNS = ["variant", "calib", "eval_dataset", "metric", "value"]
 
 
 def _cell(value: Any) -> str:
@@ -58,10 +60,6 @@ def _float(value: Any) -> dg.MetadataValue | None:
     return None if value is None else dg.MetadataValue.float(float(value))
 
 
-EVALUATION_COLUMNS = ["eval_dataset", "metric", "value", "stderr", "token_count", "n_examples"]
-RESULT_KEY_COLUMNS = ["variant", "calib", "eval_dataset", "metric", "value"]
-
-
 def results_table(table: pd.DataFrame, columns: list[str] = EVALUATION_COLUMNS) -> dg.MetadataValue:
     """Rows of an evaluation table as markdown (the given columns that it has; floats to 6 digits)."""
     columns = [column for column in columns if column in table]
@@ -78,7 +76,7 @@ def _number(value: Any) -> Any:
 def eval_results_metadata(results: pd.DataFrame, lineage_counts: dict[str, int], duckdb_path: Path) -> dict[str, Any]:
     """Row counts (in all, per metric, per lineage table) and a preview of eval_results."""
     preview = results.sort_values(["variant", "calib", "eval_dataset", "metric"], na_position="first").head(PREVIEW_ROWS)
-    per_metric = results["metric"].value_counts().sort_index() if len(results) else pd.Series(dtype=int)
+    per_metric = results["metric"].value_counts().sort_index()
     return {
         "rows": len(results),
         "rows_per_metric": dg.MetadataValue.json({str(k): int(v) for k, v in per_metric.items()}),
