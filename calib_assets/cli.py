@@ -1,24 +1,46 @@
-"""calib-assets: run a study end to end, or print its findings."""
+"""calib-assets: run a study end to end, print its findings, trace a result back to its calibration data,
+or export the exact calibration data of a set."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
+from calib_assets.artifacts import ROOT_ENV
 from calib_assets.study import STUDY_ENV, StudyError, load_study
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calib-assets", description=__doc__)
     parser.add_argument("--study", help=f"study name or YAML path (default: ${STUDY_ENV} or 'default')")
+    parser.add_argument("--root", help=f"artifact root directory (default: ${ROOT_ENV} or ./artifacts)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="materialize every partition of the study, then print its findings")
     commands.add_parser("findings", help="print the study's findings from the DuckDB warehouse")
-    args = parser.parse_args(argv)
+    lineage = commands.add_parser(
+        "lineage", help="print the chain result -> checkpoint -> calibration set -> pool -> corpus -> base model",
+        description="TARGET is a partition key of any asset: VARIANT|CALIB (a checkpoint and its evaluation, "
+                    "e.g. smollm2-135m.gptq-w3g64|bbc-tech.s0), MODEL|CALIB (a calibration set), MODEL|SOURCE "
+                    "(a token pool), a baseline variant (smollm2-135m.dense), a model or a source.")
+    lineage.add_argument("target", metavar="TARGET", help="partition key, e.g. 'smollm2-135m.gptq-w3g64|bbc-tech.s0'")
+    lineage.add_argument("--metric", help="show only results of this metric (e.g. perplexity, acc)")
+    lineage.add_argument("--dataset", help="show only results on this evaluation dataset or task")
+    lineage.add_argument("--json", action="store_true", help="machine-readable output")
+    export = commands.add_parser(
+        "export-calibration", help="write the exact calibration data of a set (text JSONL, token ids, manifest)")
+    export.add_argument("model", metavar="MODEL")
+    export.add_argument("calib", metavar="CALIB", help="calibration partition, e.g. bbc-tech.s0")
+    export.add_argument("--out", required=True, type=Path, help="directory to write (new or empty)")
+    export.add_argument("--force", action="store_true", help="replace the exported files in a non-empty --out")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         study = load_study(args.study)
     except StudyError as error:
@@ -26,11 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.study:
         os.environ[STUDY_ENV] = args.study
+    if args.root:
+        os.environ[ROOT_ENV] = args.root
     warnings.filterwarnings("ignore", module="dagster")
-    return {"run": _run, "findings": _findings}[args.command](study)
+    commands = {"run": _run, "findings": _findings, "lineage": _lineage, "export-calibration": _export}
+    from calib_assets.lineage import LineageError
+
+    try:
+        return commands[args.command](study, args)
+    except (LineageError, StudyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
-def _run(study) -> int:
+def _run(study, args) -> int:
     import dagster as dg
 
     from calib_assets.defs import build_definitions
@@ -49,10 +80,10 @@ def _run(study) -> int:
         except StudyRunFailed as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    return _findings(study)
+    return _findings(study, args)
 
 
-def _findings(study) -> int:
+def _findings(study, args) -> int:
     from calib_assets.artifacts import artifact_root
     from calib_assets.runner import print_findings
     from calib_assets.steps import warehouse_path
@@ -62,6 +93,26 @@ def _findings(study) -> int:
         print(f"error: no warehouse at {path}: run `calib-assets run` first", file=sys.stderr)
         return 1
     print_findings(path)
+    return 0
+
+
+def _lineage(study, args) -> int:
+    from calib_assets.artifacts import artifact_root
+    from calib_assets.lineage import chain_as_dicts, format_chain, trace
+
+    chain = trace(study, artifact_root(), args.target, metric=args.metric, dataset=args.dataset)
+    print(json.dumps(chain_as_dicts(chain), indent=2, default=str) if args.json else format_chain(chain))
+    return 0
+
+
+def _export(study, args) -> int:
+    from calib_assets.artifacts import artifact_root
+    from calib_assets.lineage import EXPORT_FILES, export_calibration
+
+    manifest = export_calibration(study, artifact_root(), args.model, args.calib, args.out, force=args.force)
+    shape = manifest["calibration_set"]["shape"]
+    print(f"wrote {', '.join(EXPORT_FILES)} to {args.out}: {shape[0]} windows x {shape[1]} tokens of "
+          f"calibration_set [{args.model}|{args.calib}] (fingerprint {manifest['calibration_set']['fingerprint']})")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -429,8 +430,10 @@ def _flip_rows(study: Study, root: Path, variant: str, calib: str | None, table:
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
 
-def write_eval_results(results: pd.DataFrame, duckdb_path: Path) -> str:
-    """Replace the DuckDB table eval_results in one transaction; return the table's content hash."""
+def write_eval_results(results: pd.DataFrame, duckdb_path: Path, also: Iterable[Callable[[Any], Any]] = ()) -> str:
+    """Replace the DuckDB table eval_results in one transaction; return the table's content hash.
+    `also`: writers of tables that belong with it (e.g. lineage), each called with the open connection
+    inside the same transaction."""
     import duckdb
 
     duckdb_path.parent.mkdir(parents=True, exist_ok=True)
@@ -438,6 +441,8 @@ def write_eval_results(results: pd.DataFrame, duckdb_path: Path) -> str:
         connection.execute("BEGIN TRANSACTION")
         connection.register("incoming", results)
         connection.execute("CREATE OR REPLACE TABLE eval_results AS SELECT * FROM incoming")
+        for write in also:
+            write(connection)
         connection.execute("COMMIT")
     ordered = results.drop(columns=["run_id", "evaluated_at"]).sort_values(["variant", "calib", "eval_dataset",
                                                                             "metric"], na_position="first")

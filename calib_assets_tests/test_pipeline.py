@@ -14,22 +14,11 @@ import pandas as pd
 import pytest
 
 from calib_assets import steps
-from calib_assets.defs import build_definitions
 from calib_assets.runner import run_study
-from calib_assets.study import load_study
 
+# `materialized` (conftest.py): the CI study, materialized once per session; tests that use it share the
+# xdist group "pipeline" so that they run in the one worker that holds it.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("pipeline")]
-
-
-@pytest.fixture(scope="module")
-def materialized(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifacts")
-    study = load_study("ci")
-    defs = build_definitions(study, root=str(root))
-    lines: list[str] = []
-    with dg.instance_for_test() as instance:
-        run_study(defs, study, instance, echo=lines.append)
-        yield study, defs, root, instance, lines
 
 
 def _table(root: Path, sql: str) -> pd.DataFrame:

@@ -5,7 +5,8 @@ from typing import Any
 
 import dagster as dg
 
-from calib_assets import invariants, steps
+from calib_assets import invariants, lineage, steps
+from calib_assets.defs import metadata
 from calib_assets.defs.automation import FINDINGS_CONDITION
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.defs.resources import ArtifactStore, Compute
@@ -90,12 +91,11 @@ def build_assets(parts: StudyPartitions) -> list:
         keys = _keys(context)
         manifest = steps.materialize_calibration_set(study, keys["model"], keys["calib"], store.path)
         directory = steps.calibration_dir(store.path, keys["model"], keys["calib"])
-        preview = (directory / "samples.jsonl").read_text().splitlines()[:2]
         problems = invariants.calibration_set_problems(study, store.path, keys["model"], keys["calib"])
         return _result(manifest, {"calibration_set_valid": problems}, shape=str(manifest["shape"]),
-                       documents=len(manifest["doc_ids"]),
-                       path=dg.MetadataValue.path(str(directory)),
-                       preview=dg.MetadataValue.md("\n\n".join(f"```\n{line[:600]}\n```" for line in preview)))
+                       documents=len(set(manifest["doc_ids"])), source=manifest.get("source"),
+                       seed=manifest.get("seed"), path=dg.MetadataValue.path(str(directory)),
+                       preview=metadata.calibration_preview(directory / "samples.jsonl"))
 
     @dg.asset(
         partitions_def=parts.compressed, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
@@ -111,8 +111,8 @@ def build_assets(parts: StudyPartitions) -> list:
         device, dtype = compute.resolve()
         manifest = steps.materialize_checkpoint(study, keys["variant"], keys["calib"], store.path, device=device,
                                                 forward_dtype=dtype, log=context.log.info)
-        return _checkpoint_result(manifest, invariants.checkpoint_problems(study, store.path, keys["variant"],
-                                                                           keys["calib"]))
+        return _checkpoint_result(manifest, steps.checkpoint_dir(store.path, keys["variant"], keys["calib"]),
+                                  invariants.checkpoint_problems(study, store.path, keys["variant"], keys["calib"]))
 
     @dg.asset(
         partitions_def=parts.baselines, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
@@ -127,12 +127,13 @@ def build_assets(parts: StudyPartitions) -> list:
         if method is None:
             model = study.parse_variant(context.partition_key)[0].name
             manifest = {**steps.base_model_manifest(store.path, model), "reused": True}  # nothing to compute
-            return _result(manifest, {"checkpoint_invariants": []}, dense=True)
+            return _result(manifest, {"checkpoint_invariants": []}, dense=True,
+                           path=dg.MetadataValue.path(manifest["folder"]))
         device, dtype = compute.resolve()
         manifest = steps.materialize_checkpoint(study, context.partition_key, None, store.path, device=device,
                                                 forward_dtype=dtype, log=context.log.info)
-        return _checkpoint_result(manifest, invariants.checkpoint_problems(study, store.path, context.partition_key,
-                                                                           None))
+        return _checkpoint_result(manifest, steps.checkpoint_dir(store.path, context.partition_key),
+                                  invariants.checkpoint_problems(study, store.path, context.partition_key, None))
 
     @dg.asset(
         group_name="evaluation", code_version=CODE_VERSIONS["offline_tasks"], kinds={"json"}, owners=OWNERS,
@@ -172,8 +173,8 @@ def build_assets(parts: StudyPartitions) -> list:
                                               forward_dtype=dtype, run_id=context.run_id)
             table = steps.read_evaluation(store.path, variant, calib)
             return _result(manifest, {"evaluation_complete": invariants.evaluation_problems(study, table)},
-                           rows=manifest["rows"], results=dg.MetadataValue.md(
-                               table[["eval_dataset", "metric", "value", "token_count"]].to_markdown(index=False)))
+                           rows=manifest["rows"], results=metadata.results_table(table),
+                           path=dg.MetadataValue.path(str(steps.evaluation_dir(store.path, variant, calib))))
 
         return _evaluate
 
@@ -188,16 +189,19 @@ def build_assets(parts: StudyPartitions) -> list:
         group_name="warehouse", code_version=CODE_VERSIONS["eval_results"], kinds={"duckdb"}, owners=OWNERS,
         pool="duckdb", deps=[evaluation, baseline_evaluation], automation_condition=FINDINGS_CONDITION,
         description="Every evaluation of the study in one long DuckDB table (one row per model, method, "
-                    "calibration set, evaluation dataset and metric): the source of the dbt marts.",
+                    "calibration set, evaluation dataset and metric): the source of the dbt marts. Beside it, "
+                    "the lineage_* tables (from every artifact's manifest) and the view eval_lineage, which joins "
+                    "each row to its checkpoint, calibration set, source snapshot and base model.",
     )
     def eval_results(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         results = steps.collect_results(study, store.path)
-        fingerprint = steps.write_eval_results(results, steps.warehouse_path(store.path))
+        lineage_counts: dict[str, int] = {}
+        fingerprint = steps.write_eval_results(results, steps.warehouse_path(store.path), also=[
+            lambda connection: lineage_counts.update(lineage.write_lineage_tables(study, store.path, connection))])
         expected = len(study.variant_keys) * len(study.calib_keys) + len(study.baseline_keys)
         evaluated = results[["variant", "calib"]].drop_duplicates().shape[0]
-        return _result({"fingerprint": fingerprint}, rows=len(results), evaluated_partitions=evaluated,
-                       expected_partitions=expected,
-                       duckdb=dg.MetadataValue.path(str(steps.warehouse_path(store.path))))
+        return _result({"fingerprint": fingerprint}, evaluated_partitions=evaluated, expected_partitions=expected,
+                       **metadata.eval_results_metadata(results, lineage_counts, steps.warehouse_path(store.path)))
 
     return [base_model, text_corpus, calibration_pool, calibration_set, compressed_model, baseline_model,
             offline_tasks, evaluation, baseline_evaluation, eval_results]
@@ -207,7 +211,5 @@ CHECKPOINT_CHECK = ("Finite weights, at most 2^bits levels per quantization grou
                     "pattern (N:M in every group, or the unstructured share).")
 
 
-def _checkpoint_result(manifest: dict[str, Any], problems: list[str]) -> dg.MaterializeResult:
-    return _result(manifest, {"checkpoint_invariants": problems}, size_bytes=manifest.get("size_bytes"), bits_per_param=manifest.get("bits_per_param"),
-                   sparsity=manifest.get("sparsity"), compress_seconds=manifest.get("compress_seconds"),
-                   calibration_fingerprint=manifest.get("calibration_fingerprint"))
+def _checkpoint_result(manifest: dict[str, Any], directory, problems: list[str]) -> dg.MaterializeResult:
+    return _result(manifest, {"checkpoint_invariants": problems}, **metadata.checkpoint_metadata(manifest, directory))

@@ -1,0 +1,86 @@
+"""Materialization metadata that renders in the Dagster UI: previews, sizes, tables, links to artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+PREVIEW_SAMPLES = 3
+PREVIEW_CHARS = 240
+PREVIEW_ROWS = 20
+EVALUATION_COLUMNS = ["eval_dataset", "metric", "value", "stderr", "token_count", "n_examples"]
+RESULT_KEY_COLUMNS = ["variant", "calib", "eval_dataset", "metric", "value"]
+
+
+def _cell(value: Any) -> str:
+    """A value that keeps a markdown table intact (no pipes or line breaks inside a cell)."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def calibration_preview(samples_file: Path, n: int = PREVIEW_SAMPLES, chars: int = PREVIEW_CHARS) -> dg.MetadataValue:
+    """The first windows of a calibration set: index, document id, token offset, the start of the text."""
+    rows = []
+    with open(samples_file) as handle:
+        for index, line in zip(range(n), handle):
+            sample = json.loads(line)
+            text = sample["text"]
+            rows.append({"#": index, "doc_id": sample["doc_id"], "offset": sample["offset"],
+                         "text": text[:chars] + ("…" if len(text) > chars else "")})
+    return dg.MetadataValue.md(markdown_table(rows, ["#", "doc_id", "offset", "text"]))
+
+
+def directory_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
+
+
+def checkpoint_metadata(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Size on disk, bits per parameter, sparsity, compression time and where the checkpoint lives."""
+    return {
+        "method": manifest.get("method_label"),
+        "size_on_disk_mb": dg.MetadataValue.float(round(directory_bytes(directory) / 1e6, 4)),
+        "bits_per_param": _float(manifest.get("bits_per_param")),
+        "sparsity": _float(manifest.get("sparsity")),
+        "compress_seconds": _float(manifest.get("compress_seconds")),
+        "path": dg.MetadataValue.path(str(directory)),
+        "calibration_fingerprint": manifest.get("calibration_fingerprint"),
+    }
+
+
+def _float(value: Any) -> dg.MetadataValue | None:
+    return None if value is None else dg.MetadataValue.float(float(value))
+
+
+def results_table(table: pd.DataFrame, columns: list[str] = EVALUATION_COLUMNS) -> dg.MetadataValue:
+    """Rows of an evaluation table as markdown (the given columns that it has; floats to 6 digits)."""
+    columns = [column for column in columns if column in table]
+    rows = [{column: _number(row[column]) for column in columns} for _, row in table.iterrows()]
+    return dg.MetadataValue.md(markdown_table(rows, columns))
+
+
+def _number(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def eval_results_metadata(results: pd.DataFrame, lineage_counts: dict[str, int], duckdb_path: Path) -> dict[str, Any]:
+    """Row counts (in all, per metric, per lineage table) and a preview of eval_results."""
+    preview = results.sort_values(["variant", "calib", "eval_dataset", "metric"], na_position="first").head(PREVIEW_ROWS)
+    per_metric = results["metric"].value_counts().sort_index()
+    return {
+        "rows": len(results),
+        "rows_per_metric": dg.MetadataValue.json({str(k): int(v) for k, v in per_metric.items()}),
+        "lineage_rows": dg.MetadataValue.json(lineage_counts),
+        "preview": results_table(preview, RESULT_KEY_COLUMNS),
+        "duckdb": dg.MetadataValue.path(str(duckdb_path)),
+    }

@@ -1,0 +1,143 @@
+"""`calib-assets lineage` and `calib-assets export-calibration` on the materialized CI study."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from calib_assets import steps
+from calib_assets.cli import main
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("pipeline")]
+
+
+@pytest.fixture
+def cli(materialized, capsys, monkeypatch):
+    """Run the CLI in-process on the materialized study: (exit code, stdout, stderr)."""
+    _, _, root, _, _ = materialized
+    monkeypatch.delenv("CALIB_ASSETS_ROOT", raising=False)
+
+    def run(*args: str, root_dir: Path = root):
+        code = main(["--study", "ci", "--root", str(root_dir), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def _samples(root: Path, model: str, calib: str) -> list[dict]:
+    text = (steps.calibration_dir(root, model, calib) / "samples.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_lineage_of_a_checkpoint_in_either_key_order(materialized, cli):
+    study, _, root, _, _ = materialized
+    variant, calib = study.variant_keys[1], study.calib_keys[0]
+    code, out, _ = cli("lineage", f"{variant}|{calib}", "--json")
+    assert code == 0
+    chain = json.loads(out)
+    assert [node["asset"] for node in chain] == ["evaluation", "compressed_model", "calibration_set",
+                                                 "calibration_pool", "text_corpus", "base_model"]
+    assert cli("lineage", f"{calib}|{variant}", "--json")[1] == out
+    tokens = np.load(steps.calibration_dir(root, study.models[0].name, calib) / "tokens.npy")
+    assert chain[2]["fingerprint"] == hashlib.sha256(repr(tokens.shape).encode()
+                                                     + tokens.astype("<i8").tobytes()).hexdigest()
+    assert chain[1]["details"]["calibration_fingerprint"] == chain[2]["fingerprint"]
+    assert chain[2]["details"]["doc_ids"] == [s["doc_id"] for s in _samples(root, study.models[0].name, calib)]
+    assert all(node["materialized"] and not node["problems"] for node in chain)
+
+
+def test_lineage_of_a_result_shows_the_values_in_the_warehouse(materialized, cli):
+    study, _, root, _, _ = materialized
+    variant, calib, dataset = study.variant_keys[0], study.calib_keys[1], f"{study.eval_datasets[0]}-heldout"
+    code, out, _ = cli("lineage", f"{variant}|{calib}", "--metric", "perplexity", "--dataset", dataset, "--json")
+    with duckdb.connect(str(steps.warehouse_path(root)), read_only=True) as connection:
+        expected = connection.execute("select value from eval_results where variant = ? and calib = ? and "
+                                      "metric = 'perplexity' and eval_dataset = ?", [variant, calib, dataset]).fetchall()
+    results = json.loads(out)[0]["details"]["results"]
+    assert code == 0 and len(results) == len(expected) == 1
+    assert results[0]["value"] == pytest.approx(expected[0][0], rel=1e-12)
+
+
+def test_lineage_text_of_a_calibration_set_and_of_the_dense_model(materialized, cli):
+    study, _, root, _, _ = materialized
+    model, calib = study.models[0].name, study.calib_keys[0]
+    code, out, _ = cli("lineage", f"{model}|{calib}")
+    fingerprint = json.loads((steps.calibration_dir(root, model, calib) / "manifest.json").read_text())["fingerprint"]
+    assert code == 0 and out.startswith("   calibration_set [") and fingerprint in out
+    assert f"{study.calibration.n_samples} windows: {_samples(root, model, calib)[0]['doc_id']}" in out
+    code, out, _ = cli("lineage", f"{model}.dense", "--json")
+    chain = json.loads(out)
+    assert code == 0 and [node["asset"] for node in chain] == ["baseline_evaluation", "base_model"]
+    assert chain[0]["details"]["checkpoint_fingerprint"] == chain[1]["fingerprint"]
+
+
+def test_export_calibration_writes_the_exact_data(materialized, cli, tmp_path):
+    study, _, root, _, _ = materialized
+    model, calib = study.models[0].name, study.calib_keys[1]
+    out = tmp_path / "export"
+    code, stdout, _ = cli("export-calibration", model, calib, "--out", str(out))
+    assert code == 0 and str(out) in stdout
+    tokens = np.load(steps.calibration_dir(root, model, calib) / "tokens.npy")
+    np.testing.assert_array_equal(np.load(out / "token_ids.npy"), tokens)
+    assert [json.loads(line) for line in (out / "token_ids.jsonl").read_text().splitlines()] == tokens.tolist()
+    exported = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [{k: s[k] for k in ("doc_id", "offset", "text")} for s in exported] == _samples(root, model, calib)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    assert manifest["calibration_set"]["doc_ids"] == [s["doc_id"] for s in exported]
+    assert [node["asset"] for node in manifest["lineage"]] == ["calibration_set", "calibration_pool", "text_corpus",
+                                                               "base_model"]
+
+
+def test_export_refuses_a_non_empty_directory_unless_forced(materialized, cli, tmp_path):
+    study, _, _, _, _ = materialized
+    model, calib = study.models[0].name, study.calib_keys[0]
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, _, err = cli("export-calibration", model, calib, "--out", str(out))
+    assert code == 2 and "not empty" in err and "--force" in err and sorted(os.listdir(out)) == ["notes.txt"]
+    code, _, _ = cli("export-calibration", model, calib, "--out", str(out), "--force")
+    assert code == 0 and sorted(os.listdir(out)) == sorted(["notes.txt", "samples.jsonl", "token_ids.npy",
+                                                            "token_ids.jsonl", "manifest.json"])
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lineage", "no-such-model.gptq|abc-news.s0"], "variants: tiny-llama.gptq-w3g32"),
+    (["lineage", "tiny-llama.gptq-w3g32"], "abc-news.s0, abc-news.s1"),
+    (["lineage", "tiny-llama.gptq-w3g32|abc-news.s9"], "calibs: abc-news.s0, abc-news.s1"),
+    (["lineage", "tiny-llama.gptq-w3g32|abc-news.s0", "--metric", "bleu"], "metrics: acc, acc_norm"),
+    (["export-calibration", "gpt-2", "abc-news.s0", "--out", "{tmp}/x"], "allowed: tiny-llama"),
+    (["export-calibration", "tiny-llama", "wiki.s0", "--out", "{tmp}/x"], "allowed: abc-news.s0, abc-news.s1"),
+    (["export-calibration", "tiny-llama", "abc-news.s0", "--out", "{tmp}/file"], "is a file"),
+])
+def test_bad_arguments_end_with_a_clear_message_and_exit_code_2(cli, tmp_path, args, message):
+    (tmp_path / "file").write_text("x")
+    code, out, err = cli(*[arg.format(tmp=tmp_path) for arg in args])
+    assert code == 2 and err.startswith("error: ") and message in err and out == ""
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_partition_not_materialized_yet_is_named(cli, tmp_path):
+    code, _, err = cli("lineage", "tiny-llama.gptq-w3g32|abc-news.s0", root_dir=tmp_path)
+    assert code == 2 and "compressed_model [tiny-llama.gptq-w3g32|abc-news.s0] is not materialized yet" in err
+    code, _, err = cli("export-calibration", "tiny-llama", "abc-news.s0", "--out", str(tmp_path / "x"),
+                       root_dir=tmp_path)
+    assert code == 2 and "calibration_set [tiny-llama|abc-news.s0] is not materialized yet" in err
+
+
+def test_the_console_command_prints_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "CALIB_ASSETS_ROOT": str(tmp_path)}
+    completed = subprocess.run([sys.executable, "-m", "calib_assets.cli", "--study", "ci", "lineage", "nope"],
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert completed.stderr.startswith("error: 'nope' is not a partition of study 'ci'")
