@@ -9,32 +9,33 @@ with sets as (
     select
         model, method, variant, calibration_source, n_samples, eval_dataset, metric, kind, value,
         dense_rank() over (order by variant, calibration_source, n_samples, eval_dataset, metric) as group_id,
-        row_number() over score - 1 as set_index,
+        row_number() over (score order by calib) - 1 as set_index,
         count(*) over score as n_sets
     from {{ ref('int_set_scores') }}
     where uses_calibration
-    window score as (partition by variant, calibration_source, n_samples, eval_dataset, metric order by calib)
+    window score as (partition by variant, calibration_source, n_samples, eval_dataset, metric)
 ),
 
-groups as (
-    select distinct group_id, n_sets from sets
+set_counts as (
+    select distinct n_sets from sets
 ),
 
-draws as (
+draws as (  -- depend on the number of sets only
     select
-        groups.group_id,
+        set_counts.n_sets,
         replicate,
-        hash({{ seed }}, groups.n_sets, replicate, draw) % groups.n_sets as set_index
-    from groups
+        cast('0x' || left(md5(concat_ws(':', {{ seed }}, set_counts.n_sets, replicate, draw)), 15) as bigint)
+            % set_counts.n_sets as set_index
+    from set_counts
     cross join range({{ replicates }}) as replicates(replicate)
-    cross join lateral (select unnest(range(groups.n_sets)) as draw)
+    cross join lateral (select unnest(range(set_counts.n_sets)) as draw)
 ),
 
 replicate_means as (
-    select draws.group_id, draws.replicate, avg(sets.value) as mean_value
+    select sets.group_id, draws.replicate, avg(sets.value) as mean_value
     from draws
-    join sets on sets.group_id = draws.group_id and sets.set_index = draws.set_index
-    group by draws.group_id, draws.replicate
+    join sets on sets.n_sets = draws.n_sets and sets.set_index = draws.set_index
+    group by sets.group_id, draws.replicate
 ),
 
 intervals as (
