@@ -163,7 +163,7 @@ def variance_figure(decomposition: pd.DataFrame):
     axis.invert_yaxis()
     axis.set_xlim(0, 1)
     axis.set_xlabel("share of the sum of squares")
-    axis.legend(fontsize=8, loc="lower right")
+    figure.legend(fontsize=8, loc="outside lower center", ncols=2)
     figure.suptitle(title)
     return figure
 
