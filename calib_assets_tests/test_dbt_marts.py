@@ -270,6 +270,19 @@ def test_bootstrap_follows_its_documented_resampling_rule(grid):
         assert (row.ci_low, row.ci_high) == pytest.approx(_md5_bootstrap_interval(values), rel=1e-12)
 
 
+def test_bootstrap_over_all_sources_pools_every_calibration_set(grid):
+    path, results = grid
+    pooled = read_table(path, "select * from mart_bootstrap_ci where calibration_source = '(all)' "
+                              "and eval_dataset = 'task_average' and metric = 'acc' order by variant")
+    averages = (results[results["calib"].notna() & (results["metric"] == "acc")]
+                .groupby(["variant", "calib"])["value"].mean())
+    assert list(pooled["variant"]) == sorted(averages.index.unique("variant"))
+    for row in pooled.itertuples():
+        values = averages[row.variant].sort_index().to_numpy()
+        assert row.n_sets == len(values) == 12 and row.mean_value == pytest.approx(values.mean())
+        assert (row.ci_low, row.ci_high) == pytest.approx(_md5_bootstrap_interval(values), rel=1e-12)
+
+
 def test_retention_against_the_dense_model(warehouse):
     path, results = warehouse
     dense = results[results["method"] == "dense"].set_index(["eval_dataset", "metric"])["value"]

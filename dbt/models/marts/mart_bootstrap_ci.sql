@@ -1,18 +1,29 @@
--- Percentile bootstrap confidence interval of the mean score over the calibration sets of one source:
--- each replicate draws n_sets sets with replacement. Deterministic: draw d of replicate r picks set
--- hash(seed, n_sets, r, d) mod n_sets, so every score of a (variant, source) is resampled with the same
--- sets (sets are numbered by calibration key). Vars: bootstrap_replicates, bootstrap_seed, bootstrap_confidence.
+-- Percentile bootstrap confidence interval of the mean score over the calibration sets of one source, and
+-- over all calibration sets of all sources (calibration_source '(all)'): each replicate draws n_sets sets
+-- with replacement. Deterministic and reproducible outside SQL: draw d of replicate r takes the set numbered
+-- int(first 15 hex digits of md5('seed:n_sets:r:d')) mod n_sets (sets numbered from 0 by calibration key),
+-- so every score of a (variant, source) is resampled with the same sets.
+-- Vars: bootstrap_replicates, bootstrap_seed, bootstrap_confidence.
 {%- set replicates = var('bootstrap_replicates') | int %}
 {%- set seed = var('bootstrap_seed') | int %}
 {%- set alpha = (1 - var('bootstrap_confidence') | float) / 2 %}
-with sets as (
+with scores as (
+    select model, method, variant, calib, calibration_source, n_samples, eval_dataset, metric, kind, value
+    from {{ ref('int_set_scores') }}
+    where uses_calibration
+    union all
+    select model, method, variant, calib, '(all)', n_samples, eval_dataset, metric, kind, value
+    from {{ ref('int_set_scores') }}
+    where uses_calibration
+),
+
+sets as (
     select
-        model, method, variant, calibration_source, n_samples, eval_dataset, metric, kind, value,
+        *,
         dense_rank() over (order by variant, calibration_source, n_samples, eval_dataset, metric) as group_id,
         row_number() over (score order by calib) - 1 as set_index,
         count(*) over score as n_sets
-    from {{ ref('int_set_scores') }}
-    where uses_calibration
+    from scores
     window score as (partition by variant, calibration_source, n_samples, eval_dataset, metric)
 ),
 
