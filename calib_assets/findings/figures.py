@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 DPI = 110
+MAX_PANEL_INCHES = 18  # keeps paper-scale grids (hundreds of bars) readable and the PNGs small
 
 
 def _figure(n_panels: int, width: float = 4.8, height: float = 3.6):
@@ -16,6 +17,7 @@ def _figure(n_panels: int, width: float = 4.8, height: float = 3.6):
 
     columns = min(n_panels, 3)
     rows = -(-n_panels // columns)
+    width, height = min(width, MAX_PANEL_INCHES), min(height, MAX_PANEL_INCHES)
     figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for unused in axes[n_panels:]:
@@ -146,10 +148,11 @@ def retention_figure(retention: pd.DataFrame):
 
 def variance_figure(decomposition: pd.DataFrame):
     """Share of the variance over all calibration sets explained by the calibration source (between-source)
-    against the rest (within-source), per (variant, score)."""
+    against the rest (within-source), per variant, for the task average (acc) and each held-out perplexity."""
     title = "Variance decomposition: between-source against within-source"
-    rows = decomposition[decomposition["between_share"].notna()
-                         & decomposition["kind"].isin(["perplexity", "task", "task_average"])]
+    summary = (decomposition["kind"] == "perplexity") | ((decomposition["kind"] == "task_average")
+                                                         & (decomposition["metric"] == "acc"))
+    rows = decomposition[decomposition["between_share"].notna() & summary]
     if rows.empty:
         return placeholder(title, "Needs at least two calibration sets that score differently.")
     rows = rows.sort_values(["variant", "n_samples", "kind", "eval_dataset", "metric"])
