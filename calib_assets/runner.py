@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from calib_assets.defs.jobs import stages
+from calib_assets.findings import findings_summary, report_dir
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.study import Study
 
@@ -70,7 +71,7 @@ def _failure_message(result, job_name: str, key: str | None) -> str:
 
 
 def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> None:
-    """The spread mart (and the baselines) as plain tables."""
+    """The spread mart (and the baselines) as plain tables; last, the headline table and the report's path."""
     import duckdb
 
     with duckdb.connect(str(duckdb_path), read_only=True) as connection:
@@ -92,6 +93,7 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> No
         echo("\nDense model and calibration-free controls (mart_baselines):")
         echo(baselines.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     echo(f"\nDuckDB warehouse: {duckdb_path}")
+    echo("\n" + findings_summary(duckdb_path, report_dir(duckdb_path.parent) / "index.html"))
 
 
 def seed_spread_summary(results):

@@ -1,18 +1,22 @@
--- How much each metric moves across calibration sets: one row per
--- (model, method, calibration source, evaluation dataset, metric), statistics over the seeds.
+-- How much each score moves across the calibration sets of one source (the paper's Table 1 when
+-- filtered to kind 'task' / 'task_average'): one row per (model, method, calibration source, sample
+-- count, evaluation dataset, metric), statistics over the calibration sets (seeds). std is NULL for one set.
 select
     model,
     method,
     variant,
     calibration_source,
+    n_samples,
     eval_dataset,
     metric,
+    kind,
+    higher_is_better,
     count(*) as n_sets,
     avg(value) as mean_value,
     stddev_samp(value) as std_value,
     min(value) as min_value,
     max(value) as max_value,
     max(value) - min(value) as range_value
-from {{ ref('stg_eval_results') }}
+from {{ ref('int_set_scores') }}
 where uses_calibration
-group by model, method, variant, calibration_source, eval_dataset, metric
+group by model, method, variant, calibration_source, n_samples, eval_dataset, metric, kind, higher_is_better

@@ -1,0 +1,65 @@
+"""Reading the dbt marts back from DuckDB, and the study's headline table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+# The marts shown in the report, in reading order, with the caption under which they appear.
+REPORT_MARTS = {
+    "mart_calibration_spread": "Spread across the calibration sets of one source, every score (Table 1 for tasks)",
+    "mart_task_spread": "Per-task spread within one source (Figure 2)",
+    "mart_average_distribution": "Task average and perplexity over all calibration sets (Figure 4)",
+    "mart_perplexity_vs_task_variation": "Coefficients of variation: perplexity against tasks (Table 2)",
+    "mart_source_ranking": "Calibration sources ranked, with best and worst counts",
+    "mart_sample_count_curve": "Scores against the number of calibration examples (Figure 3)",
+    "mart_variance_decomposition": "Between-source against within-source variation",
+    "mart_bootstrap_ci": "Bootstrap confidence intervals of the mean over calibration sets",
+    "mart_retention": "Retention against the dense model",
+    "mart_baselines": "Dense model and calibration-free controls",
+    "mart_set_scores": "Every calibration set's scores (the points of Figures 2 and 4)",
+}
+HEADLINE_COLUMNS = ["method", "variant", "score", "n_sets", "n_sources", "mean", "min", "max", "range",
+                    "best_calib", "worst_calib", "dense"]
+
+
+def read_marts(duckdb_path: Path, names: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The named marts (default: every report mart) as DataFrames, from a read-only connection.
+    A mart that does not exist yet raises with the list of tables that do."""
+    import duckdb
+
+    names = list(names or REPORT_MARTS)
+    with duckdb.connect(str(duckdb_path), read_only=True) as connection:
+        existing = {row[0] for row in connection.sql("select table_name from information_schema.tables").fetchall()}
+        missing = [name for name in names if name not in existing]
+        if missing:
+            raise LookupError(f"{duckdb_path} has no table {', '.join(missing)} (it has: {', '.join(sorted(existing))});"
+                              " materialize the dbt marts first")
+        return {name: connection.sql(f"select * from {name}").df() for name in names}
+
+
+def headline_scores(distribution: pd.DataFrame) -> pd.DataFrame:
+    """The rows of mart_average_distribution the headline is about: the task average (acc) when the study
+    has tasks, else every held-out perplexity."""
+    tasks = distribution[(distribution["kind"] == "task_average") & (distribution["metric"] == "acc")]
+    return tasks if len(tasks) else distribution[distribution["kind"] == "perplexity"]
+
+
+def headline_table(duckdb_path: Path) -> pd.DataFrame:
+    """Per (model, method, sample count): the best-worst range over all calibration sets of the task average
+    (or, without tasks, of each held-out perplexity), with the dense model's value for reference."""
+    marts = read_marts(duckdb_path, ["mart_average_distribution", "mart_baselines"])
+    scores = headline_scores(marts["mart_average_distribution"])
+    dense = (marts["mart_baselines"].query("method == 'dense'")
+             [["model", "eval_dataset", "metric", "value"]].rename(columns={"value": "dense"}))
+    table = scores.merge(dense, on=["model", "eval_dataset", "metric"], how="left")
+    table = table.assign(score=table["eval_dataset"] + " " + table["metric"]).rename(columns={
+        "mean_value": "mean", "min_value": "min", "max_value": "max", "range_value": "range"})
+    return table.sort_values(["model", "method", "variant", "n_samples", "score"])[HEADLINE_COLUMNS].reset_index(drop=True)
+
+
+def format_table(table: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame as aligned plain text with rounded floats."""
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 500):
+        return table.to_string(index=False, float_format=lambda v: f"{v:.{digits}f}")

@@ -1,0 +1,111 @@
+"""Synthetic eval_results tables with known answers, and `dbt build` over them in a temporary warehouse.
+
+Two studies: a grid (one model; GPTQ and Wanda on three sources with 8, 3 and 1 calibration sets; three
+tasks; two held-out perplexities; KL and flips; dense and RTN baselines) and a quantity study (no tasks,
+one source, several sample counts with two seeds each).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MODEL = "m1"
+GRID_SOURCES = {"src-a": 8, "src-b": 3, "src-c": 1}  # calibration sets per source
+TASK_METRICS = {"t1": ["acc", "acc_norm"], "t2": ["acc", "acc_norm"], "t3": ["acc"]}
+PERPLEXITY_DATASETS = ["src-a-heldout", "wikitext2"]
+# A group with hand-checkable statistics: mean 0.6, std 0.1, range 0.2 (seeds 0, 1, 2 of src-b).
+HAND_GROUP = {"variant": "m1.gptq-w3", "calibration_source": "src-b", "eval_dataset": "t1", "metric": "acc",
+              "values": [0.5, 0.6, 0.7]}
+QUANTITY_COUNTS = [1, 4, 16]
+
+
+def _row(variant: str, method: str, calib: str | None, source: str | None, seed: int | None,
+         n_samples: int | None, eval_dataset: str, metric: str, value: float) -> dict:
+    return {"model": MODEL, "method": method, "method_config": "{}", "variant": variant, "calib": calib,
+            "calibration_source": source, "seed": seed, "calibration_fingerprint": calib and f"fp-{calib}",
+            "checkpoint_fingerprint": f"ck-{variant}-{calib}", "eval_dataset": eval_dataset, "metric": metric,
+            "value": value, "stderr": 0.01 if metric.startswith("acc") else None, "token_count": None,
+            "n_examples": 50, "code_version": "1", "run_id": "r", "evaluated_at": pd.Timestamp("2026-11-24", tz="UTC"),
+            "n_samples": n_samples}
+
+
+def _scores(rng: np.random.Generator, variant: str, method: str, calib: str | None, source: str | None,
+            seed: int | None, n_samples: int | None, tasks: bool) -> list[dict]:
+    rows = [_row(variant, method, calib, source, seed, n_samples, dataset, "perplexity", rng.uniform(10, 40))
+            for dataset in PERPLEXITY_DATASETS]
+    if method != "dense":
+        rows.append(_row(variant, method, calib, source, seed, n_samples, "src-a-heldout", "kl_vs_dense",
+                         rng.uniform(0.1, 1)))
+    if tasks:
+        for task, metrics in TASK_METRICS.items():
+            for metric in metrics:
+                rows.append(_row(variant, method, calib, source, seed, n_samples, task, metric, rng.uniform(0.3, 0.8)))
+                if method != "dense":
+                    rows.append(_row(variant, method, calib, source, seed, n_samples, task, f"{metric}_flip_share",
+                                     rng.uniform(0, 0.3)))
+    return rows
+
+
+def grid_eval_results(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method, variant in [("dense", "m1.dense"), ("rtn", "m1.rtn-w3")]:
+        rows += _scores(rng, variant, method, None, None, None, None, tasks=True)
+    for method, variant in [("gptq", "m1.gptq-w3"), ("wanda", "m1.wanda-2of4")]:
+        for source, n_sets in GRID_SOURCES.items():
+            for set_seed in range(n_sets):
+                rows += _scores(rng, variant, method, f"{source}.s{set_seed}", source, set_seed, 16, tasks=True)
+    table = pd.DataFrame(rows)
+    for set_seed, value in enumerate(HAND_GROUP["values"]):
+        table.loc[(table["variant"] == HAND_GROUP["variant"]) & (table["calib"] == f"src-b.s{set_seed}")
+                  & (table["eval_dataset"] == "t1") & (table["metric"] == "acc"), "value"] = value
+    return table
+
+
+def quantity_eval_results(seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = _scores(rng, "m1.dense", "dense", None, None, None, None, tasks=False)
+    for n_samples in QUANTITY_COUNTS:
+        for set_seed in range(2):
+            rows += _scores(rng, "m1.gptq-w3", "gptq", f"c4.n{n_samples}.s{set_seed}", "c4", set_seed, n_samples,
+                            tasks=False)
+    return pd.DataFrame(rows)
+
+
+def dbt_build(duckdb_path: Path, work_dir: Path) -> subprocess.CompletedProcess:
+    """`dbt build` of the project's models and tests into `duckdb_path` (target and logs under `work_dir`)."""
+    from calib_assets.defs.dbt import DBT_PROJECT_DIR, DUCKDB_ENV, dbt_executable
+
+    return subprocess.run(
+        [dbt_executable(), "build", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
+         "--target-path", str(work_dir / "target"), "--log-path", str(work_dir / "logs")],
+        env={**os.environ, DUCKDB_ENV: str(duckdb_path)}, capture_output=True, text=True, timeout=300)
+
+
+@functools.cache
+def built_warehouse(study: str) -> tuple[Path, pd.DataFrame, subprocess.CompletedProcess]:
+    """A warehouse with the synthetic `study` ('grid' or 'quantity') as eval_results and every mart built
+    (once per test process). Returns (DuckDB path, the eval_results table, dbt's completed process)."""
+    import duckdb
+
+    results = {"grid": grid_eval_results, "quantity": quantity_eval_results}[study]()
+    work_dir = Path(tempfile.mkdtemp(prefix=f"calib-findings-{study}-"))
+    path = work_dir / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.register("incoming", results)
+        connection.execute("CREATE TABLE eval_results AS SELECT * FROM incoming")
+    return path, results, dbt_build(path, work_dir)
+
+
+def read_table(duckdb_path: Path, sql: str) -> pd.DataFrame:
+    import duckdb
+
+    with duckdb.connect(str(duckdb_path), read_only=True) as connection:
+        return connection.sql(sql).df()

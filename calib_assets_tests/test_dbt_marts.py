@@ -1,0 +1,330 @@
+"""Each dbt mart against a pandas computation on a synthetic eval_results table with known answers."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import shutil
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calib_assets_tests.findings_fixtures import HAND_GROUP, QUANTITY_COUNTS, built_warehouse, read_table
+
+pytestmark = pytest.mark.xdist_group("dbt_marts")
+
+SOURCE_KEYS = ["variant", "calibration_source", "n_samples", "eval_dataset", "metric"]
+ALL_SETS_KEYS = ["variant", "n_samples", "eval_dataset", "metric"]
+
+
+@pytest.fixture(scope="module", params=["grid", "quantity"])
+def warehouse(request):
+    path, results, completed = built_warehouse(request.param)
+    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-2000:]
+    return path, results
+
+
+@pytest.fixture(scope="module")
+def grid():
+    path, results, completed = built_warehouse("grid")
+    assert completed.returncode == 0, completed.stdout[-5000:]
+    return path, results
+
+
+def set_scores(results: pd.DataFrame) -> pd.DataFrame:
+    """Calibrated scores with a kind, plus the task averages (mean acc / acc_norm over tasks per set)."""
+    calibrated = results[results["calibration_source"].notna()].copy()
+    calibrated["kind"] = np.select(
+        [calibrated["metric"].isin(["acc", "acc_norm"]), calibrated["metric"] == "perplexity"],
+        ["task", "perplexity"], "other")
+    averages = (calibrated[calibrated["kind"] == "task"]
+                .groupby(["variant", "calib", "calibration_source", "n_samples", "metric"], as_index=False)["value"]
+                .mean().assign(eval_dataset="task_average", kind="task_average"))
+    return pd.concat([calibrated, averages], ignore_index=True)
+
+
+def merged(mart: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    both = expected.merge(mart, on=keys, validate="1:1", suffixes=("_expected", ""))
+    assert len(both) == len(expected) == len(mart)
+    return both
+
+
+def assert_close(actual, expected, **kwargs):
+    np.testing.assert_allclose(np.asarray(actual, dtype=float), np.asarray(expected, dtype=float),
+                               rtol=kwargs.get("rtol", 1e-9), atol=kwargs.get("atol", 1e-12))
+
+
+def spread_stats(scores: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    return (scores.groupby(keys, dropna=False)["value"].agg(["count", "mean", "std", "min", "max"])
+            .reset_index())
+
+
+def test_dbt_build_passes_every_data_test(warehouse):
+    path, _ = warehouse
+    tables = set(read_table(path, "select table_name from information_schema.tables")["table_name"])
+    assert {"mart_calibration_spread", "mart_set_scores", "mart_task_spread", "mart_average_distribution",
+            "mart_perplexity_vs_task_variation", "mart_source_ranking", "mart_sample_count_curve",
+            "mart_variance_decomposition", "mart_bootstrap_ci", "mart_retention", "mart_baselines"} <= tables
+
+
+def test_calibration_spread_matches_pandas(warehouse):
+    path, results = warehouse
+    expected = spread_stats(set_scores(results), SOURCE_KEYS)
+    both = merged(read_table(path, "select * from mart_calibration_spread"), expected, SOURCE_KEYS)
+    assert (both["n_sets"] == both["count"]).all()
+    assert_close(both["mean_value"], both["mean"])
+    assert_close(both["std_value"].fillna(-1), both["std"].fillna(-1))  # NULL exactly where one set
+    assert_close(both["range_value"], both["max"] - both["min"])
+
+
+def test_hand_computed_group_and_single_set_source(grid):
+    path, _ = grid
+    row = read_table(path, f"select * from mart_calibration_spread where variant = '{HAND_GROUP['variant']}' and "
+                           f"calibration_source = 'src-b' and eval_dataset = 't1' and metric = 'acc'").iloc[0]
+    assert (row["n_sets"], row["mean_value"], row["std_value"], row["range_value"]) == pytest.approx((3, 0.6, 0.1, 0.2))
+    single = read_table(path, "select * from mart_calibration_spread where calibration_source = 'src-c'")
+    assert len(single) > 0 and (single["n_sets"] == 1).all() and single["std_value"].isna().all()
+    assert (single["range_value"] == 0).all()
+
+
+def test_task_average_is_the_mean_acc_over_tasks(grid):
+    path, results = grid
+    mart = read_table(path, "select * from mart_set_scores where kind = 'task_average'")
+    acc = results[(results["metric"] == "acc") & results["calib"].notna()]
+    expected = acc.groupby(["variant", "calib"])["value"].agg(["mean", "count"]).reset_index()
+    both = expected.merge(mart[mart["metric"] == "acc"], on=["variant", "calib"], validate="1:1")
+    assert len(both) == len(expected) == 2 * sum([8, 3, 1])
+    assert_close(both["value"], both["mean"])
+    assert (both["n_tasks"] == 3).all()
+    norm = mart[mart["metric"] == "acc_norm"]
+    assert (norm["n_tasks"] == 2).all() and len(norm) == len(expected)
+
+
+def test_task_spread_ranks_tasks_by_range(warehouse):
+    path, results = warehouse
+    scores = set_scores(results)
+    expected = spread_stats(scores[scores["kind"] == "task"], SOURCE_KEYS)
+    expected["range"] = expected["max"] - expected["min"]
+    expected["rank"] = (expected.groupby(["variant", "calibration_source", "n_samples", "metric"], dropna=False)
+                        ["range"].rank(method="min", ascending=False))
+    mart = read_table(path, "select * from mart_task_spread").rename(columns={"task": "eval_dataset"})
+    if expected.empty:  # the quantity study has no tasks
+        assert mart.empty
+        return
+    both = merged(mart, expected, SOURCE_KEYS)
+    assert_close(both["range_value"], both["range"])
+    assert (both["sensitivity_rank"] == both["rank"]).all()
+
+
+def test_average_distribution_matches_pandas(warehouse):
+    path, results = warehouse
+    scores = set_scores(results)
+    scores = scores[scores["kind"].isin(["task_average", "perplexity"])]
+    groups = scores.groupby(ALL_SETS_KEYS, dropna=False)
+    expected = groups["value"].agg(["count", "mean", "std", "min", "median", "max"]).reset_index()
+    expected["q1"] = groups["value"].quantile(0.25).to_numpy()
+    expected["q3"] = groups["value"].quantile(0.75).to_numpy()
+    expected["sources"] = groups["calibration_source"].nunique().to_numpy()
+    higher = scores["kind"] == "task_average"
+    goodness = scores["value"].where(higher, -scores["value"])
+    expected["best"] = scores.loc[goodness.groupby([scores[k] for k in ALL_SETS_KEYS], dropna=False).idxmax(), "calib"].to_numpy()
+    expected["worst"] = scores.loc[goodness.groupby([scores[k] for k in ALL_SETS_KEYS], dropna=False).idxmin(), "calib"].to_numpy()
+    both = merged(read_table(path, "select * from mart_average_distribution"), expected, ALL_SETS_KEYS)
+    for column, truth in [("mean_value", "mean"), ("min_value", "min"), ("q1_value", "q1"),
+                          ("median_value", "median"), ("q3_value", "q3"), ("max_value", "max")]:
+        assert_close(both[column], both[truth])
+    assert (both["n_sources"] == both["sources"]).all()
+    assert (both["best_calib"] == both["best"]).all() and (both["worst_calib"] == both["worst"]).all()
+
+
+def test_coefficients_of_variation_match_pandas(warehouse):
+    path, results = warehouse
+    scores = set_scores(results)
+    scores = scores[scores["kind"].isin(["task", "task_average", "perplexity"])]
+    expected = spread_stats(scores, [*SOURCE_KEYS, "kind"])
+    expected["cv"] = expected["std"] / expected["mean"].abs()
+    setting = ["variant", "calibration_source", "n_samples"]
+    for kind in ["perplexity", "task"]:
+        maxima = expected[expected["kind"] == kind].groupby(setting, dropna=False)["cv"].max().rename(f"{kind}_max")
+        expected = expected.merge(maxima.reset_index(), on=setting, how="left")
+    both = merged(read_table(path, "select * from mart_perplexity_vs_task_variation"), expected, SOURCE_KEYS)
+    assert_close(both["cv_expected"].fillna(-1), both["cv"].fillna(-1))
+    assert_close(both["perplexity_cv_max"].fillna(-1), both["perplexity_max"].fillna(-1))
+    assert_close(both["task_cv_max"].fillna(-1), both["task_max"].fillna(-1))
+
+
+def test_source_ranking_counts_match_a_brute_force_count(warehouse):
+    path, results = warehouse
+    scores = set_scores(results).fillna({"n_samples": -1})
+    criteria = scores[((scores["kind"] == "task") & (scores["metric"] == "acc")) | (scores["kind"] == "perplexity")]
+    means = criteria.groupby(["variant", "n_samples", "eval_dataset", "metric", "kind", "calibration_source"])["value"].mean()
+    best, worst, n_criteria = Counter(), Counter(), Counter()
+    for (variant, n_samples, _, _, kind), per_source in means.groupby(level=[0, 1, 2, 3, 4]):
+        goodness = per_source.droplevel([0, 1, 2, 3, 4]) * (1 if kind == "task" else -1)
+        for source, good in goodness.items():
+            key = (variant, n_samples, source)
+            n_criteria[key] += 1
+            best[key] += good == goodness.max()
+            worst[key] += len(goodness) > 1 and good == goodness.min()
+    mart = read_table(path, "select * from mart_source_ranking").fillna({"n_samples": -1})
+    assert len(mart) == len(n_criteria)
+    for row in mart.itertuples():
+        key = (row.variant, row.n_samples, row.calibration_source)
+        assert (row.n_criteria, row.best_count, row.worst_count) == (n_criteria[key], best[key], worst[key])
+
+
+def test_source_ranking_orders_by_task_average(grid):
+    path, results = grid
+    scores = set_scores(results)
+    averages = (scores[(scores["kind"] == "task_average") & (scores["metric"] == "acc")]
+                .groupby(["variant", "calibration_source"])["value"].mean())
+    mart = read_table(path, "select * from mart_source_ranking order by variant, overall_rank")
+    for variant, ranking in mart.groupby("variant"):
+        assert list(ranking["calibration_source"]) == list(averages[variant].sort_values(ascending=False).index)
+        assert_close(ranking["task_average"], averages[variant][ranking["calibration_source"]].to_numpy())
+
+
+def test_sample_count_curve_follows_the_quantity_study():
+    path, results, completed = built_warehouse("quantity")
+    assert completed.returncode == 0
+    mart = read_table(path, "select * from mart_sample_count_curve where eval_dataset = 'wikitext2' order by n_samples")
+    assert list(mart["n_samples"]) == QUANTITY_COUNTS and (mart["n_sets"] == 2).all()
+    expected = (results[results["calib"].notna() & (results["eval_dataset"] == "wikitext2")
+                        & (results["metric"] == "perplexity")].groupby("n_samples")["value"].agg(["mean", "std"]))
+    assert_close(mart["mean_value"], expected["mean"])
+    assert_close(mart["std_value"], expected["std"])
+    assert_close(mart["relative_to_largest"], expected["mean"] / expected["mean"].iloc[-1])
+
+
+def test_variance_decomposition_matches_one_way_anova(grid):
+    from scipy.stats import f_oneway
+
+    path, results = grid
+    scores = set_scores(results)
+    mart = read_table(path, "select * from mart_variance_decomposition")
+    assert len(mart) == len(scores.groupby(ALL_SETS_KEYS, dropna=False))
+    for row in mart.itertuples():
+        group = scores[(scores["variant"] == row.variant) & (scores["eval_dataset"] == row.eval_dataset)
+                       & (scores["metric"] == row.metric)]
+        by_source = [g["value"].to_numpy() for _, g in group.groupby("calibration_source")]
+        total = group["value"].to_numpy()
+        assert row.ss_total == pytest.approx(((total - total.mean()) ** 2).sum())
+        assert row.ss_within == pytest.approx(sum(((v - v.mean()) ** 2).sum() for v in by_source))
+        assert row.f_statistic == pytest.approx(f_oneway(*by_source).statistic)  # 3 sources, 12 sets: df > 0
+
+
+def _exact_bootstrap_quantiles(values: np.ndarray, probabilities: list[float]) -> tuple[list[float], float]:
+    """Quantiles and std of the exact bootstrap distribution of the mean: every multiset of n draws from
+    the n values, weighted by its multinomial probability."""
+    n = len(values)
+    means, weights = [], []
+    for draw in itertools.combinations_with_replacement(range(n), n):
+        counts = Counter(draw).values()
+        weights.append(math.factorial(n) / math.prod(math.factorial(c) for c in counts) / n ** n)
+        means.append(values[list(draw)].mean())
+    order = np.argsort(means)
+    means, weights = np.asarray(means)[order], np.asarray(weights)[order]
+    std = math.sqrt(np.dot((means - np.dot(means, weights)) ** 2, weights))
+    return [float(means[np.searchsorted(np.cumsum(weights), p)]) for p in probabilities], std
+
+
+def test_bootstrap_interval_matches_the_exact_bootstrap_distribution(grid):
+    path, results = grid
+    mart = read_table(path, "select * from mart_bootstrap_ci")
+    assert set(mart["replicates"]) == {1000} and set(mart["confidence"]) == {0.95}
+    wide = mart[(mart["calibration_source"] == "src-a") & (mart["kind"] == "perplexity")]
+    assert len(wide) == 4 and (wide["n_sets"] == 8).all()
+    for row in wide.itertuples():
+        values = results[(results["variant"] == row.variant) & (results["calibration_source"] == "src-a")
+                         & (results["eval_dataset"] == row.eval_dataset) & (results["metric"] == row.metric)]["value"]
+        (low, high), std = _exact_bootstrap_quantiles(values.to_numpy()[:8], [0.025, 0.975])
+        # Monte-Carlo error of a 2.5% quantile from 1,000 replicates: about 0.09 bootstrap std
+        assert abs(row.ci_low - low) < 0.4 * std and abs(row.ci_high - high) < 0.4 * std
+        assert row.ci_high - row.ci_low > 2 * std  # the exact 95% interval is about 3.9 std wide
+    single = mart[mart["n_sets"] == 1]
+    assert len(single) > 0 and (single["ci_low"] == single["mean_value"]).all()
+    assert (single["ci_high"] == single["mean_value"]).all()
+
+
+def _md5_bootstrap_interval(values: np.ndarray, replicates: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """The documented resampling rule, in Python: draw d of replicate r takes the set numbered
+    int(md5('seed:n:r:d')[:15], 16) % n."""
+    n = len(values)
+    draws = np.array([[int(hashlib.md5(f"{seed}:{n}:{r}:{d}".encode()).hexdigest()[:15], 16) % n for d in range(n)]
+                      for r in range(replicates)])
+    return tuple(np.quantile(values[draws].mean(axis=1), [0.025, 0.975]))
+
+
+def test_bootstrap_follows_its_documented_resampling_rule(grid):
+    path, results = grid
+    mart = read_table(path, "select * from mart_bootstrap_ci where calibration_source = 'src-b' and metric = 'acc'")
+    assert len(mart) > 0
+    for row in mart.itertuples():
+        scores = set_scores(results)
+        values = scores[(scores["variant"] == row.variant) & (scores["calibration_source"] == "src-b")
+                        & (scores["eval_dataset"] == row.eval_dataset) & (scores["metric"] == "acc")]
+        values = values.sort_values("calib")["value"].to_numpy()
+        assert (row.ci_low, row.ci_high) == pytest.approx(_md5_bootstrap_interval(values), rel=1e-12)
+
+
+def test_bootstrap_over_all_sources_pools_every_calibration_set(grid):
+    path, results = grid
+    pooled = read_table(path, "select * from mart_bootstrap_ci where calibration_source = '(all)' "
+                              "and eval_dataset = 'task_average' and metric = 'acc' order by variant")
+    averages = (results[results["calib"].notna() & (results["metric"] == "acc")]
+                .groupby(["variant", "calib"])["value"].mean())
+    assert list(pooled["variant"]) == sorted(averages.index.unique("variant"))
+    for row in pooled.itertuples():
+        values = averages[row.variant].sort_index().to_numpy()
+        assert row.n_sets == len(values) == 12 and row.mean_value == pytest.approx(values.mean())
+        assert (row.ci_low, row.ci_high) == pytest.approx(_md5_bootstrap_interval(values), rel=1e-12)
+
+
+def test_retention_against_the_dense_model(warehouse):
+    path, results = warehouse
+    dense = results[results["method"] == "dense"].set_index(["eval_dataset", "metric"])["value"]
+    for metric in ["acc", "acc_norm"]:
+        if metric in dense.index.get_level_values("metric"):
+            dense[("task_average", metric)] = dense.xs(metric, level="metric").mean()
+    scores = set_scores(results)
+    scores = scores[scores["kind"].isin(["task", "task_average", "perplexity"])].copy()
+    scores["dense"] = [dense[(d, m)] for d, m in zip(scores["eval_dataset"], scores["metric"])]
+    scores["retention"] = np.where(scores["kind"] == "perplexity", scores["dense"] / scores["value"],
+                                   scores["value"] / scores["dense"])
+    expected = scores.groupby(SOURCE_KEYS, dropna=False)["retention"].agg(["mean", "min", "max"]).reset_index()
+    mart = read_table(path, "select * from mart_retention")
+    both = merged(mart[mart["uses_calibration"]], expected, SOURCE_KEYS)
+    assert_close(both["mean_retention"], both["mean"])
+    assert_close(both["min_retention"], both["min"])
+    assert_close(both["max_retention"], both["max"])
+    free = mart[~mart["uses_calibration"]]
+    rtn = results[(results["method"] == "rtn") & (results["eval_dataset"] == "wikitext2")]
+    assert set(free["variant"]) == set(rtn["variant"])
+    if len(rtn):
+        row = free[free["eval_dataset"] == "wikitext2"].iloc[0]
+        assert row["mean_retention"] == pytest.approx(dense[("wikitext2", "perplexity")] / rtn["value"].iloc[0])
+
+
+@pytest.mark.parametrize("test_name, tamper", [
+    ("consistent_spread_mart_calibration_spread_",
+     "update mart_calibration_spread set std_value = range_value + 1 where n_sets = 3"),
+    ("consistent_spread_mart_calibration_spread_",
+     "update mart_calibration_spread set range_value = -1 where n_sets = 8"),
+    ("ordered_interval_mart_bootstra_*",  # dbt shortens long test names with a hash
+     "update mart_bootstrap_ci set ci_high = max_value + 1 where n_sets = 3"),
+    ("variance_decomposition_adds_up", "update mart_variance_decomposition set ss_between = ss_between + 1"),
+])
+def test_custom_data_tests_catch_inconsistent_rows(grid, tmp_path, test_name, tamper):
+    import duckdb
+
+    path, _ = grid
+    compiled = next(path.parent.glob(f"target/compiled/**/{test_name}.sql"))
+    copy = tmp_path / path.name  # compiled SQL names the database after the file
+    shutil.copy(path, copy)
+    with duckdb.connect(str(copy)) as connection:
+        assert connection.sql(compiled.read_text()).fetchall() == []
+        connection.execute(tamper)
+        assert len(connection.sql(compiled.read_text()).fetchall()) > 0

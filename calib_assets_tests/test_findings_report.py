@@ -1,0 +1,137 @@
+"""Figures, report and headline table from marts built by dbt over synthetic eval_results tables."""
+
+from __future__ import annotations
+
+import html.parser
+import shutil
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calib_assets.findings import findings_summary, headline_table, read_marts, write_report
+from calib_assets.findings.figures import FIGURES
+from calib_assets.findings.tables import REPORT_MARTS
+from calib_assets_tests.findings_fixtures import built_warehouse
+
+pytestmark = pytest.mark.xdist_group("dbt_marts")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", params=["grid", "quantity"])
+def warehouse(request):
+    path, results, completed = built_warehouse(request.param)
+    assert completed.returncode == 0, completed.stdout[-5000:]
+    return path, results
+
+
+@pytest.fixture(scope="module")
+def report(warehouse, tmp_path_factory):
+    path, _ = warehouse
+    return write_report(path, tmp_path_factory.mktemp("report") / "report")
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.images, self.ids = set(), set(), set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "a":
+            self.hrefs.add(attrs.get("href"))
+        if tag == "img":
+            self.images.add(attrs.get("src"))
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_every_figure_is_a_valid_png(report):
+    from PIL import Image
+
+    assert set(report.figures) == set(FIGURES)
+    for path in report.figures.values():
+        width, height = _png_size(path)
+        assert width > 200 and height > 100
+        with Image.open(path) as image:
+            image.verify()
+
+
+def test_report_links_every_figure_and_shows_every_mart(report):
+    links = _Links()
+    links.feed(report.index.read_text())
+    names = {path.name for path in report.figures.values()}
+    assert names <= links.hrefs and names <= links.images
+    assert all((report.index.parent / name).is_file() for name in links.images)
+    assert set(REPORT_MARTS) <= links.ids
+
+
+def test_report_tables_hold_the_marts_rows(report, warehouse):
+    path, _ = warehouse
+    pytest.importorskip("lxml")
+    tables = pd.read_html(report.index, flavor="lxml")
+    spread = read_marts(path, ["mart_calibration_spread"])["mart_calibration_spread"]
+    shown = next(t for t in tables if set(spread.columns) <= set(t.columns))
+    assert len(shown) == min(len(spread), 200)
+
+
+def test_headline_is_the_range_of_the_task_average_over_all_sets():
+    path, results, _ = built_warehouse("grid")
+    table = headline_table(path)
+    calibrated = results[results["calib"].notna() & (results["metric"] == "acc")]
+    averages = calibrated.groupby(["method", "calib"])["value"].mean()
+    expected = averages.groupby(level="method").agg(["min", "max", "count"])
+    assert list(table["method"]) == list(expected.index) and set(table["score"]) == {"task_average acc"}
+    np.testing.assert_allclose(table["range"], expected["max"] - expected["min"], rtol=1e-12)
+    assert list(table["n_sets"]) == list(expected["count"])
+    dense = results[(results["method"] == "dense") & (results["metric"] == "acc")]["value"].mean()
+    np.testing.assert_allclose(table["dense"], dense, rtol=1e-12)
+
+
+def test_headline_falls_back_to_perplexity_without_tasks():
+    path, results, _ = built_warehouse("quantity")
+    table = headline_table(path)
+    perplexity = results[results["calib"].notna() & (results["metric"] == "perplexity")]
+    assert len(table) == perplexity.groupby(["eval_dataset", "n_samples"]).ngroups
+    assert set(table["score"]) == {f"{d} perplexity" for d in perplexity["eval_dataset"].unique()}
+    summary = findings_summary(path, path.parent / "nowhere" / "index.html")
+    assert "Headline" in summary and "not written yet" in summary
+
+
+def test_a_failed_report_leaves_the_previous_one(report, warehouse, monkeypatch):
+    from calib_assets.findings import report as report_module
+
+    path, _ = warehouse
+    before = report.index.read_bytes()
+    monkeypatch.setattr(report_module, "render_figures", _raise)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        write_report(path, report.index.parent)
+    assert report.index.read_bytes() == before and all(p.is_file() for p in report.figures.values())
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("drawing failed")
+
+
+def test_missing_marts_are_named(tmp_path):
+    import duckdb
+
+    empty = tmp_path / "warehouse.duckdb"
+    duckdb.connect(str(empty)).close()
+    with pytest.raises(LookupError, match="mart_calibration_spread"):
+        write_report(empty, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_report_is_reproducible(report, warehouse, tmp_path):
+    path, _ = warehouse
+    again = write_report(path, tmp_path / "again")
+    assert again.fingerprint == report.fingerprint
+    shutil.rmtree(tmp_path / "again")

@@ -1,0 +1,80 @@
+-- Percentile bootstrap confidence interval of the mean score over the calibration sets of one source, and
+-- over all calibration sets of all sources (calibration_source '(all)'): each replicate draws n_sets sets
+-- with replacement. Deterministic and reproducible outside SQL: draw d of replicate r takes the set numbered
+-- int(first 15 hex digits of md5('seed:n_sets:r:d')) mod n_sets (sets numbered from 0 by calibration key),
+-- so every score of a (variant, source) is resampled with the same sets.
+-- Vars: bootstrap_replicates, bootstrap_seed, bootstrap_confidence.
+{%- set replicates = var('bootstrap_replicates') | int %}
+{%- set seed = var('bootstrap_seed') | int %}
+{%- set alpha = (1 - var('bootstrap_confidence') | float) / 2 %}
+with scores as (
+    select model, method, variant, calib, calibration_source, n_samples, eval_dataset, metric, kind, value
+    from {{ ref('int_set_scores') }}
+    where uses_calibration
+    union all
+    select model, method, variant, calib, '(all)', n_samples, eval_dataset, metric, kind, value
+    from {{ ref('int_set_scores') }}
+    where uses_calibration
+),
+
+sets as (
+    select
+        *,
+        dense_rank() over (order by variant, calibration_source, n_samples, eval_dataset, metric) as group_id,
+        row_number() over (score order by calib) - 1 as set_index,
+        count(*) over score as n_sets
+    from scores
+    window score as (partition by variant, calibration_source, n_samples, eval_dataset, metric)
+),
+
+set_counts as (
+    select distinct n_sets from sets
+),
+
+draws as (  -- depend on the number of sets only
+    select
+        set_counts.n_sets,
+        replicate,
+        cast('0x' || left(md5(concat_ws(':', {{ seed }}, set_counts.n_sets, replicate, draw)), 15) as bigint)
+            % set_counts.n_sets as set_index
+    from set_counts
+    cross join range({{ replicates }}) as replicates(replicate)
+    cross join lateral (select unnest(range(set_counts.n_sets)) as draw)
+),
+
+replicate_means as (
+    select sets.group_id, draws.replicate, avg(sets.value) as mean_value
+    from draws
+    join sets on sets.n_sets = draws.n_sets and sets.set_index = draws.set_index
+    group by sets.group_id, draws.replicate
+),
+
+intervals as (
+    select
+        group_id,
+        quantile_cont(mean_value, {{ alpha }}) as ci_low,
+        quantile_cont(mean_value, {{ 1 - alpha }}) as ci_high
+    from replicate_means
+    group by group_id
+)
+
+select
+    any_value(model) as model,
+    any_value(method) as method,
+    any_value(variant) as variant,
+    any_value(calibration_source) as calibration_source,
+    any_value(n_samples) as n_samples,
+    any_value(eval_dataset) as eval_dataset,
+    any_value(metric) as metric,
+    any_value(kind) as kind,
+    count(*) as n_sets,
+    avg(value) as mean_value,
+    min(value) as min_value,
+    max(value) as max_value,
+    any_value(intervals.ci_low) as ci_low,
+    any_value(intervals.ci_high) as ci_high,
+    {{ replicates }} as replicates,
+    {{ var('bootstrap_confidence') }} as confidence
+from sets
+join intervals using (group_id)
+group by group_id

@@ -1,0 +1,19 @@
+-- Perplexity against task-accuracy variation (Table 2): the coefficient of variation (sample std / |mean|)
+-- across the calibration sets of one source, for each held-out perplexity, each task and the task
+-- average; on every row the largest perplexity and task CVs of the same (variant, source, sample count),
+-- so that "perplexity hides task variance" reads as task_cv_max >> perplexity_cv_max.
+with variation as (
+    select
+        model, method, variant, calibration_source, n_samples, kind, eval_dataset, metric,
+        n_sets, mean_value, std_value,
+        case when n_sets > 1 and mean_value <> 0 then std_value / abs(mean_value) end as cv
+    from {{ ref('mart_calibration_spread') }}
+    where kind in ('perplexity', 'task', 'task_average')
+)
+
+select
+    *,
+    max(cv) filter (where kind = 'perplexity') over setting as perplexity_cv_max,
+    max(cv) filter (where kind = 'task') over setting as task_cv_max
+from variation
+window setting as (partition by variant, calibration_source, n_samples)
