@@ -71,14 +71,11 @@ def _failure_message(result, job_name: str, key: str | None) -> str:
 
 
 def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> None:
-    """The spread mart (and the baselines) as plain tables; last, the headline table and the report's path."""
+    """Spread across calibration sets per method and source, the baselines; last, the headline table and
+    the report's path (every mart, per evaluation dataset and metric, is in the warehouse and the report)."""
     import duckdb
 
     with duckdb.connect(str(duckdb_path), read_only=True) as connection:
-        spread = connection.sql(
-            "select method, calibration_source as calib_source, eval_dataset, metric, n_sets, mean_value as mean, "
-            "std_value as std, min_value as min, max_value as max, range_value as range "
-            "from mart_calibration_spread order by method, calib_source, eval_dataset, metric").df()
         baselines = connection.sql(
             "select method, eval_dataset, metric, value from mart_baselines order by method, eval_dataset").df()
         results = connection.sql("select * from eval_results where calib is not null").df()
@@ -88,11 +85,9 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> No
             echo("\nAcross calibration sets, per method and source: perplexity (mean over the held-out sets) "
                  "next to task accuracy (%); range in the metric's units, cv = std / mean in %:")
             echo(summary.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-        echo("\nSpread across calibration sets (mart_calibration_spread):")
-        echo(spread.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         echo("\nDense model and calibration-free controls (mart_baselines):")
         echo(baselines.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    echo(f"\nDuckDB warehouse: {duckdb_path}")
+    echo(f"\nDuckDB warehouse: {duckdb_path} (per-dataset spread: mart_calibration_spread)")
     echo("\n" + findings_summary(duckdb_path, report_dir(duckdb_path.parent) / "index.html"))
 
 
