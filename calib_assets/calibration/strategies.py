@@ -153,3 +153,19 @@ def draw_selected(documents: Mapping[str, Sequence[int]], sampling, selection, *
 def pool_size(selection, n_samples: int) -> int:
     """Samples drawn per seed before selection."""
     return n_samples * (selection.pool_factor if selection is not None else 1)
+
+
+def draw_mixture(components: Sequence[Mapping[str, Sequence[int]]], counts: Sequence[int], sampling, selection, *,
+                 seed: int, **common) -> tuple[list[Sample], dict]:
+    """counts[i] samples from component i (its k-th disjoint block, as if it were a source of its own), in
+    component order. A document listed by several components belongs to the first."""
+    seen: set[str] = set()
+    samples, provenance = [], {"components": []}
+    for index, (documents, count) in enumerate(zip(components, counts)):
+        own = {doc_id: ids for doc_id, ids in documents.items() if doc_id not in seen}
+        seen |= set(own)
+        drawn, chosen = draw_selected(own, sampling, selection, n_samples=count, seed=seed,
+                                      **{**common, "source": f"{common.get('source', 'source')}[{index}]"})
+        samples += drawn
+        provenance["components"].append({"samples": count, **chosen})
+    return samples, provenance
