@@ -680,3 +680,15 @@ def write_descriptor_table(study: Study, root: Path, connection) -> int:
                            "FROM incoming_descriptors")
         connection.unregister("incoming_descriptors")
     return len(table)
+
+
+def inspect_calibration_set(study: Study, model_name: str, calib: str, root: Path, *, n_show: int = 5,
+                            seed: int = 0) -> dict[str, Any]:
+    """Markdown of random samples with their flags, and the set descriptors (computed if missing)."""
+    from calib_assets.calibration import load_calibration_set
+    from calib_assets.calibration.descriptors import inspection_markdown
+
+    calibration_set = load_calibration_set(calibration_dir(root, model_name, calib))
+    descriptors = materialize_descriptors(study, model_name, calib, root)
+    return {"fingerprint": calibration_set.fingerprint, "descriptors": descriptors["set"],
+            "markdown": inspection_markdown(calibration_set.texts, descriptors, n_show=n_show, seed=seed)}

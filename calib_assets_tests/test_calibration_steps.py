@@ -30,6 +30,8 @@ SOURCES = [
     {"name": "wikipedia", "label": "wiki"},
     {"kind": "mixture", "label": "mix", "components": [{"source": "abc-news", "weight": 3},
                                                         {"source": "wiki", "weight": 1}]},
+    {"kind": "generated", "label": "self", "model": "tiny-llama", "n_documents": 24, "max_new_tokens": 48,
+     "prefix_source": "wiki", "prefix_tokens": 8, "keep_fraction": 0.8, "sampling": "concat_chunk"},
 ]
 
 
@@ -118,3 +120,33 @@ def test_descriptors_are_reused_until_their_inputs_change(built):
     first = steps.materialize_descriptors(study, model, "abc-news.s0", root)
     again = steps.materialize_descriptors(study, model, "abc-news.s0", root)
     assert first == again
+
+
+def test_generated_source_continues_calibration_prefixes_only(built):
+    study, root, model, _ = built
+    corpus = steps.load_corpus_split(root, "self", None)
+    assert 0 < len(corpus) <= 20  # 24 generated, the most perplexing 20% dropped, then short ones
+    wiki = steps.load_corpus_split(root, "wiki", None)
+    heldout_starts = {text[:8] for text in wiki[wiki["split"] == "heldout"]["text"]}
+    calibration_starts = {text[:8] for text in wiki[wiki["split"] == "calibration"]["text"]}
+    starts = {text[:8] for text in corpus["text"]}
+    assert starts <= calibration_starts and not starts & (heldout_starts - calibration_starts)
+
+
+def test_inspection_asset_shows_random_samples_with_flags(built):
+    import dagster as dg
+
+    from calib_assets.defs.calibration_data import build_calibration_data_assets
+    from calib_assets.defs.partitions import StudyPartitions
+    from calib_assets.defs.resources import ArtifactStore
+
+    study, root, model, _ = built
+    assets = build_calibration_data_assets(StudyPartitions.from_study(study))
+    key = dg.MultiPartitionKey({"model": model, "calib": "abc-padded.s1"})
+    result = dg.materialize(assets, partition_key=key, resources={"store": ArtifactStore(root=str(root))})
+    metadata = result.asset_materializations_for_node("calibration_inspection")[0].metadata
+    markdown = metadata["samples"].value
+    assert markdown.count("**sample ") == 4 and "flags:" in markdown and "**flagged samples**" in markdown
+    descriptors = steps.materialize_descriptors(study, model, "abc-padded.s1", root)
+    flagged = sum(bool(sample["flags"]) for sample in descriptors["samples"])
+    assert metadata["flagged"].value >= flagged

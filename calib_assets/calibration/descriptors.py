@@ -130,3 +130,24 @@ def describe(rows: Sequence[Sequence[int]], texts: Sequence[str], *, effective_t
 def _finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
     return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
             for key, value in values.items()}
+
+
+def inspection_markdown(texts: Sequence[str], descriptors: dict[str, Any], *, n_show: int = 5, seed: int = 0,
+                        max_chars: int = 600) -> str:
+    """Markdown for the UI: `n_show` random samples (seeded) with their flags and perplexity, then every
+    flagged sample's index (the paper's recommendation: look at random samples for anomalies)."""
+    import random
+
+    samples = descriptors["samples"]
+    shown = sorted(random.Random(seed).sample(range(len(texts)), min(n_show, len(texts))))
+    parts = []
+    for index in shown:
+        info = samples[index]
+        flags = ", ".join(info["flags"]) or "none"
+        perplexity = f"{info['perplexity']:.1f}" if info.get("perplexity") is not None else "n/a"
+        excerpt = texts[index][:max_chars].replace("```", "'''")
+        parts.append(f"**sample {index}** - flags: {flags} - perplexity {perplexity} - "
+                     f"{info['effective_tokens']} tokens\n\n```\n{excerpt}\n```")
+    flagged = {flag: [s["index"] for s in samples if flag in s["flags"]] for flag in FLAGS}
+    summary = "\n".join(f"- {flag}: {indices or 'none'}" for flag, indices in flagged.items())
+    return "\n\n".join(parts) + "\n\n**flagged samples**\n\n" + summary
