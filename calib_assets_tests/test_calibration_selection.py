@@ -66,3 +66,14 @@ def test_model_selection_without_measurements_is_refused():
 def test_cannot_select_more_than_the_pool():
     with pytest.raises(ValueError, match="cannot select 3 of 2"):
         select_zipcal([[1], [2]], 3)
+
+
+def test_lazy_coverage_equals_plain_greedy():
+    rng = np.random.default_rng(4)
+    rows = [rng.integers(0, 60, size=rng.integers(1, 15)).tolist() for _ in range(80)]
+    covered, expected = set(), []
+    for _ in range(20):  # brute force: rescore every remaining candidate each round
+        best = min((i for i in range(len(rows)) if i not in expected), key=lambda i: (-len(set(rows[i]) - covered), i))
+        expected.append(best)
+        covered |= set(rows[best])
+    assert select_coverage(rows, 20) == expected

@@ -42,17 +42,25 @@ def select_least_perplexity(perplexities: Sequence[float], n_select: int) -> lis
 
 
 def select_coverage(rows: Sequence[Sequence[int]], n_select: int) -> list[int]:
-    """Greedy maximum coverage of token types: each pick adds the most types not yet covered."""
+    """Greedy maximum coverage of token types: each pick adds the most types not yet covered (ties: lower
+    index). Lazy evaluation: a candidate's gain only shrinks as coverage grows, so a stale gain is an upper
+    bound and most candidates are never re-scored."""
+    import heapq
+
     _check(n_select, len(rows))
     distinct = [set(row) for row in rows]
+    heap = [(-len(tokens), index) for index, tokens in enumerate(distinct)]
+    heapq.heapify(heap)
     covered: set[int] = set()
     chosen: list[int] = []
-    remaining = set(range(len(rows)))
-    for _ in range(n_select):
-        best = min(remaining, key=lambda i: (-len(distinct[i] - covered), i))
-        chosen.append(best)
-        covered |= distinct[best]
-        remaining.remove(best)
+    while len(chosen) < n_select:
+        _, index = heapq.heappop(heap)
+        fresh = (-len(distinct[index] - covered), index)
+        if not heap or fresh <= heap[0]:
+            chosen.append(index)
+            covered |= distinct[index]
+        else:
+            heapq.heappush(heap, fresh)
     return chosen
 
 
