@@ -122,6 +122,7 @@ def materialize_corpus(study: Study, source_name: str, root: Path) -> dict[str, 
 
 
 GENERATED_MIN_CHARS = 20
+TASK_MIN_CHARS = 20  # zero-shot task examples are often one short line
 
 
 def derived_corpus_inputs(study: Study, spec, root: Path) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def derived_corpus_inputs(study: Study, spec, root: Path) -> dict[str, Any]:
 
 def build_source_corpus(study: Study, spec, root: Path) -> pd.DataFrame:
     """The corpus of any source: read (embedded, huggingface, local), joined (mixture) or generated."""
-    from calib_assets.sources import GeneratedSource, MixtureSource, build_corpus, corpus_from_texts
+    from calib_assets.sources import GeneratedSource, MixtureSource, TaskSource, build_corpus, corpus_from_texts
 
     fraction = study.calibration.heldout_fraction
     if isinstance(spec, MixtureSource):
@@ -151,6 +152,8 @@ def build_source_corpus(study: Study, spec, root: Path) -> pd.DataFrame:
     if isinstance(spec, GeneratedSource):
         return corpus_from_texts(spec.label, _generated_texts(study, spec, root), heldout_fraction=fraction,
                                  min_chars=GENERATED_MIN_CHARS)
+    if isinstance(spec, TaskSource):
+        return build_corpus(spec, heldout_fraction=fraction, min_chars=TASK_MIN_CHARS)
     return build_corpus(spec, heldout_fraction=fraction)
 
 

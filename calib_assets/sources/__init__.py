@@ -23,6 +23,7 @@ from calib_assets.sources.specs import (
     LocalFilesSource,
     MixtureSource,
     SourceSpec,
+    TaskSource,
     expand_preset,
     parse_source_spec,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "DERIVED_KINDS",
     "GeneratedSource",
     "MixtureSource",
+    "TaskSource",
     "expand_preset",
     "corpus_fingerprint",
     "corpus_summary",

@@ -18,6 +18,7 @@ from calib_assets.sources.specs import (
     HuggingFaceSource,
     LocalFilesSource,
     SourceSpec,
+    TaskSource,
     parse_source_spec,
 )
 
@@ -37,6 +38,10 @@ def iter_texts(spec: SourceSpec | str | dict) -> Iterator[tuple[str, str]]:
         return iter_huggingface(spec)
     if isinstance(spec, LocalFilesSource):
         return iter_local(spec)
+    if isinstance(spec, TaskSource):
+        from calib_assets.sources.tasks import iter_task
+
+        return iter_task(spec)
     raise ValueError(f"source {spec.label!r} of kind {spec.kind!r} is built within a study from other sources "
                      "or the model (steps.materialize_corpus), not read on its own")
 

@@ -185,6 +185,33 @@ class LocalFilesSource(_LabelledSpec):
         return value
 
 
+TASK_KINDS = ("piqa", "arc", "openbookqa", "boolq", "hellaswag", "winogrande", "generic")
+
+
+class TaskSource(_LabelledSpec):
+    """A task's training split rendered as text: `zero_shot` (prompt + gold answer) or `in_context`
+    (`shots` other examples first). `task` picks the row schema and template (generic: question, answer);
+    the rows are read with `datasets.load_dataset` like a huggingface source."""
+
+    kind: Literal["task"] = "task"
+    task: Literal["piqa", "arc", "openbookqa", "boolq", "hellaswag", "winogrande", "generic"]
+    path: str
+    name: str | None = None
+    split: str = "train"
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    revision: str | None = None
+    streaming: bool = True
+    max_documents: int = Field(5000, gt=0)
+    template: Literal["zero_shot", "in_context"] = "zero_shot"
+    shots: int = Field(3, ge=1, le=32)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("path", "split")
+    @classmethod
+    def _not_blank(cls, value: str, info: ValidationInfo) -> str:
+        return _check_not_blank(value, info.field_name)
+
+
 class MixtureComponent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     source: str = Field(description="label of another source of the study")
@@ -226,11 +253,11 @@ class GeneratedSource(_LabelledSpec):
     batch_size: int = Field(8, gt=0)
 
 
-SourceSpec = Annotated[Union[EmbeddedSource, HuggingFaceSource, LocalFilesSource, MixtureSource, GeneratedSource],
-                       Field(discriminator="kind")]
+SourceSpec = Annotated[Union[EmbeddedSource, HuggingFaceSource, LocalFilesSource, TaskSource, MixtureSource,
+                             GeneratedSource], Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(SourceSpec)
-SOURCE_KINDS = ("embedded", "huggingface", "local", "mixture", "generated")
-SPEC_CLASSES = (EmbeddedSource, HuggingFaceSource, LocalFilesSource, MixtureSource, GeneratedSource)
+SOURCE_KINDS = ("embedded", "huggingface", "local", "task", "mixture", "generated")
+SPEC_CLASSES = (EmbeddedSource, HuggingFaceSource, LocalFilesSource, TaskSource, MixtureSource, GeneratedSource)
 DERIVED_KINDS = ("mixture", "generated")  # built from other sources or the model, within a study
 
 
