@@ -94,6 +94,7 @@ def build_assets(parts: StudyPartitions) -> list:
         problems = invariants.calibration_set_problems(study, store.path, keys["model"], keys["calib"])
         return _result(manifest, {"calibration_set_valid": problems}, shape=str(manifest["shape"]),
                        documents=len(manifest["doc_ids"]),
+                       descriptors=dg.MetadataValue.json(manifest.get("descriptors") or {}),
                        path=dg.MetadataValue.path(str(directory)),
                        preview=dg.MetadataValue.md("\n\n".join(f"```\n{line[:600]}\n```" for line in preview)))
 
