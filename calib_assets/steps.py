@@ -695,3 +695,15 @@ def inspect_calibration_set(study: Study, model_name: str, calib: str, root: Pat
     descriptors = materialize_descriptors(study, model_name, calib, root)
     return {"fingerprint": calibration_set.fingerprint, "descriptors": descriptors["set"],
             "markdown": inspection_markdown(calibration_set.texts, descriptors, n_show=n_show, seed=seed)}
+
+
+def materialize_descriptor_table(study: Study, root: Path) -> dict[str, Any]:
+    """Write calibration_descriptors into the study's DuckDB file; its content hash is the data version."""
+    import duckdb
+
+    path = warehouse_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(path)) as connection:
+        rows = write_descriptor_table(study, root, connection)
+    table = collect_descriptors(study, root).sort_values(["model", "calib"])
+    return {"fingerprint": sha256_bytes([table.to_json(orient="records").encode()]), "rows": rows}

@@ -143,10 +143,29 @@ def test_inspection_asset_shows_random_samples_with_flags(built):
     study, root, model, _ = built
     assets = build_calibration_data_assets(StudyPartitions.from_study(study))
     key = dg.MultiPartitionKey({"model": model, "calib": "abc-padded.s1"})
-    result = dg.materialize(assets, partition_key=key, resources={"store": ArtifactStore(root=str(root))})
+    inspection = [asset for asset in assets if asset.key.path == ["calibration_inspection"]]
+    result = dg.materialize(inspection, partition_key=key, resources={"store": ArtifactStore(root=str(root))})
     metadata = result.asset_materializations_for_node("calibration_inspection")[0].metadata
     markdown = metadata["samples"].value
     assert markdown.count("**sample ") == 4 and "flags:" in markdown and "**flagged samples**" in markdown
     descriptors = steps.materialize_descriptors(study, model, "abc-padded.s1", root)
     flagged = sum(bool(sample["flags"]) for sample in descriptors["samples"])
     assert metadata["flagged"].value >= flagged
+
+
+def test_descriptor_table_asset_writes_every_set(built):
+    import dagster as dg
+
+    from calib_assets.defs.calibration_data import build_calibration_data_assets
+    from calib_assets.defs.partitions import StudyPartitions
+    from calib_assets.defs.resources import ArtifactStore
+
+    study, root, _, _ = built
+    assets = [asset for asset in build_calibration_data_assets(StudyPartitions.from_study(study))
+              if asset.key.path == ["calibration_descriptors"]]
+    result = dg.materialize(assets, resources={"store": ArtifactStore(root=str(root))})
+    metadata = result.asset_materializations_for_node("calibration_descriptors")[0].metadata
+    assert metadata["rows"].value == metadata["expected_rows"].value == len(study.calib_keys)
+    with duckdb.connect(str(steps.warehouse_path(root)), read_only=True) as connection:
+        count = connection.execute("select count(distinct calib) from calibration_descriptors").fetchall()[0][0]
+    assert count == len(study.calib_keys)

@@ -193,10 +193,6 @@ def build_assets(parts: StudyPartitions) -> list:
     def eval_results(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         results = steps.collect_results(study, store.path)
         fingerprint = steps.write_eval_results(results, steps.warehouse_path(store.path))
-        import duckdb  # calibration descriptors share the single DuckDB writer (pool "duckdb")
-
-        with duckdb.connect(str(steps.warehouse_path(store.path))) as connection:
-            steps.write_descriptor_table(study, store.path, connection)
         expected = len(study.variant_keys) * len(study.calib_keys) + len(study.baseline_keys)
         evaluated = results[["variant", "calib"]].drop_duplicates().shape[0]
         return _result({"fingerprint": fingerprint}, rows=len(results), evaluated_partitions=evaluated,

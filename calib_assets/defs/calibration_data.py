@@ -1,10 +1,11 @@
-"""Inspection of calibration data in the UI: random samples of each set with their anomaly flags."""
+"""Calibration data in the UI: random samples of each set with their anomaly flags, and the descriptor table."""
 
 import zlib
 
 import dagster as dg
 
 from calib_assets import steps
+from calib_assets.defs.automation import FINDINGS_CONDITION
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.defs.resources import ArtifactStore
 
@@ -33,4 +34,18 @@ def build_calibration_data_assets(parts: StudyPartitions) -> list:
                       "flagged": sum(report["descriptors"].get(f"n_{flag}", 0) or 0
                                      for flag in ("short", "boilerplate", "non_english", "duplicate"))})
 
-    return [calibration_inspection]
+    @dg.asset(
+        group_name="warehouse", code_version="1", kinds={"duckdb"}, owners=["team:calib-assets"], pool="duckdb",
+        deps=["calibration_set"], automation_condition=FINDINGS_CONDITION,
+        description="Descriptors of every calibration set of the study (token statistics, Zipf exponent, "
+                    "duplication, base-model perplexity, overlap with the evaluation text, flagged samples) in "
+                    "the DuckDB table calibration_descriptors: the source of mart_descriptor_retention.",
+    )
+    def calibration_descriptors(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        manifest = steps.materialize_descriptor_table(study, store.path)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(manifest["fingerprint"]),
+            metadata={"rows": manifest["rows"], "expected_rows": len(study.models) * len(study.calib_keys),
+                      "duckdb": dg.MetadataValue.path(str(steps.warehouse_path(store.path)))})
+
+    return [calibration_inspection, calibration_descriptors]
