@@ -31,18 +31,17 @@ def test_prompts_from_bos_or_prefixes(tiny):
 def test_generation_is_deterministic_per_seed_and_filtered(tiny):
     model, tokenizer = tiny
     options = dict(n_documents=6, max_new_tokens=12, prefixes=[[72, 101, 108, 108, 111]], prefix_tokens=3)
-    first, stats = self_generate(model, tokenizer, seed=1, keep_fraction=0.5, **options)
-    again, _ = self_generate(model, tokenizer, seed=1, keep_fraction=0.5, **options)
-    other, _ = self_generate(model, tokenizer, seed=2, keep_fraction=0.5, **options)
-    assert first == again and [g.token_ids for g in first] != [g.token_ids for g in other]
-    assert stats["generated"] == 6 and len(first) == 3
-    for generation in first:
+    everything, stats = self_generate(model, tokenizer, seed=1, **options)
+    kept, _ = self_generate(model, tokenizer, seed=1, keep_fraction=0.5, **options)  # same draws, half kept
+    other, _ = self_generate(model, tokenizer, seed=2, **options)
+    assert stats["generated"] == len(everything) == 6 and len(kept) == 3
+    assert [g.token_ids for g in everything] != [g.token_ids for g in other]
+    lowest = sorted(everything, key=lambda g: g.perplexity)[:3]
+    assert sorted(g.token_ids for g in kept) == sorted(g.token_ids for g in lowest)
+    for generation in kept:
         assert generation.token_ids[:3] == (72, 101, 108) and len(generation.token_ids) <= 3 + 12
         recomputed = row_perplexities(model, [generation.token_ids])[0]
         assert generation.perplexity == pytest.approx(recomputed, rel=1e-4)
-    everything, _ = self_generate(model, tokenizer, seed=1, **options)  # same draws, nothing dropped
-    lowest = sorted(everything, key=lambda g: g.perplexity)[:3]
-    assert sorted(g.token_ids for g in first) == sorted(g.token_ids for g in lowest)
 
 
 def test_row_perplexity_ignores_padding(tiny):
