@@ -23,15 +23,18 @@ def calibration_set_problems(study: Study, root: Path, model: str, calib: str) -
     problems = []
     if calibration_set.token_ids.shape != (size, seq_len):
         problems.append(f"shape {calibration_set.token_ids.shape} != ({size}, {seq_len})")
-    documents = set(calibration_set.doc_ids)
-    if len(documents) != len(calibration_set.doc_ids):
+    documents = set(calibration_set.documents)
+    packed = study.sampling_for(source).kind == "concat_chunk"  # a packed document may run across two rows
+    if not packed and len(documents) != len(calibration_set.doc_ids):
         problems.append("a document gives more than one window")
+    if calibration_set.effective_tokens is not None and min(calibration_set.effective_tokens) < 1:
+        problems.append("a row holds no real token (only padding)")
     siblings = [key for key in study.calib_keys if key != calib and study.parse_calib(key)[0] == source
                 and study.calib_size(key) == size]  # sets of one size are disjoint; sizes of a sweep may share
     for other_calib in siblings:
         other = steps.calibration_dir(root, model, other_calib)
         if (other / "manifest.json").is_file():
-            shared = documents & set(load_calibration_set(other).doc_ids)
+            shared = documents & set(load_calibration_set(other).documents)
             if shared:
                 problems.append(f"shares {len(shared)} documents with {other_calib}")
     for dataset in study.eval_datasets + study.extra_dataset_names:

@@ -24,6 +24,7 @@ CODE_VERSIONS = {
     "text_corpus": "1",
     "calibration_pool": "1",
     "calibration_set": "1",
+    "calibration_descriptors": "1",
     "compressed_model": "1",
     "offline_tasks": "1",
     "evaluation": "2",
@@ -111,13 +112,11 @@ def materialize_corpus(study: Study, source_name: str, root: Path) -> dict[str, 
 
     spec = study.source(source_name)
     directory = corpus_dir(root, source_name)
-    # evaluation-only text is held out whole, short paragraphs included (WikiText-style)
-    split = ({"heldout_fraction": 1.0, "min_chars": 1} if source_name in study.extra_dataset_names
-             else {"heldout_fraction": study.calibration.heldout_fraction})
-    inputs, inputs_hash = _inputs("text_corpus", spec=spec.model_dump(), **split)
+    inputs, inputs_hash = _inputs("text_corpus", spec=spec.corpus_dump(), **_split_of(study, source_name),
+                                  **derived_corpus_inputs(study, spec, root))
     if reused := _reusable(directory, inputs_hash):
         return reused
-    corpus = build_corpus(spec, **split)
+    corpus = build_source_corpus(study, spec, root)
     save_corpus(corpus, directory)
     manifest = read_json(directory / MANIFEST)
     manifest.update(source=source_name, inputs=inputs, inputs_hash=inputs_hash)
@@ -125,11 +124,83 @@ def materialize_corpus(study: Study, source_name: str, root: Path) -> dict[str, 
     return manifest
 
 
-def load_corpus_split(root: Path, source_name: str, split: str) -> pd.DataFrame:
+GENERATED_MIN_CHARS = 20
+TASK_MIN_CHARS = 20  # zero-shot task examples are often one short line
+
+
+def derived_corpus_inputs(study: Study, spec, root: Path) -> dict[str, Any]:
+    """What a mixture or generated corpus is built from (materializing those inputs first); {} otherwise."""
+    from calib_assets.sources import GeneratedSource, MixtureSource
+
+    if isinstance(spec, MixtureSource):
+        return {"components": {c.source: materialize_corpus(study, c.source, root)["fingerprint"]
+                               for c in spec.components}}
+    if isinstance(spec, GeneratedSource):
+        prefix = materialize_corpus(study, spec.prefix_source, root)["fingerprint"] if spec.prefix_source else None
+        return {"model_fingerprint": materialize_base_model(study, spec.model, root)["fingerprint"],
+                "prefix_corpus": prefix}
+    return {}
+
+
+def _split_of(study: Study, source_name: str) -> dict[str, Any]:
+    """Evaluation-only text is held out whole, short paragraphs included (WikiText-style)."""
+    if source_name in study.extra_dataset_names:
+        return {"heldout_fraction": 1.0, "min_chars": 1}
+    return {"heldout_fraction": study.calibration.heldout_fraction}
+
+
+def build_source_corpus(study: Study, spec, root: Path) -> pd.DataFrame:
+    """The corpus of any source: read (embedded, huggingface, local), joined (mixture) or generated."""
+    from calib_assets.sources import GeneratedSource, MixtureSource, TaskSource, build_corpus, corpus_from_texts
+
+    if spec.label in study.extra_dataset_names:
+        return build_corpus(spec, **_split_of(study, spec.label))
+    fraction = study.calibration.heldout_fraction
+    if isinstance(spec, MixtureSource):
+        frames = [load_corpus_split(root, c.source, None) for c in spec.components]
+        texts = [(f"{c.source}:{origin}", text) for c, frame in zip(spec.components, frames)
+                 for origin, text in zip(frame["origin"], frame["text"])]
+        return corpus_from_texts(spec.label, texts, heldout_fraction=fraction)
+    if isinstance(spec, GeneratedSource):
+        return corpus_from_texts(spec.label, _generated_texts(study, spec, root), heldout_fraction=fraction,
+                                 min_chars=GENERATED_MIN_CHARS)
+    if isinstance(spec, TaskSource):
+        return build_corpus(spec, heldout_fraction=fraction, min_chars=TASK_MIN_CHARS)
+    return build_corpus(spec, heldout_fraction=fraction)
+
+
+def _generated_texts(study: Study, spec, root: Path) -> list[tuple[str, str]]:
+    from calib_assets.calibration.generation import self_generate
+
+    model, device, dtype = _scoring_model(study, root, spec.model)
+    tokenizer = _load_base_tokenizer(study, root, spec.model)
+    prefixes = None
+    if spec.prefix_source:  # prefixes only from calibration documents: never held-out evaluation text
+        texts = load_corpus_split(root, spec.prefix_source, "calibration")["text"].tolist()
+        prefixes = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    generations, _ = self_generate(
+        model, tokenizer, n_documents=spec.n_documents, max_new_tokens=spec.max_new_tokens, prefixes=prefixes,
+        prefix_tokens=spec.prefix_tokens, temperature=spec.temperature, top_p=spec.top_p, seed=spec.seed,
+        max_perplexity=spec.max_perplexity, keep_fraction=spec.keep_fraction, batch_size=spec.batch_size,
+        device=device)
+    return [(f"generated:{i}:ppl={g.perplexity:.2f}", g.text) for i, g in enumerate(generations)]
+
+
+def _load_base_tokenizer(study: Study, root: Path, model_name: str):
+    from transformers import AutoTokenizer
+
+    from calib_assets.models import trust_remote_code
+
+    return AutoTokenizer.from_pretrained(base_model_manifest(root, model_name)["folder"],
+                                         trust_remote_code=trust_remote_code(study.model(model_name)))
+
+
+def load_corpus_split(root: Path, source_name: str, split: str | None) -> pd.DataFrame:
+    """One split of a source's corpus (None: all of it)."""
     from calib_assets.sources import load_corpus
 
     corpus = load_corpus(corpus_dir(root, source_name))
-    return corpus[corpus["split"] == split]
+    return corpus if split is None else corpus[corpus["split"] == split]
 
 
 # -- calibration set -----------------------------------------------------------------------------
@@ -139,6 +210,7 @@ def materialize_calibration_pool(study: Study, model_name: str, source_name: str
     from transformers import AutoTokenizer
 
     from calib_assets.calibration import check_capacity, save_token_pool, tokenize_documents
+    from calib_assets.calibration.strategies import eligible_count
     from calib_assets.models import trust_remote_code
 
     model_manifest = base_model_manifest(root, model_name)
@@ -155,12 +227,18 @@ def materialize_calibration_pool(study: Study, model_name: str, source_name: str
         reused = save_token_pool(documents, directory, model=model_name, source=source_name, inputs=inputs,
                                  inputs_hash=inputs_hash)
     lengths = reused["token_lengths"]
-    eligible = sum(length >= spec.seq_len for length in lengths.values())
-    check_capacity(eligible, source=source_name, seq_len=spec.seq_len, n_samples=max(spec.sizes), seeds=spec.seeds)
+    sampling = study.sampling_for(source_name)
+    if study.uses_reference_sampler(source_name):
+        eligible = sum(length >= spec.seq_len for length in lengths.values())
+        check_capacity(eligible, source=source_name, seq_len=spec.seq_len, n_samples=max(spec.sizes), seeds=spec.seeds)
+    else:
+        eligible = eligible_count(lengths, sampling, spec.seq_len)
+        check_pool_capacity(study, root, source_name, lengths)
     return {**reused, "eligible_documents": eligible}
 
 
 def materialize_calibration_set(study: Study, model_name: str, calib: str, root: Path) -> dict[str, Any]:
+    """Draw the set (reference sampler, or the source's sampling/selection strategy), then its descriptors."""
     from transformers import AutoTokenizer
 
     from calib_assets.calibration import build_calibration_set, load_token_pool, save_calibration_set
@@ -171,19 +249,161 @@ def materialize_calibration_set(study: Study, model_name: str, calib: str, root:
     pool_manifest = _read_manifest(pool_dir(root, model_name, source_name), "calibration_pool",
                                    f"{model_name}|{source_name}")
     spec, n_samples = study.calibration, study.calib_size(calib)
+    sampling, selection = study.sampling_for(source_name), study.selection_for(source_name)
+    reference = study.uses_reference_sampler(source_name)
+    # the reference sampler keeps its original inputs, so that existing sets stay valid and identical
+    strategy = {} if reference else {"sampling": sampling.model_dump(),
+                                     "selection": selection.model_dump() if selection else None,
+                                     "mixture": _mixture_inputs(study, source_name)}
     directory = calibration_dir(root, model_name, calib)
     inputs, inputs_hash = _inputs("calibration_set", pool_fingerprint=pool_manifest["fingerprint"], seed=seed,
-                                  n_samples=n_samples, seq_len=spec.seq_len, sampler_seed=spec.sampler_seed)
-    if reused := _reusable(directory, inputs_hash):
-        return reused
-    tokenizer = AutoTokenizer.from_pretrained(model_manifest["folder"],
-                                              trust_remote_code=trust_remote_code(study.model(model_name)))
-    documents = load_token_pool(pool_dir(root, model_name, source_name))
-    calibration_set = build_calibration_set(
-        documents, tokenizer, source=source_name, seq_len=spec.seq_len, n_samples=n_samples, seed=seed,
-        sampler_seed=spec.sampler_seed)
-    return save_calibration_set(calibration_set, directory, model=model_name, calib=calib,
-                                inputs=inputs, inputs_hash=inputs_hash)
+                                  n_samples=n_samples, seq_len=spec.seq_len, sampler_seed=spec.sampler_seed,
+                                  **strategy)
+    if not (manifest := _reusable(directory, inputs_hash)):
+        tokenizer = AutoTokenizer.from_pretrained(model_manifest["folder"],
+                                                  trust_remote_code=trust_remote_code(study.model(model_name)))
+        documents = load_token_pool(pool_dir(root, model_name, source_name))
+        if reference:
+            calibration_set = build_calibration_set(
+                documents, tokenizer, source=source_name, seq_len=spec.seq_len, n_samples=n_samples,
+                seed=seed, sampler_seed=spec.sampler_seed)
+        else:
+            calibration_set = _strategy_set(study, root, model_name, source_name, seed, n_samples, documents,
+                                            tokenizer)
+        manifest = save_calibration_set(calibration_set, directory, model=model_name, calib=calib,
+                                        inputs=inputs, inputs_hash=inputs_hash)
+    if spec.descriptors:
+        manifest = {**manifest, "descriptors": materialize_descriptors(study, model_name, calib, root)["set"]}
+    return manifest
+
+
+def _strategy_set(study: Study, root: Path, model_name: str, source_name: str, seed: int, n_samples: int,
+                  documents, tokenizer):
+    from calib_assets.calibration.calibset import calibration_set_from_samples
+    from calib_assets.calibration.strategies import draw_mixture, draw_selected
+    from calib_assets.sources import MixtureSource
+    from calib_assets.study import mixture_counts
+
+    spec, source = study.calibration, study.source(source_name)
+    sampling, selection = study.sampling_for(source_name), study.selection_for(source_name)
+    eos = tokenizer.eos_token_id
+    common = dict(seq_len=spec.seq_len, sampler_seed=spec.sampler_seed, source=source_name,
+                  pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0), eos_id=eos,
+                  measure=_selection_measure(study, root, model_name))
+    if isinstance(source, MixtureSource):
+        counts = mixture_counts([c.weight for c in source.components], n_samples)
+        components = [_component_documents(root, c.source, documents) for c in source.components]
+        samples, provenance = draw_mixture(components, counts, sampling, selection, seed=seed, **common)
+    else:
+        samples, provenance = draw_selected(documents, sampling, selection, n_samples=n_samples, seed=seed,
+                                            **common)
+    manifest = {"source": source_name, "seq_len": spec.seq_len, "n_samples": n_samples, "seed": seed,
+                "sampler_seed": spec.sampler_seed, "sampling": sampling.model_dump(),
+                "selection": selection.model_dump() if selection else None, "selection_provenance": provenance}
+    return calibration_set_from_samples(samples, tokenizer, manifest)
+
+
+def _component_documents(root: Path, component: str, documents: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The mixture pool's documents that come from one component source (by the component's corpus)."""
+    own = set(load_corpus_split(root, component, "calibration")["doc_id"])
+    return {doc_id: ids for doc_id, ids in documents.items() if doc_id in own}
+
+
+def _mixture_inputs(study: Study, source_name: str) -> list | None:
+    from calib_assets.sources import MixtureSource
+
+    source = study.source(source_name)
+    return [c.model_dump() for c in source.components] if isinstance(source, MixtureSource) else None
+
+
+def _selection_measure(study: Study, root: Path, model_name: str):
+    """measure(selection, candidates) for model-based selections: loads the base model on first use."""
+    loaded: dict[str, Any] = {}
+
+    def measure(selection, candidates) -> dict[str, Any]:
+        from calib_assets.calibration.scoring import row_embeddings, row_perplexities
+
+        if selection.kind not in ("least_perplexity", "activation_kmeans"):
+            return {}
+        if "model" not in loaded:
+            loaded["model"], loaded["device"], loaded["dtype"] = _scoring_model(study, root, model_name)
+        rows = [c.token_ids for c in candidates]
+        lengths = [c.effective_tokens for c in candidates]
+        options = dict(lengths=lengths, batch_size=study.compute.batch_size, device=loaded["device"])
+        if selection.kind == "least_perplexity":
+            return {"perplexities": row_perplexities(loaded["model"], rows, **options)}
+        return {"embeddings": row_embeddings(loaded["model"], rows, layer=selection.layer, **options)}
+
+    return measure
+
+
+def _scoring_model(study: Study, root: Path, model_name: str):
+    """The base model for forward passes that only score data (bf16 where the hardware has it)."""
+    from calib_assets.compute import resolve_device, resolve_forward_dtype
+
+    device = resolve_device(study.compute.device)
+    dtype = resolve_forward_dtype(study.compute.forward_dtype, device)
+    model, _, _ = _load_base(study, root, model_name, device=device)
+    return model.to(dtype=dtype), device, dtype
+
+
+def check_pool_capacity(study: Study, root: Path, source_name: str, lengths: dict[str, int]) -> None:
+    """The source's strategy can give every seed's disjoint set (or candidate pool) before any is drawn."""
+    from calib_assets.calibration.strategies import check_strategy_capacity, pool_size
+    from calib_assets.sources import MixtureSource
+    from calib_assets.study import mixture_counts
+
+    spec, source = study.calibration, study.source(source_name)
+    sampling, selection = study.sampling_for(source_name), study.selection_for(source_name)
+    if not isinstance(source, MixtureSource):
+        check_strategy_capacity(lengths, sampling, source=source_name, seq_len=spec.seq_len,
+                                n_samples=pool_size(selection, max(spec.sizes)), seeds=spec.seeds)
+        return
+    counts = mixture_counts([c.weight for c in source.components], max(spec.sizes))
+    seen: set[str] = set()
+    for component, count in zip(source.components, counts):
+        own = set(load_corpus_split(root, component.source, "calibration")["doc_id"]) - seen
+        seen |= own
+        check_strategy_capacity({d: n for d, n in lengths.items() if d in own}, sampling,
+                                source=f"{source_name}[{component.source}]", seq_len=spec.seq_len,
+                                n_samples=pool_size(selection, count), seeds=spec.seeds)
+
+
+# -- calibration descriptors ---------------------------------------------------------------------
+DESCRIPTORS_FILE = "descriptors.json"
+
+
+def materialize_descriptors(study: Study, model_name: str, calib: str, root: Path) -> dict[str, Any]:
+    """descriptors.json of a calibration set (recomputed only when the set, model or evaluation text change)."""
+    import os
+
+    from calib_assets.calibration import load_calibration_set
+    from calib_assets.calibration.descriptors import describe, word_ngram_set
+    from calib_assets.calibration.scoring import row_perplexities
+
+    directory = calibration_dir(root, model_name, calib)
+    calibration_set = load_calibration_set(directory)
+    corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
+               for name in study.eval_datasets}
+    _, inputs_hash = _inputs("calibration_descriptors", set_fingerprint=calibration_set.fingerprint,
+                             model_fingerprint=base_model_manifest(root, model_name)["fingerprint"], corpora=corpora,
+                             compute=study.compute.model_dump(exclude={"batch_size"}))
+    path = directory / DESCRIPTORS_FILE
+    if path.is_file() and (existing := read_json(path)).get("inputs_hash") == inputs_hash:
+        return existing
+    model, device, dtype = _scoring_model(study, root, model_name)
+    lengths = calibration_set.row_lengths
+    perplexities = row_perplexities(model, calibration_set.token_ids.tolist(), lengths=lengths,
+                                    batch_size=study.compute.batch_size, device=device)
+    eval_texts = [text for name in study.eval_datasets for text in load_corpus_split(root, name, "heldout")["text"]]
+    descriptors = describe(calibration_set.token_ids.tolist(), calibration_set.texts, effective_tokens=lengths,
+                           perplexities=perplexities, eval_grams=word_ngram_set(eval_texts))
+    descriptors.update(inputs_hash=inputs_hash, model=model_name, calib=calib,
+                       fingerprint=calibration_set.fingerprint, forward_dtype=str(dtype))
+    temporary = path.with_name(f".{DESCRIPTORS_FILE}.tmp-{os.getpid()}")
+    write_json(temporary, descriptors)
+    os.replace(temporary, path)
+    return descriptors
 
 
 def calibration_manifest(root: Path, model_name: str, calib: str) -> dict[str, Any]:
@@ -454,3 +674,70 @@ def _read_manifest(directory: Path, asset: str, partition: str) -> dict[str, Any
     if not path.is_file():
         raise FileNotFoundError(f"{asset} [{partition}] is not materialized (no {str(path)!r}): materialize it first")
     return read_json(path)
+
+
+# -- descriptors table (written by the single DuckDB writer, with eval_results) ---------------------
+DESCRIPTOR_COLUMNS = {
+    "model": "VARCHAR", "calib": "VARCHAR", "calibration_source": "VARCHAR", "seed": "INTEGER",
+    "source_kind": "VARCHAR", "sampling": "VARCHAR", "selection": "VARCHAR", "calibration_fingerprint": "VARCHAR",
+    "n_samples": "INTEGER", "token_count": "BIGINT", "unique_tokens": "BIGINT", "type_token_ratio": "DOUBLE",
+    "zipf_exponent": "DOUBLE", "ngram4_duplication": "DOUBLE", "perplexity_mean": "DOUBLE",
+    "perplexity_std": "DOUBLE", "eval_ngram4_overlap": "DOUBLE", "n_short": "INTEGER", "n_boilerplate": "INTEGER",
+    "n_non_english": "INTEGER", "n_duplicate": "INTEGER",
+}
+
+
+def collect_descriptors(study: Study, root: Path) -> pd.DataFrame:
+    """One row per materialized calibration set of the study that has descriptors.json."""
+    rows = []
+    for model in study.models:
+        for calib in study.calib_keys:
+            path = calibration_dir(root, model.name, calib) / DESCRIPTORS_FILE
+            if not path.is_file():
+                continue
+            descriptors = read_json(path)
+            source, seed = study.parse_calib(calib)
+            selection = study.selection_for(source)
+            rows.append({**descriptors["set"], "model": model.name, "calib": calib, "calibration_source": source,
+                         "seed": seed, "source_kind": study.source(source).kind,
+                         "sampling": study.sampling_for(source).kind,
+                         "selection": selection.kind if selection else "none",
+                         "calibration_fingerprint": descriptors["fingerprint"]})
+    return pd.DataFrame(rows, columns=list(DESCRIPTOR_COLUMNS))
+
+
+def write_descriptor_table(study: Study, root: Path, connection) -> int:
+    """Replace the DuckDB table calibration_descriptors (an open duckdb connection); return its row count."""
+    table = collect_descriptors(study, root)
+    schema = ", ".join(f"{name} {kind}" for name, kind in DESCRIPTOR_COLUMNS.items())
+    connection.execute(f"CREATE OR REPLACE TABLE calibration_descriptors ({schema})")
+    if len(table):
+        connection.register("incoming_descriptors", table)
+        connection.execute(f"INSERT INTO calibration_descriptors SELECT {', '.join(DESCRIPTOR_COLUMNS)} "
+                           "FROM incoming_descriptors")
+        connection.unregister("incoming_descriptors")
+    return len(table)
+
+
+def inspect_calibration_set(study: Study, model_name: str, calib: str, root: Path, *, n_show: int = 5,
+                            seed: int = 0) -> dict[str, Any]:
+    """Markdown of random samples with their flags, and the set descriptors (computed if missing)."""
+    from calib_assets.calibration import load_calibration_set
+    from calib_assets.calibration.descriptors import inspection_markdown
+
+    calibration_set = load_calibration_set(calibration_dir(root, model_name, calib))
+    descriptors = materialize_descriptors(study, model_name, calib, root)
+    return {"fingerprint": calibration_set.fingerprint, "descriptors": descriptors["set"],
+            "markdown": inspection_markdown(calibration_set.texts, descriptors, n_show=n_show, seed=seed)}
+
+
+def materialize_descriptor_table(study: Study, root: Path) -> dict[str, Any]:
+    """Write calibration_descriptors into the study's DuckDB file; its content hash is the data version."""
+    import duckdb
+
+    path = warehouse_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(path)) as connection:
+        rows = write_descriptor_table(study, root, connection)
+    table = collect_descriptors(study, root).sort_values(["model", "calib"])
+    return {"fingerprint": sha256_bytes([table.to_json(orient="records").encode()]), "rows": rows}

@@ -19,7 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from calib_assets.compression import check_layer_compatible, make_method_config
 from calib_assets.models import EmbeddedModel, ModelSpec, RandomLlama, parse_model_spec
-from calib_assets.sources import EMBEDDED_SOURCES, parse_source_spec
+from calib_assets.calibration.specs import (
+    ConcatChunk,
+    Padding,
+    RandomWindow,
+    is_reference,
+    parse_sampling,
+    parse_selection,
+)
+from calib_assets.calibration.strategies import pool_size
+from calib_assets.sources import DERIVED_KINDS, EMBEDDED_SOURCES, GeneratedSource, MixtureSource, parse_source_spec
 
 STUDY_ENV = "CALIB_ASSETS_STUDY"
 DEFAULT_STUDY = "default"
@@ -67,6 +76,21 @@ class CalibrationSpec(_Strict):
     seeds: list[int] = Field(min_length=1, description="seed k = the k-th disjoint set of each source")
     sampler_seed: int = 0
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    sampling: Any = Field(RandomWindow(), description="default sampling of every source (random_window, "
+                                                      "concat_chunk, padding)")
+    selection: Any = Field(None, description="default selection (zipcal, least_perplexity, coverage, "
+                                             "activation_kmeans) or none")
+    descriptors: bool = Field(True, description="compute the descriptors of every calibration set")
+
+    @field_validator("sampling")
+    @classmethod
+    def _sampling(cls, value: Any) -> Any:
+        return parse_sampling(value)
+
+    @field_validator("selection")
+    @classmethod
+    def _selection(cls, value: Any) -> Any:
+        return parse_selection(value)
 
     @field_validator("seeds")
     @classmethod
@@ -177,6 +201,7 @@ class Study(_Strict):
             raise ValueError(f"evaluation datasets {sorted(unknown)} are not sources of this study; "
                              f"allowed: {self.source_names} (evaluation-only text goes in evaluation.extra_datasets)")
         _unique(self.sources + self.evaluation.extra_datasets, "source or evaluation dataset label", lambda s: s.label)
+        check_calibration_sources(self)
         for model in self.models:
             for width in sorted(known_linear_in_features(model)):
                 for method in self.methods:
@@ -238,6 +263,19 @@ class Study(_Strict):
         labels = [DENSE] + [method.label for method in self.calibration_free_methods]
         return [variant_key(m.name, label) for m in self.models for label in labels]
 
+    def sampling_for(self, label: str):
+        """The source's own sampling, else the study's default."""
+        return self.source(label).sampling or self.calibration.sampling
+
+    def selection_for(self, label: str):
+        """The source's own selection, else the study's default (None: no selection)."""
+        return self.source(label).selection or self.calibration.selection
+
+    def uses_reference_sampler(self, label: str) -> bool:
+        """The reference random window, no selection, on a source of its own (not a mixture)."""
+        return (is_reference(self.sampling_for(label), self.selection_for(label))
+                and not isinstance(self.source(label), MixtureSource))
+
     def model(self, name: str) -> ModelSpec:
         return _lookup({m.name: m for m in self.models}, name, "model")
 
@@ -277,6 +315,65 @@ def variant_key(model: str, label: str) -> str:
 
 def calib_key(source: str, seed: int, n_samples: int | None = None) -> str:
     return f"{source}.s{seed}" if n_samples is None else f"{source}.n{n_samples}.s{seed}"
+
+
+def check_calibration_sources(study: "Study") -> None:
+    """References between sources, and sizes no strategy could meet, rejected before any work starts."""
+    spec, labels = study.calibration, study.source_names
+    plain = [s.label for s in study.sources if s.kind not in DERIVED_KINDS]
+    for source in study.sources:
+        sampling, selection = study.sampling_for(source.label), study.selection_for(source.label)
+        if isinstance(sampling, Padding) and sampling.min_tokens > spec.seq_len:
+            raise ValueError(f"source {source.label!r}: padding min_tokens={sampling.min_tokens} exceeds "
+                             f"seq_len={spec.seq_len}; allowed: 1..{spec.seq_len}")
+        if isinstance(source, MixtureSource):
+            _check_mixture(source, plain, min(spec.sizes))  # the smallest set must reach every component
+        if isinstance(source, GeneratedSource):
+            _check_generated(study, source, plain, sampling, selection)
+
+
+def _check_mixture(source: "MixtureSource", plain: list[str], n_samples: int) -> None:
+    unknown = [c.source for c in source.components if c.source not in plain]
+    if unknown:
+        raise ValueError(f"mixture {source.label!r} references {unknown}, which are not plain sources of the "
+                         f"study; allowed: {plain}")
+    counts = mixture_counts([c.weight for c in source.components], n_samples)
+    empty = [c.source for c, count in zip(source.components, counts) if count == 0]
+    if empty:
+        raise ValueError(f"mixture {source.label!r}: components {empty} get 0 of n_samples={n_samples} samples "
+                         f"with weights {[c.weight for c in source.components]}; raise their weights")
+
+
+def _check_generated(study: "Study", source: "GeneratedSource", plain: list[str], sampling, selection) -> None:
+    models = [m.name for m in study.models]
+    if source.model not in models:
+        raise ValueError(f"generated source {source.label!r}: model {source.model!r} is not a model of the "
+                         f"study; allowed: {models}")
+    if source.prefix_source is not None and source.prefix_source not in plain:
+        raise ValueError(f"generated source {source.label!r}: prefix_source {source.prefix_source!r} is not a "
+                         f"plain source of the study; allowed: {plain}")
+    spec = study.calibration
+    longest = source.max_new_tokens + (source.prefix_tokens if source.prefix_source else 1)
+    if isinstance(sampling, RandomWindow) and longest < spec.seq_len:
+        raise ValueError(f"generated source {source.label!r}: generations of at most {longest} tokens can never "
+                         f"hold a random window of seq_len={spec.seq_len}; raise max_new_tokens or use "
+                         "sampling concat_chunk or padding")
+    needed = (max(spec.seeds) + 1) * pool_size(selection, max(spec.sizes))
+    if not isinstance(sampling, ConcatChunk) and source.n_documents * source.keep_fraction < needed:
+        raise ValueError(f"generated source {source.label!r}: n_documents={source.n_documents} (keep_fraction "
+                         f"{source.keep_fraction}) cannot give {needed} documents for seeds {spec.seeds}; "
+                         f"raise n_documents to at least {int(needed / source.keep_fraction / 0.7) + 1}")
+
+
+def mixture_counts(weights: list[float], n_samples: int) -> list[int]:
+    """Samples per component: n * weight share, rounded by largest remainders (ties: earlier component)."""
+    total = sum(weights)
+    exact = [n_samples * weight / total for weight in weights]
+    counts = [int(value) for value in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: n_samples - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def known_linear_in_features(model: ModelSpec) -> set[int]:

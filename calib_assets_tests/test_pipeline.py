@@ -209,7 +209,8 @@ def test_findings_follow_a_new_evaluation_eagerly(materialized):
     requested = {r.key.to_user_string() for r in result.results if r.true_subset.size}
     # eval_results and, in the same tick, every dbt model and the report downstream of it; nothing upstream
     downstream = dg.AssetSelection.assets("eval_results").downstream().resolve(defs.resolve_asset_graph())
-    assert {"stg_eval_results", "mart_calibration_spread", "mart_baselines", "findings_report"} <= requested
+    assert {"stg_eval_results", "mart_calibration_spread", "mart_baselines", "mart_descriptor_retention",
+            "findings_report"} <= requested
     assert requested == {key.to_user_string() for key in downstream}
 
 
@@ -225,3 +226,12 @@ def test_weekly_reevaluation_requests_every_materialized_checkpoint(materialized
     expected = {str(dg.MultiPartitionKey({"variant": v, "calib": c}))
                 for v in study.variant_keys for c in study.calib_keys}
     assert {request.partition_key for request in requests} == expected
+
+
+def test_every_calibration_set_has_descriptors_in_duckdb(materialized):
+    study, _, root, _, _ = materialized
+    table = _table(root, "select * from calibration_descriptors")
+    assert sorted(table["calib"]) == sorted(study.calib_keys) * len(study.models)
+    assert (table["token_count"] == study.calibration.n_samples * study.calibration.seq_len).all()
+    assert (table["perplexity_mean"] > 1).all() and table["eval_ngram4_overlap"].between(0, 1).all()
+    assert len(_table(root, "select * from mart_descriptor_retention")) > 0

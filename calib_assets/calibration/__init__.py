@@ -1,4 +1,4 @@
-"""Calibration data: sampling windows from a source's calibration pool into disjoint sets."""
+"""Calibration data: sampling, selection and descriptors of calibration sets cut from a source's pool (see docs/calibration.md)."""
 
 from calib_assets.calibration.calibset import (
     CalibrationSet,

@@ -12,6 +12,7 @@ import numpy as np
 
 from calib_assets.artifacts import atomic_dir, read_json, sha256_bytes, write_json
 from calib_assets.calibration.sampler import Window, sample_windows
+from calib_assets.calibration.strategies import Sample
 
 TOKENS_FILE = "tokens.npy"
 SAMPLES_FILE = "samples.jsonl"
@@ -26,6 +27,21 @@ class CalibrationSet:
     offsets: list[int]
     texts: list[str]
     manifest: dict[str, Any] = field(default_factory=dict)
+    # Only for sets that are not one plain window per document (packing, padding): the document slices
+    # (doc_id, offset, tokens) of each row, and each row's non-pad token count.
+    segments: list[list[list]] | None = None
+    effective_tokens: list[int] | None = None
+
+    @property
+    def documents(self) -> list[str]:
+        """Every document the set draws on, in first-use order."""
+        if self.segments is None:
+            return list(self.doc_ids)
+        return list(dict.fromkeys(segment[0] for row in self.segments for segment in row))
+
+    @property
+    def row_lengths(self) -> list[int]:
+        return self.effective_tokens or [int(self.token_ids.shape[1])] * int(self.token_ids.shape[0])
 
     @property
     def fingerprint(self) -> str:
@@ -90,15 +106,36 @@ def build_calibration_set(
     )
 
 
-def save_calibration_set(calibration_set: CalibrationSet, directory: Path, **provenance: Any) -> dict[str, Any]:
-    """Write tokens, text JSONL and manifest atomically; return the manifest."""
+def calibration_set_from_samples(samples: list[Sample], tokenizer, manifest: dict[str, Any]) -> CalibrationSet:
+    """A set built by a strategy: texts decode each row's real tokens only (never the padding)."""
+    return CalibrationSet(
+        token_ids=np.array([sample.token_ids for sample in samples], dtype=np.int64),
+        doc_ids=[sample.doc_id for sample in samples],
+        offsets=[sample.offset for sample in samples],
+        texts=tokenizer.batch_decode([list(s.token_ids[: s.effective_tokens]) for s in samples]),
+        manifest=manifest,
+        segments=[[list(segment) for segment in sample.segments] for sample in samples],
+        effective_tokens=[sample.effective_tokens for sample in samples],
+    )
+
+
+def save_calibration_set(calibration_set: CalibrationSet, directory: Path, *, extra_files: dict[str, Any] | None = None,
+                         **provenance: Any) -> dict[str, Any]:
+    """Write tokens, text JSONL, manifest (and `extra_files`, name -> JSON) atomically; return the manifest."""
     manifest = {**calibration_set.manifest, **provenance, "fingerprint": calibration_set.fingerprint,
-                "shape": list(calibration_set.token_ids.shape), "doc_ids": calibration_set.doc_ids}
+                "shape": list(calibration_set.token_ids.shape), "doc_ids": calibration_set.documents}
     with atomic_dir(Path(directory)) as tmp:
         np.save(tmp / TOKENS_FILE, calibration_set.token_ids)
         with open(tmp / SAMPLES_FILE, "w") as handle:
-            for doc_id, offset, text in zip(calibration_set.doc_ids, calibration_set.offsets, calibration_set.texts):
-                handle.write(json.dumps({"doc_id": doc_id, "offset": offset, "text": text}) + "\n")
+            for index, (doc_id, offset, text) in enumerate(
+                    zip(calibration_set.doc_ids, calibration_set.offsets, calibration_set.texts)):
+                row = {"doc_id": doc_id, "offset": offset, "text": text}
+                if calibration_set.segments is not None:
+                    row.update(segments=calibration_set.segments[index],
+                               effective_tokens=calibration_set.effective_tokens[index])
+                handle.write(json.dumps(row) + "\n")
+        for name, content in (extra_files or {}).items():
+            write_json(tmp / name, content)
         write_json(tmp / MANIFEST_FILE, manifest)
     return manifest
 
@@ -114,6 +151,8 @@ def load_calibration_set(directory: Path) -> CalibrationSet:
         offsets=[row["offset"] for row in rows],
         texts=[row["text"] for row in rows],
         manifest=read_json(directory / MANIFEST_FILE),
+        segments=[row["segments"] for row in rows] if rows and "segments" in rows[0] else None,
+        effective_tokens=[row["effective_tokens"] for row in rows] if rows and "segments" in rows[0] else None,
     )
     if calibration_set.fingerprint != calibration_set.manifest["fingerprint"]:
         raise ValueError(f"calibration set at {str(directory)!r} does not match its manifest fingerprint")

@@ -14,6 +14,7 @@ def build_definitions(study: Study, root: str | None = None) -> dg.Definitions:
     from calib_assets.defs.dbt import build_dbt_assets, dbt_resource
     from calib_assets.defs.findings import build_findings_assets
     from calib_assets.defs.automation import automation_sensor
+    from calib_assets.defs.calibration_data import build_calibration_data_assets
     from calib_assets.defs.jobs import build_jobs, build_reevaluation
     from calib_assets.defs.partitions import StudyPartitions
     from calib_assets.defs.resources import ArtifactStore, Compute, default_root
@@ -22,7 +23,7 @@ def build_definitions(study: Study, root: str | None = None) -> dg.Definitions:
     dbt_marts = build_dbt_assets()
     reevaluation_jobs, schedules = build_reevaluation(parts)
     return dg.Definitions(
-        assets=[*build_assets(parts), dbt_marts, *build_findings_assets()],
+        assets=[*build_assets(parts), *build_calibration_data_assets(parts), dbt_marts, *build_findings_assets()],
         jobs=[*build_jobs(parts, dbt_marts), *reevaluation_jobs],
         schedules=schedules,
         sensors=[automation_sensor()],

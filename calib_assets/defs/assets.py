@@ -95,6 +95,7 @@ def build_assets(parts: StudyPartitions) -> list:
         return _result(manifest, {"calibration_set_valid": problems}, shape=str(manifest["shape"]),
                        documents=len(set(manifest["doc_ids"])), source=manifest.get("source"),
                        seed=manifest.get("seed"), path=dg.MetadataValue.path(str(directory)),
+                       descriptors=dg.MetadataValue.json(manifest.get("descriptors") or {}),
                        preview=metadata.calibration_preview(directory / "samples.jsonl"))
 
     @dg.asset(

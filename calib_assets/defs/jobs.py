@@ -19,7 +19,7 @@ def stages(parts: StudyPartitions) -> list[tuple[str, list[str], dg.PartitionsDe
         ("build_tasks", ["offline_tasks"], None),
         ("baselines", ["baseline_model", "baseline_evaluation"], parts.baselines),
         ("compress_and_evaluate", ["compressed_model", "evaluation"], parts.compressed),
-        ("findings", ["eval_results", DBT, "findings_report"], None),
+        ("findings", ["calibration_descriptors", "eval_results", DBT, "findings_report"], None),
     ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,14 @@ from calib_assets.sources.embedded import iter_embedded
 from calib_assets.sources.huggingface import iter_huggingface
 from calib_assets.sources.local import iter_local
 from calib_assets.sources.normalize import CALIBRATION, HELDOUT, document_id, normalize_text, split_of
-from calib_assets.sources.specs import EmbeddedSource, HuggingFaceSource, SourceSpec, parse_source_spec
+from calib_assets.sources.specs import (
+    EmbeddedSource,
+    HuggingFaceSource,
+    LocalFilesSource,
+    SourceSpec,
+    TaskSource,
+    parse_source_spec,
+)
 
 COLUMNS = ["doc_id", "text", "origin", "split", "n_chars"]
 SPLITS = (CALIBRATION, HELDOUT)
@@ -29,7 +36,14 @@ def iter_texts(spec: SourceSpec | str | dict) -> Iterator[tuple[str, str]]:
         return iter_embedded(spec.name)
     if isinstance(spec, HuggingFaceSource):
         return iter_huggingface(spec)
-    return iter_local(spec)
+    if isinstance(spec, LocalFilesSource):
+        return iter_local(spec)
+    if isinstance(spec, TaskSource):
+        from calib_assets.sources.tasks import iter_task
+
+        return iter_task(spec)
+    raise ValueError(f"source {spec.label!r} of kind {spec.kind!r} is built within a study from other sources "
+                     "or the model (steps.materialize_corpus), not read on its own")
 
 
 def build_corpus(spec: SourceSpec | str | dict, *, heldout_fraction: float = 0.2, min_chars: int = 200) -> pd.DataFrame:
@@ -39,14 +53,21 @@ def build_corpus(spec: SourceSpec | str | dict, *, heldout_fraction: float = 0.2
     """
     spec = parse_source_spec(spec)
     _check_heldout_fraction(heldout_fraction)
+    return corpus_from_texts(spec.label, iter_texts(spec), heldout_fraction=heldout_fraction, min_chars=min_chars)
+
+
+def corpus_from_texts(label: str, texts: Iterable[tuple[str, str]], *, heldout_fraction: float = 0.2,
+                      min_chars: int = 200) -> pd.DataFrame:
+    """The corpus frame of (origin, raw text) pairs: normalised, de-duplicated, split by document id."""
+    _check_heldout_fraction(heldout_fraction)
     _check_min_chars(min_chars)
     documents: dict[str, tuple[str, str]] = {}
-    for origin, raw in iter_texts(spec):
+    for origin, raw in texts:
         text = normalize_text(raw)
         if len(text) >= min_chars:
             documents.setdefault(document_id(text), (text, origin))
     if not documents:
-        raise ValueError(f"source {spec.label!r} has no document of at least min_chars={min_chars} characters")
+        raise ValueError(f"source {label!r} has no document of at least min_chars={min_chars} characters")
     return _frame(documents, heldout_fraction)
 
 
