@@ -29,7 +29,8 @@ def build_calibration_data_assets(parts: StudyPartitions) -> list:
                                                seed=zlib.crc32(calib.encode()))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(report["fingerprint"]),
-            metadata={"samples": dg.MetadataValue.md(report["markdown"]),
+            metadata={"reused": True,  # a view of the set and its descriptors: it writes no artifact
+                      "samples": dg.MetadataValue.md(report["markdown"]),
                       "descriptors": dg.MetadataValue.json(report["descriptors"]),
                       "flagged": sum(report["descriptors"].get(f"n_{flag}", 0) or 0
                                      for flag in ("short", "boilerplate", "non_english", "duplicate"))})

@@ -15,7 +15,7 @@ def stages(parts: StudyPartitions) -> list[tuple[str, list[str], dg.PartitionsDe
         ("prepare_models", ["base_model"], parts.models),
         ("prepare_corpora", ["text_corpus"], parts.corpora),
         ("tokenize_pools", ["calibration_pool"], parts.pools),
-        ("build_calibration_sets", ["calibration_set"], parts.calibration),
+        ("build_calibration_sets", ["calibration_set", "calibration_inspection"], parts.calibration),
         ("build_tasks", ["offline_tasks"], None),
         ("baselines", ["baseline_model", "baseline_evaluation"], parts.baselines),
         ("compress_and_evaluate", ["compressed_model", "evaluation"], parts.compressed),
