@@ -58,6 +58,13 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
     return (codes.float() - zeros) * scales
 
 
+def dequantize_statistic(codes: torch.Tensor, grid: torch.Tensor, groupsize: int) -> torch.Tensor:
+    """fp32 values [rows, groups] of a quantized statistic: row r of column group k uses grid[r // groupsize, k]."""
+    run = torch.arange(codes.shape[0], device=codes.device) // groupsize
+    scale, zero = grid[run, :, 0], grid[run, :, 1]
+    return (codes.float() - zero) * scale
+
+
 def quantized_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
                      group_size: int | None, info: dict, g_idx: torch.Tensor | None = None) -> CompressedLinear:
     """A quantizer's result, whose weight is by construction the dequantized codes."""
