@@ -11,7 +11,7 @@ Per linear, with H = 2 X X^T / n and U the upper Cholesky factor of (H + damping
    group's scales (one per row) with a `qq_scale_bits` min/max grid per run of `qq_groupsize` rows, the
    zero points likewise with `qq_zero_bits`. The weights use the dequantized statistics.
 3. Column i: q = grid(w), err = (w - q) / U_ii. If err^2 > threshold the weight is an outlier: it keeps
-   its current value and feeds no error back. The errors update the later columns as in GPTQ.
+   its current value rounded to fp16 and feeds back only that rounding error. The errors update the later columns as in GPTQ.
    threshold = outlier_threshold * mean_j(var_i(W_ij) / U_jj^2) over columns j, variance over rows i.
 
 The second-level grids' own scale and zero point are rounded to fp16 and the outliers keep their fp16
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .config import CompressedLinear, QuantizedStatistic, SpQRConfig, check_finite
-from .gptq import GPTQ, HessianCompressor, inverse_hessian_factor
+from .gptq import HessianCompressor, inverse_hessian_factor, obs_blocks
 from .quantizer import dequantize, dequantize_statistic
 
 SECOND_LEVEL_BITS = 16  # each second-level grid's own scale and zero point: fp16 (the paper's)
@@ -123,15 +123,12 @@ class SpQR(HessianCompressor):
         d = torch.diag(U)
         scale = zero = None
 
-        for i1 in range(0, cols, cfg.blocksize):
-            i2 = min(i1 + cfg.blocksize, cols)
-            W1 = W[:, i1:i2].clone()
-            Err1 = torch.zeros_like(W1)
-            U1 = U[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                col = i1 + i
+        for block in obs_blocks(W, U, cfg.blocksize):
+            W1, U1 = block.W1, block.U1
+            for i in range(block.i2 - block.i1):
+                col = block.i1 + i
                 if col % g == 0:
-                    current = GPTQ._current_group(W, W1, Err1, U, i1, i, col + g)
+                    current = block.current_group(W, U, i, col + g)
                     stats = self._group_grid(current, d[col : col + g], threshold)
                     for key, (stat_code, stat_grid) in stats.items():
                         stat_codes[key][:, col // g], stat_grids[key][:, col // g] = stat_code, stat_grid
@@ -146,9 +143,7 @@ class SpQR(HessianCompressor):
                     err = torch.where(is_outlier, (w - w16) / U1[i, i], err)
                     outliers[:, col], kept[:, col] = is_outlier, w16
                 codes[:, col] = c
-                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-                Err1[:, i] = err
-            W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)  # lazy batch update, as in GPTQ
+                block.feed_back(i, err)
         bits = {"scales": cfg.qq_scale_bits, "zeros": cfg.qq_zero_bits}
         second_level = {key: QuantizedStatistic(stat_codes[key], stat_grids[key], bits[key], cfg.qq_groupsize)
                         for key in STATISTICS}
