@@ -16,9 +16,8 @@ from .config import CompressedLinear
 def fit_params(x: torch.Tensor, bits: int, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point per row of x [rows, cols] -> two fp32 tensors [rows]."""
     maxq = 2**bits - 1
-    x = x.float()
-    xmin = x.min(dim=1).values.clamp(max=0)
-    xmax = x.max(dim=1).values.clamp(min=0)
+    xmin, xmax = torch.aminmax(x.float(), dim=1)  # one pass over x
+    xmin, xmax = xmin.clamp(max=0), xmax.clamp(min=0)
     if symmetric:
         xmax = torch.maximum(xmin.abs(), xmax)
         xmin = torch.where(xmin < 0, -xmax, xmin)
