@@ -82,33 +82,34 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> tuple[torch.Tens
 class ObsBlock:
     """One block of columns [i1, i2) of the OBS column loop shared by GPTQ, SparseGPT and SpQR.
 
-    `W1` is the block's working copy, `U1` its diagonal block of U; each processed column's scaled error
-    goes into `Err1` through `feed_back`, which also updates the block's later columns. `obs_blocks`
-    applies the whole block's errors to the columns after it (the lazy batch update) once it is done.
+    `W1t` is the block's working copy, transposed (W1t[i] is column i1 + i, contiguous: the loop works
+    on one column at a time), `U1` its diagonal block of U; each processed column's scaled error goes into
+    `Err1t` through `feed_back`, which also updates the block's later columns. `obs_blocks` applies the
+    whole block's errors to the columns after it (the lazy batch update) once it is done.
     """
 
-    __slots__ = ("i1", "i2", "W1", "Err1", "U1")
+    __slots__ = ("i1", "i2", "W1t", "Err1t", "U1")
 
     def __init__(self, W: torch.Tensor, U: torch.Tensor, i1: int, i2: int):
         self.i1, self.i2 = i1, i2
-        self.W1 = W[:, i1:i2].clone()
-        self.Err1 = torch.zeros_like(self.W1)
+        self.W1t = W[:, i1:i2].T.contiguous()
+        self.Err1t = torch.zeros_like(self.W1t)
         self.U1 = U[i1:i2, i1:i2]
 
     def feed_back(self, i: int, err: torch.Tensor) -> None:
         """Column i's error err = (w - q) / U[i, i] moves the block's columns i.. by -err U[i, i..]."""
-        self.W1[:, i:].addr_(err, self.U1[i, i:], alpha=-1)
-        self.Err1[:, i] = err
+        self.W1t[i:].addr_(self.U1[i, i:], err, alpha=-1)
+        self.Err1t[i] = err
 
     def current_group(self, W: torch.Tensor, U: torch.Tensor, i: int, end: int) -> torch.Tensor:
         """Columns [i1 + i, end) as updated by every column processed so far.
 
-        Inside the block W1 is up to date; beyond it, W still lacks this block's pending lazy update.
+        Inside the block W1t is up to date; beyond it, W still lacks this block's pending lazy update.
         """
-        inside = self.W1[:, i : end - self.i1]
+        inside = self.W1t[i : end - self.i1].T
         if end <= self.i2:
             return inside
-        outside = W[:, self.i2 : end] - self.Err1[:, :i] @ U[self.i1 : self.i1 + i, self.i2 : end]
+        outside = W[:, self.i2 : end] - self.Err1t[:i].T @ U[self.i1 : self.i1 + i, self.i2 : end]
         return torch.cat([inside, outside], dim=1)
 
 
@@ -120,7 +121,7 @@ def obs_blocks(W: torch.Tensor, U: torch.Tensor, blocksize: int) -> Iterator[Obs
         i2 = min(i1 + blocksize, cols)
         block = ObsBlock(W, U, i1, i2)
         yield block
-        W[:, i2:].addmm_(block.Err1, U[i1:i2, i2:], alpha=-1)
+        W[:, i2:].addmm_(block.Err1t.T, U[i1:i2, i2:], alpha=-1)
 
 
 class GPTQ(HessianCompressor):
@@ -161,7 +162,7 @@ class GPTQ(HessianCompressor):
         rows, cols = W.shape
         maxq = 2**cfg.bits - 1
         group = cfg.group_size or cols
-        codes = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
+        codes_t = torch.zeros(cols, rows, dtype=torch.float32, device=W.device)  # one contiguous row per column
         if static is None:
             scales = torch.zeros(rows, cols // group, dtype=torch.float32, device=W.device)
             zeros = torch.zeros_like(scales)
@@ -172,7 +173,7 @@ class GPTQ(HessianCompressor):
         scale = zero = None
 
         for block in obs_blocks(W, U, cfg.blocksize):
-            W1, U1 = block.W1, block.U1
+            W1t, U1 = block.W1t, block.U1
             for i in range(block.i2 - block.i1):
                 col = block.i1 + i
                 if static is not None:
@@ -182,8 +183,8 @@ class GPTQ(HessianCompressor):
                     scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                     scales[:, col // group], zeros[:, col // group] = scale, zero
                 # the column loop is the hot path: quantize() and dequantize() inlined, same arithmetic
-                w = W1[:, i]
+                w = W1t[i]
                 c = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-                codes[:, col] = c
+                codes_t[col] = c
                 block.feed_back(i, (w - (c - zero) * scale) / U1[i, i])
-        return codes.to(torch.uint8), scales, zeros
+        return codes_t.T.to(torch.uint8).contiguous(), scales, zeros

@@ -53,7 +53,8 @@ class SparseGPT(HessianCompressor):
         scale = zero = None
 
         for block in obs_blocks(W, U, cfg.blocksize):
-            i1, i2, W1, U1 = block.i1, block.i2, block.W1, block.U1
+            i1, i2, U1 = block.i1, block.i2, block.U1
+            W1 = block.W1t.T  # [rows, block] view: masks are chosen in this orientation
             inv_d2 = 1 / torch.diag(U1) ** 2
             if cfg.sparsity is not None:
                 # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
@@ -67,7 +68,7 @@ class SparseGPT(HessianCompressor):
                 if cfg.sparsity is None and i % cfg.m == 0:
                     score = W1[:, i : i + cfg.m] ** 2 * inv_d2[i : i + cfg.m]
                     mask1[:, i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m)
-                w = W1[:, i]
+                w = block.W1t[i]
                 keep = mask1[:, i]
                 q = torch.where(keep, w, torch.zeros((), device=w.device))
                 if quantized:

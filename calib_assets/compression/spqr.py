@@ -124,7 +124,7 @@ class SpQR(HessianCompressor):
         scale = zero = None
 
         for block in obs_blocks(W, U, cfg.blocksize):
-            W1, U1 = block.W1, block.U1
+            W1t, U1 = block.W1t, block.U1
             for i in range(block.i2 - block.i1):
                 col = block.i1 + i
                 if col % g == 0:
@@ -134,7 +134,7 @@ class SpQR(HessianCompressor):
                         stat_codes[key][:, col // g], stat_grids[key][:, col // g] = stat_code, stat_grid
                     scale, zero = _statistics(stat_codes, stat_grids, cfg, col // g)
                     scales[:, col // g], zeros[:, col // g] = scale, zero
-                w = W1[:, i]
+                w = W1t[i]
                 c = torch.clamp(torch.round(w / scale + zero), 0, maxq)
                 err = (w - (c - zero) * scale) / U1[i, i]
                 if find_outliers:
