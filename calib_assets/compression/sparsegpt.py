@@ -45,9 +45,9 @@ class SparseGPT(HessianCompressor):
         quantized = cfg.bits is not None
         maxq = 2 ** (cfg.bits or 1) - 1
         group = cfg.group_size or cols
-        Q = torch.zeros_like(W)
+        Q_t = torch.zeros(cols, rows, device=W.device)  # transposed: one contiguous row per column
         mask = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
-        codes = torch.zeros_like(W) if quantized else None
+        codes_t = torch.zeros_like(Q_t) if quantized else None
         scales = torch.zeros(rows, cols // group, device=W.device) if quantized else None
         zeros = torch.zeros_like(scales) if quantized else None
         scale = zero = None
@@ -77,11 +77,10 @@ class SparseGPT(HessianCompressor):
                         scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                         scales[:, col // group], zeros[:, col // group] = scale, zero
                     c = torch.where(keep, torch.clamp(torch.round(q / scale) + zero, 0, maxq), zero)
-                    codes[:, col] = c
+                    codes_t[col] = c
                     q = (c - zero) * scale
-                Q[:, col] = q
+                Q_t[col] = q
                 block.feed_back(i, (w - q) / U1[i, i])
             mask[:, i1:i2] = mask1
-        if quantized:
-            codes = codes.to(torch.uint8)
-        return Q, mask, codes, scales, zeros
+        codes = codes_t.T.to(torch.uint8).contiguous() if quantized else None
+        return Q_t.T.contiguous(), mask, codes, scales, zeros

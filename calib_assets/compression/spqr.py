@@ -111,14 +111,14 @@ class SpQR(HessianCompressor):
         cfg = self.config
         rows, cols = W.shape
         g, maxq = cfg.group_size, 2**cfg.bits - 1
-        codes = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
+        codes_t = torch.zeros(cols, rows, dtype=torch.float32, device=W.device)  # transposed, as below
         scales = torch.zeros(rows, cols // g, dtype=torch.float32, device=W.device)
         zeros = torch.zeros_like(scales)
         stat_codes = {key: torch.zeros(rows, cols // g, dtype=torch.uint8, device=W.device) for key in STATISTICS}
         stat_grids = {key: torch.zeros(-(-rows // cfg.qq_groupsize), cols // g, 2, device=W.device)
                       for key in STATISTICS}
-        outliers = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
-        kept = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)  # values of the outliers
+        outliers_t = torch.zeros(cols, rows, dtype=torch.bool, device=W.device)
+        kept_t = torch.zeros(cols, rows, dtype=torch.float32, device=W.device)  # values of the outliers
         find_outliers = math.isfinite(threshold)
         d = torch.diag(U)
         scale = zero = None
@@ -141,13 +141,13 @@ class SpQR(HessianCompressor):
                     is_outlier = err.square() > threshold
                     w16 = w.half().float()  # an outlier keeps its fp16 value: only that rounding is fed back
                     err = torch.where(is_outlier, (w - w16) / U1[i, i], err)
-                    outliers[:, col], kept[:, col] = is_outlier, w16
-                codes[:, col] = c
+                    outliers_t[col], kept_t[col] = is_outlier, w16
+                codes_t[col] = c
                 block.feed_back(i, err)
         bits = {"scales": cfg.qq_scale_bits, "zeros": cfg.qq_zero_bits}
         second_level = {key: QuantizedStatistic(stat_codes[key], stat_grids[key], bits[key], cfg.qq_groupsize)
                         for key in STATISTICS}
-        return codes.to(torch.uint8), scales, zeros, outliers, kept, second_level
+        return codes_t.T.to(torch.uint8).contiguous(), scales, zeros, outliers_t.T, kept_t.T, second_level
 
     def _group_grid(self, x: torch.Tensor, d: torch.Tensor, threshold: float) -> dict[str, tuple]:
         """Per-row (scale, zero) of a group [rows, g], fitted without its likely outliers, then quantized:
