@@ -278,7 +278,8 @@ def compress_layer_awq(
                 raise type(error)(f"{prefix}.{group.inspect}: {error}") from error
             found.append((group, s, info))
         scale_info: dict[str, dict] = {}
-        grams = {name: recorder.gram[recorder.source(name)] for name in linears if recorder.source(name) in recorder.gram}
+        grams = {name: recorder.gram[recorder.source(name)]
+                 for name in linears if recorder.source(name) in recorder.gram}
         for group, s, info in found:
             fold_scale(master, group, s)
             for name in group.linears:

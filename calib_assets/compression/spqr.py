@@ -11,7 +11,8 @@ Per linear, with H = 2 X X^T / n and U the upper Cholesky factor of (H + damping
    group's scales (one per row) with a `qq_scale_bits` min/max grid per run of `qq_groupsize` rows, the
    zero points likewise with `qq_zero_bits`. The weights use the dequantized statistics.
 3. Column i: q = grid(w), err = (w - q) / U_ii. If err^2 > threshold the weight is an outlier: it keeps
-   its current value rounded to fp16 and feeds back only that rounding error. The errors update the later columns as in GPTQ.
+   its current value rounded to fp16 and feeds back only that rounding error. The errors update the
+   later columns as in GPTQ.
    threshold = outlier_threshold * mean_j(var_i(W_ij) / U_jj^2) over columns j, variance over rows i.
 
 The second-level grids' own scale and zero point are rounded to fp16 and the outliers keep their fp16
