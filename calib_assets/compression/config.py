@@ -435,6 +435,14 @@ def weight_shape_of(layer_or_shape: Any) -> tuple[int, int]:
     return rows, cols
 
 
+def check_finite_statistic(what: str, statistic: torch.Tensor, source: torch.Tensor) -> None:
+    """`check_finite` of `source` paid only when `statistic` (computed from it, e.g. X^T X) is not finite:
+    a NaN or Inf in the source always reaches the statistic, so the common case skips a pass over it."""
+    if not torch.isfinite(statistic).all():
+        check_finite(what, source)
+        raise FloatingPointError(f"{what} overflows float32 in its statistics")
+
+
 def check_finite(what: str, tensor: torch.Tensor) -> None:
     """Raise a clear error when a tensor holds NaN or Inf (the engine adds the layer name)."""
     if not torch.isfinite(tensor).all():

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .config import CompressedLinear, GPTQConfig, check_finite, weight_shape_of
+from .config import CompressedLinear, GPTQConfig, check_finite, check_finite_statistic, weight_shape_of
 from .quantizer import fit_params, quantize_grouped, quantized_linear
 
 MAX_DAMPING_RETRIES = 12
@@ -37,11 +37,12 @@ class HessianCompressor:
 
     def add_batch(self, inp: torch.Tensor) -> None:
         x = inp.detach().reshape(-1, self.columns).float()
-        check_finite("calibration input", x)
+        xtx = x.T @ x
+        check_finite_statistic("calibration input", xtx, x)
         if self.H is None:
             self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=x.device)
         total = self.nsamples + x.shape[0]
-        self.H.mul_(self.nsamples / total).add_(x.T @ x, alpha=2.0 / total)
+        self.H.mul_(self.nsamples / total).add_(xtx, alpha=2.0 / total)
         self.nsamples = total
 
     def _weight_and_hessian(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
