@@ -187,3 +187,37 @@ def test_config_validation_and_labels():
     assert "max_shrink" in str(error.value)
     with pytest.raises(ValueError, match=r"q_proj.*group_size=48.*in_features=64"):
         compress_model(_tiny(), torch.zeros(2, 8, dtype=torch.long), AWQConfig(group_size=48))
+
+
+def test_fake_quantize_is_rtn_bit_for_bit():
+    torch.manual_seed(3)
+    w = torch.randn(24, 128) * torch.rand(24, 1)
+    w[3, 32:64] = 0  # a flat group
+    for config in (AWQConfig(bits=3, group_size=32), AWQConfig(bits=4, group_size=64, symmetric=True),
+                   AWQConfig(bits=4, group_size=None)):
+        rtn = RTN(RTNConfig(bits=config.bits, group_size=config.group_size, symmetric=config.symmetric), w.shape)
+        assert torch.equal(_bits(fake_quantize(w, config)), _bits(rtn.compress(w).weight))
+
+
+def test_gram_forms_match_the_token_products():
+    from calib_assets.compression.awq import output_error, search_clip_gram
+
+    torch.manual_seed(4)
+    w, x = torch.randn(40, 128), _salient_inputs(128, tokens=300, seed=2)
+    delta = torch.randn(40, 128) * 0.01
+    assert output_error(delta, x.T @ x, 300) == pytest.approx(float((x @ delta.T).square().mean()), rel=1e-4)
+    # the clip search against a plain loop: every row and group gets the least-error shrink step
+    config = AWQConfig(bits=3, group_size=32)
+    max_val = search_clip_gram(w, torch.stack([x[:, g:g + 32].T @ x[:, g:g + 32] for g in range(0, 128, 32)]),
+                               config)
+    org_max = w.abs().view(40, 4, 32).amax(dim=-1)
+    errors = []
+    for k in range(10):
+        bound = (org_max * (1 - k / 20)).repeat_interleave(32, dim=1)
+        q = fake_quantize(torch.maximum(torch.minimum(w, bound), -bound), config)
+        errors.append(torch.stack([(x[:, g:g + 32] @ (q - w)[:, g:g + 32].T).square().mean(dim=0)
+                                   for g in range(0, 128, 32)]).T)  # [rows, groups]
+    errors = torch.stack(errors)  # [steps, rows, groups]
+    chosen = torch.round((1 - max_val / org_max) * 20).long()  # the step each (row, group) took
+    picked = errors.gather(0, chosen[None])[0]
+    assert (picked <= errors.min(dim=0).values * (1 + 1e-4)).all()

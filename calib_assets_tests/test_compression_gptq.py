@@ -132,8 +132,11 @@ def test_exactly_singular_hessian_without_damping_is_retried():
 
 def test_non_finite_statistics_or_weights_fail_clearly():
     gptq = GPTQ(GPTQConfig(), (4, 8))
-    with pytest.raises(FloatingPointError, match="calibration input"):
-        gptq.add_batch(torch.full((2, 8), float("nan")))
+    with pytest.raises(FloatingPointError, match="calibration input contains 1 non-finite"):
+        gptq.add_batch(torch.tensor([[float("inf")] + [0.0] * 7]))
+    with pytest.raises(FloatingPointError, match="calibration input overflows float32"):
+        gptq.add_batch(torch.full((2, 8), 1e30))  # finite, but X^T X is not
+    assert gptq.H is None  # a refused batch leaves nothing behind
     gptq = GPTQ(GPTQConfig(group_size=None), (4, 8))
     gptq.add_batch(torch.randn(10, 8))
     w = torch.randn(4, 8)

@@ -175,3 +175,55 @@ def test_compress_model_and_checkpoint_are_bit_exact(tiny, tmp_path):
     compressed = model.state_dict()
     for key, tensor in fresh.state_dict().items():
         assert torch.equal(_bits(tensor), _bits(compressed[key])), key
+
+
+def _paper_bytes(config, rows, cols, outliers):
+    """Bytes the paper's count gives, summed by hand: packed codes at `bits`, packed scale and zero codes
+    at qq bits per (row, group), two fp16 numbers per second-level grid (one grid of scales and one of
+    zeros per run of qq_groupsize rows and group), 4 bytes (fp16 value + 16-bit column) per outlier."""
+    groups, runs = cols // config.group_size, -(-rows // config.qq_groupsize)
+    codes = -(-rows * cols * config.bits // 8)
+    stat_codes = -(-rows * groups * config.qq_scale_bits // 8) + -(-rows * groups * config.qq_zero_bits // 8)
+    return codes + stat_codes + 2 * runs * groups * 2 * 2 + 4 * outliers
+
+
+@pytest.mark.parametrize("config", [SpQRConfig(), SpQRConfig(bits=4, qq_scale_bits=2, qq_zero_bits=5, qq_groupsize=8,
+                                                             act_order=False)], ids=lambda c: c.label())
+def test_size_on_disk_matches_bits_accounting(config, problem, tmp_path):
+    w, x = problem
+    rows, cols = w.shape
+    result = _spqr(config, w, x)
+    outliers = result.info["outliers"]
+    assert outliers > 0
+    manifest = save_checkpoint(tmp_path / "ckpt", {"layer": result}, {})
+    # beyond the paper's count: the act-order permutation (int16 group per column) and the int16 outlier
+    # count per row that the compressed-row form needs
+    overhead = (2 * cols if config.act_order else 0) + 2 * rows
+    assert manifest["size_bytes"] == _paper_bytes(config, rows, cols, outliers) + overhead
+    paper_bits = result.info["bits_per_param"]
+    assert 8 * _paper_bytes(config, rows, cols, outliers) / w.numel() == pytest.approx(paper_bits)
+    assert manifest["bits_per_param"] - paper_bits == pytest.approx(8 * overhead / w.numel())
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert torch.equal(_bits(loaded["layer"].weight), _bits(result.weight))
+    assert torch.equal(loaded["layer"].scales, result.scales) and torch.equal(loaded["layer"].zeros, result.zeros)
+
+
+def test_second_level_grids_are_fp16_and_outliers_fp16(problem):
+    w, x = problem
+    result = _spqr(SpQRConfig(), w, x)
+    for stat in result.second_level.values():
+        assert torch.equal(stat.grid.half().float(), stat.grid)
+        assert int(stat.codes.max()) < 2**stat.bits
+    outliers = outlier_mask(result)
+    kept = result.weight[outliers]
+    assert torch.equal(kept.half().float(), kept)
+
+
+def test_near_flat_statistic_keeps_fp16_zero_in_range():
+    from calib_assets.compression.spqr import quantize_statistic
+
+    values = torch.tensor([1.0, 1.0 + 2**-20, 1.0, 1.0])  # range far below fp16 precision of the zero point
+    codes, grid = quantize_statistic(values, 3, 4)
+    assert torch.isfinite(grid).all()
+    recon = (codes.float() - grid[0, 1]) * grid[0, 0]
+    assert torch.allclose(recon, values, rtol=1e-3)

@@ -26,6 +26,7 @@ from .engine import (
     layerwise_hidden_states,
     make_compressor,
 )
+from .export import export_hf_folder
 from .gptq import GPTQ
 from .magnitude import Magnitude
 from .rtn import RTN
@@ -58,6 +59,7 @@ __all__ = [
     "check_layer_compatible",
     "compress_model",
     "compressible_linears",
+    "export_hf_folder",
     "forward_dtype_for",
     "layerwise_hidden_states",
     "load_checkpoint",

@@ -9,12 +9,17 @@ weights favours the salient channels. Per decoder layer (Llama layout, `LLAMA_SC
 2. For a in {0, 1/n_grid, ..., (n_grid-1)/n_grid}: s = mean|x|^a (clamped at 1e-4), normalised by
    sqrt(max(s) min(s)); quantize W s with the group quantizer, run the module with Q(W s) / s and keep
    the s of least mean squared output error. a = 0 is plain RTN, so the search never does worse than RTN
-   on the calibration data. All groups are searched on the full-precision layer.
+   on the calibration data. All groups are searched on the full-precision layer. Where the inspected
+   module is the lone linear itself (o_proj, down_proj) its output error is the quadratic form
+   sum(D G D^T) / (tokens rows) with D = Q(W s) / s - W and G = X^T X, accumulated once in fp32: the
+   same number as running the linear, exact, at a cost that does not grow with the calibration tokens.
 3. Fold: the previous op's output channels (a norm's weight, or a linear's rows) get 1/s, the linears'
    input columns get s. v_proj -> o_proj is skipped when the shapes differ (grouped-query attention).
 4. Clip (not q_proj/k_proj, whose error the q.k product hides): per group of `group_size` columns and per
    row, shrink the range to max|w| (1 - k / clip_grid), k < max_shrink * clip_grid, keeping the range of
-   least output error of that group's partial product on <= 512 evenly spaced calibration tokens.
+   least output error of that group's partial product, all shrink steps at once, each error computed
+   from the group's block of G (the reference measures it on 512 sampled tokens to save time; the
+   quadratic form uses every calibration token for less).
 5. Quantize the clipped weights with the min/max quantizer (RTN) -> codes, scales, zeros.
 Unlike the reference (which calibrates every layer on full-precision outputs), the next layer's inputs
 are the outputs of this layer once quantized, as in the rest of the engine.
@@ -37,10 +42,9 @@ from torch import nn
 
 from .checkpoint import ExtraTensor
 from .config import AWQConfig, CompressedLinear, check_finite
-from .quantizer import dequantize, fit_params, quantize, quantize_grouped, quantized_linear
+from .quantizer import fit_params, quantize_grouped, quantized_linear
 
-CLIP_TOKENS = 512  # the reference's token subsample for the clip search
-CLIP_ROWS = 256  # rows per chunk of the clip search (memory)
+CLIP_ELEMENTS = 1 << 23  # trial weights (shrink steps x rows x cols) held at once by the clip search
 NO_CLIP = ("q_proj", "k_proj")
 
 
@@ -86,11 +90,18 @@ def fold_scale(tensors: dict[str, torch.Tensor], group: ScaleGroup, s: torch.Ten
 
 
 def fake_quantize(w: torch.Tensor, config: AWQConfig) -> torch.Tensor:
-    """Round trip of w [rows, cols] through the min/max group quantizer (what RTN produces)."""
-    rows, cols = w.shape
-    flat = w.reshape(-1, config.group_size or cols)
+    """Round trip of w [..., cols] through the min/max group quantizer: what RTN gives, bit for bit
+    (quantize and dequantize inlined: the same arithmetic without the uint8 codes)."""
+    flat = w.reshape(-1, config.group_size or w.shape[-1])
     scale, zero = fit_params(flat, config.bits, config.symmetric)
-    return dequantize(quantize(flat, scale, zero, config.bits), scale, zero, None).view(rows, cols)
+    scale, zero = scale[:, None], zero[:, None]
+    codes = flat.float().div(scale).round_().add_(zero).clamp_(0, 2**config.bits - 1)
+    return codes.sub_(zero).mul_(scale).view(w.shape)
+
+
+def output_error(delta: torch.Tensor, gram: torch.Tensor, tokens: int) -> float:
+    """mean((X delta^T)^2) over tokens and rows, from G = X^T X [cols, cols] of those tokens."""
+    return float(((delta @ gram) * delta).sum()) / max(tokens * delta.shape[0], 1)
 
 
 def search_scale(
@@ -115,28 +126,40 @@ def search_scale(
 
 def search_clip(w: torch.Tensor, x: torch.Tensor, config: AWQConfig) -> torch.Tensor:
     """Per row and group, the range max|w| (1 - k / clip_grid) whose quantized group's partial product
-    with x [tokens, cols] (<= 512 evenly spaced tokens used) is closest in mean square -> [rows, groups]."""
+    with x [tokens, cols] is closest in mean square -> [rows, groups]."""
+    x = x.reshape(-1, w.shape[1]).float()
+    return search_clip_gram(w, group_grams(x.T @ x, config.group_size or w.shape[1]), config)
+
+
+def group_grams(gram: torch.Tensor, step: int) -> torch.Tensor:
+    """The diagonal blocks [groups, step, step] of G = X^T X: each group's own Gram matrix."""
+    groups = gram.shape[0] // step
+    return torch.stack([gram[g * step : (g + 1) * step, g * step : (g + 1) * step] for g in range(groups)])
+
+
+def search_clip_gram(w: torch.Tensor, grams: torch.Tensor, config: AWQConfig) -> torch.Tensor:
+    """`search_clip` with each group's input statistics given as its Gram matrix (`group_grams`); every
+    shrink step is tried at once. Ties go to the least shrink."""
     rows, cols = w.shape
     step = config.group_size or cols
-    x = x.reshape(-1, cols).float()
-    x = x[:: max(1, x.shape[0] // CLIP_TOKENS)]
-    xg = x.view(-1, cols // step, step).transpose(0, 1)  # [groups, tokens, step]
-    best_all = []
-    for r in range(0, rows, CLIP_ROWS):
-        wg = w[r : r + CLIP_ROWS].float().view(-1, cols // step, step)  # [rows', groups, step]
-        org_max = wg.abs().amax(dim=-1)
-        reference = torch.bmm(xg, wg.permute(1, 2, 0))  # [groups, tokens, rows']
-        best, best_err = org_max.clone(), torch.full_like(org_max, float("inf"))
-        for k in range(int(config.max_shrink * config.clip_grid)):
-            max_val = org_max * (1 - k / config.clip_grid)
-            clipped = torch.maximum(torch.minimum(wg, max_val[..., None]), -max_val[..., None])
-            q = fake_quantize(clipped.reshape(-1, cols), config).view_as(wg)
-            err = (torch.bmm(xg, q.permute(1, 2, 0)) - reference).square().mean(dim=1).T  # [rows', groups]
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best = torch.where(better, max_val, best)
-        best_all.append(best)
-    return torch.cat(best_all)
+    groups = cols // step
+    wg = w.float().view(rows, groups, step)
+    org_max = wg.abs().amax(dim=-1)  # [rows, groups]
+    steps = max(1, int(config.max_shrink * config.clip_grid))
+    shrink = torch.tensor([1 - k / config.clip_grid for k in range(steps)], device=w.device)
+    grams = grams.to(w.device, torch.float32)
+    chunk = max(1, CLIP_ELEMENTS // (steps * cols))
+    best = []
+    for r in range(0, rows, chunk):
+        part = wg[r : r + chunk]  # [rows', groups, step]
+        max_val = shrink[:, None, None] * org_max[r : r + chunk]  # [steps, rows', groups]
+        bound = max_val[..., None]
+        trial = fake_quantize(torch.maximum(torch.minimum(part, bound), -bound), config)
+        delta = (trial - part).permute(2, 0, 1, 3).reshape(groups, -1, step)  # [groups, steps * rows', step]
+        err = (torch.bmm(delta, grams) * delta).sum(dim=-1).view(groups, steps, -1)  # [groups, steps, rows']
+        choice = err.argmin(dim=1).T  # [rows', groups]: the first (least shrink) of the least errors
+        best.append(max_val.gather(0, choice[None]).squeeze(0))
+    return torch.cat(best)
 
 
 def quantize_clipped(w: torch.Tensor, max_val: torch.Tensor | None, config: AWQConfig,
@@ -155,27 +178,26 @@ def awq_linear(w: torch.Tensor, x: torch.Tensor, config: AWQConfig) -> tuple[Com
     """AWQ of one lone linear on inputs x [tokens, cols]: (result for W s, s). Its input must be x / s
     (fold 1/s into whatever produces x); result.weight / s is the effective weight on x."""
     w, x = w.float(), x.reshape(-1, w.shape[1]).float()
-    reference = x @ w.T
-
-    def loss_of(trial):
-        return float((x @ trial[0].T - reference).square().mean())
-
-    s, info = search_scale(x.abs().mean(dim=0), [w], loss_of, config)
+    gram = x.T @ x
+    s, info = search_scale(x.abs().mean(dim=0), [w], lambda trial: output_error(trial[0] - w, gram, x.shape[0]),
+                           config)
     scaled = w * s
-    max_val = search_clip(scaled, x / s, config) if config.clip else None
+    step = config.group_size or w.shape[1]
+    max_val = search_clip_gram(scaled, group_grams(gram / torch.outer(s, s), step), config) if config.clip else None
     return quantize_clipped(scaled, max_val, config, info), s
 
 
 class _Recorder:
-    """Forward pre-hooks: inputs of the inspected modules (per batch), mean|x| of every linear's input,
-    and an evenly spaced token sample of it for the clip search."""
+    """Forward pre-hooks: inputs of the inspected modules (per batch), and per linear the token count,
+    sum |x| and G = X^T X (fp32) of its input; linears reading the same tensor (q/k/v, gate/up) share them."""
 
-    def __init__(self, layer: nn.Module, inspect: list[str], total_tokens: int):
+    def __init__(self, layer: nn.Module, inspect: list[str]):
         self.calls: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in inspect}
         self.abs_sum: dict[str, torch.Tensor] = {}
+        self.gram: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
-        self.sample: dict[str, list[torch.Tensor]] = {}
-        self.stride = max(1, total_tokens // CLIP_TOKENS)
+        self.reads_as: dict[str, str] = {}  # linear -> the linear whose statistics it shares
+        self._last: tuple[torch.Tensor | None, str] = (None, "")
         modules = dict(layer.named_modules())
         self.handles = [modules[name].register_forward_pre_hook(self._call(name), with_kwargs=True)
                         for name in inspect]
@@ -190,21 +212,28 @@ class _Recorder:
 
     def _linear(self, name):
         def hook(module, args):
+            if args[0] is self._last[0]:  # the tensor the previous linear read: same statistics
+                self.reads_as.setdefault(name, self._last[1])
+                return
+            self._last = (args[0], name)
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             check_finite(f"input of {name}", x)
-            seen = self.tokens.get(name, 0)
             self.abs_sum[name] = self.abs_sum.get(name, 0) + x.abs().sum(dim=0)
-            self.sample.setdefault(name, []).append(x[(-seen) % self.stride :: self.stride])
-            self.tokens[name] = seen + x.shape[0]
+            self.gram[name] = self.gram.get(name, 0) + x.T @ x
+            self.tokens[name] = self.tokens.get(name, 0) + x.shape[0]
 
         return hook
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        self._last = (None, "")
+
+    def source(self, name: str) -> str:
+        return self.reads_as.get(name, name)
 
     def mean_abs(self, name: str) -> torch.Tensor:
-        return self.abs_sum[name] / self.tokens[name]
+        return self.abs_sum[self.source(name)] / self.tokens[self.source(name)]
 
 
 def _output(out: Any) -> torch.Tensor:
@@ -235,8 +264,7 @@ def compress_layer_awq(
     plan = scale_groups(layer)
     results: dict[str, CompressedLinear] = {}
     with _on_device(layer, device, forward_dtype) as master:
-        total = sum(hidden.shape[:-1].numel() for hidden, _ in inputs)
-        recorder = _Recorder(layer, [g.inspect for g in plan], total)
+        recorder = _Recorder(layer, [g.inspect for g in plan if g.inspect not in g.linears])
         try:
             _run_layer(layer, inputs)
         finally:
@@ -250,19 +278,21 @@ def compress_layer_awq(
                 raise type(error)(f"{prefix}.{group.inspect}: {error}") from error
             found.append((group, s, info))
         scale_info: dict[str, dict] = {}
-        samples = {name: torch.cat(recorder.sample[name]) for name in linears if name in recorder.sample}
+        grams = {name: recorder.gram[recorder.source(name)]
+                 for name in linears if recorder.source(name) in recorder.gram}
         for group, s, info in found:
             fold_scale(master, group, s)
             for name in group.linears:
-                samples[name] = samples[name] / s  # what the linear reads once 1/s is folded upstream
+                grams[name] = grams[name] / torch.outer(s, s)  # what the linear reads once 1/s is folded upstream
                 scale_info[name] = info
 
         for name in linears:
             w = master[f"{name}.weight"]
             check_finite(f"{prefix}.{name} weight", w)
-            info = {**scale_info.get(name, {}), "tokens": recorder.tokens.get(name, 0)}
-            clip = config.clip and name in samples and not name.split(".")[-1].startswith(NO_CLIP)
-            max_val = search_clip(w, samples[name], config) if clip else None
+            info = {**scale_info.get(name, {}), "tokens": recorder.tokens.get(recorder.source(name), 0)}
+            clip = config.clip and name in grams and not name.split(".")[-1].startswith(NO_CLIP)
+            step = config.group_size or w.shape[1]
+            max_val = search_clip_gram(w, group_grams(grams[name], step), config) if clip else None
             if max_val is not None:
                 org_max = w.abs().view(w.shape[0], -1, config.group_size or w.shape[1]).amax(dim=-1)
                 info["clip_mean_ratio"] = float((max_val / org_max.clamp_min(1e-12)).mean())
@@ -284,11 +314,18 @@ def compress_layer_awq(
 
 def _search_group(modules, master, group: ScaleGroup, recorder: _Recorder, config: AWQConfig,
                   device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
-    """Scale search of one group: the inspected module run on its recorded inputs with trial weights."""
+    """Scale search of one group: the inspected module run on its recorded inputs with trial weights,
+    or, where it is the group's lone linear, its output error from the input's Gram matrix."""
+    weights = [master[f"{name}.weight"] for name in group.linears]
+    x_mean = recorder.mean_abs(group.linears[0]).to(weights[0].device)
+    if group.linears == (group.inspect,):
+        source = recorder.source(group.inspect)
+        gram, tokens = recorder.gram[source].to(weights[0].device), recorder.tokens[source]
+        return search_scale(x_mean, weights, lambda trial: output_error(trial[0] - weights[0], gram, tokens), config)
+
     module = modules[group.inspect]
     calls = recorder.calls[group.inspect]
     references = [_output(module(*args, **kwargs)).float() for args, kwargs in calls]
-    weights = [master[f"{name}.weight"] for name in group.linears]
 
     def loss_of(trial: list[torch.Tensor]) -> float:
         for name, w in zip(group.linears, trial):
@@ -301,7 +338,7 @@ def _search_group(modules, master, group: ScaleGroup, recorder: _Recorder, confi
         return total / max(count, 1)
 
     try:
-        return search_scale(recorder.mean_abs(group.linears[0]).to(weights[0].device), weights, loss_of, config)
+        return search_scale(x_mean, weights, loss_of, config)
     finally:
         for name in group.linears:
             modules[name].weight.data = master[f"{name}.weight"].to(device, dtype)

@@ -4,12 +4,18 @@ A checkpoint directory holds `tensors.safetensors` and `manifest.json`. The base
 are not duplicated: the caller's manifest names the base model (its fingerprint), and `apply_checkpoint`
 writes the linears into a freshly loaded copy of it. Per linear, under its full module name:
 - quantized: `<name>.codes` (codes bit-packed into uint8), `<name>.scales`, `<name>.zeros`
-  (uint8 when every zero point is an integer in 0..255, else fp32), and `<name>.g_idx` (int32, each
-  column's group) when the columns were grouped out of order (GPTQ act-order);
+  (uint8 when every zero point is an integer in 0..255, else fp32), and `<name>.g_idx` (int16, or int32
+  past 32767 groups: each column's group) when the columns were grouped out of order (act-order);
+- quantized with quantized statistics (SpQR), instead of scales/zeros: `<name>.scales.codes` and
+  `<name>.zeros.codes` (bit-packed at their own bits) and `<name>.scales.grid`, `<name>.zeros.grid`
+  (fp16 [runs, groups, 2]: each second-level grid's scale and zero point);
 - pruned: `<name>.mask` (keep-mask, np.packbits order) and `<name>.values` (the kept weights, fp32);
 - otherwise: `<name>.weight` (fp32).
-- quantized weights that differ from their codes' grid (SpQR's outliers, counted in `info["outliers"]`):
-  `<name>.outlier_idx` (flat row-major indices, int32) and `<name>.outlier_values` (fp32).
+- quantized weights that differ from their codes' grid (SpQR's outliers, counted in `info["outliers"]`),
+  in compressed-row form: `<name>.outlier_counts` (per row), `<name>.outlier_cols` (column of each, row-major
+  order; both int16 where the width allows, else int32) and `<name>.outlier_values` (fp16 when every value
+  is an fp16 number, else fp32). (Format-1 checkpoints written before held `<name>.outlier_idx`, flat
+  int32 indices, and fp32 values; they still load.)
 Extra tensors (`ExtraTensor`, keyed by full parameter name: AWQ's folded norm weights) are stored as is
 under `extra/<name>` (fp32) and listed in the manifest's `extra`; `apply_checkpoint` writes them back.
 Loading reconstructs bit for bit the weights the method produced.
@@ -26,9 +32,10 @@ import torch
 from torch import nn
 
 from ..artifacts import atomic_dir, read_json, sha256_files, write_json
-from .config import CompressedLinear
+from .config import CompressedLinear, QuantizedStatistic
 from .magnitude import apply_mask
 from .quantizer import dequantize, pack_codes, unpack_codes
+from .spqr import outlier_mask, spqr_statistics
 
 TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -146,10 +153,13 @@ def _encode(name: str, c: CompressedLinear) -> tuple[dict[str, torch.Tensor], di
         as_bytes = zeros.round().clamp(0, 255)
         compact = bool(torch.equal(as_bytes, zeros))
         stored[f"{name}.codes"] = pack_codes(c.codes.cpu(), c.bits)
-        stored[f"{name}.scales"] = c.scales.detach().cpu().float().contiguous()
-        stored[f"{name}.zeros"] = (as_bytes.to(torch.uint8) if compact else zeros).contiguous()
+        if c.second_level is not None:
+            stored.update(_second_level(name, c, summary))
+        else:
+            stored[f"{name}.scales"] = c.scales.detach().cpu().float().contiguous()
+            stored[f"{name}.zeros"] = (as_bytes.to(torch.uint8) if compact else zeros).contiguous()
         if c.g_idx is not None:
-            stored[f"{name}.g_idx"] = c.g_idx.detach().to("cpu", torch.int32, copy=True)  # row-split layers share one
+            stored[f"{name}.g_idx"] = c.g_idx.detach().to("cpu", _index_dtype(int(c.g_idx.max()) + 1), copy=True)
         summary.update(format="quantized", bits=c.bits, group_size=c.group_size)
         stored.update(_outliers(name, c, weight, stored, summary))
     if c.mask is not None:
@@ -175,18 +185,23 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
         mask = torch.from_numpy(bits.astype(bool)).reshape(rows, cols)
     if summary["format"] == "quantized":
         codes = unpack_codes(tensors[f"{name}.codes"], summary["bits"], rows * cols).reshape(rows, cols)
-        scales = tensors[f"{name}.scales"]
-        zeros = tensors[f"{name}.zeros"].float()
+        second_level = None
+        if "second_level" in summary:
+            second_level = _decode_second_level(name, summary["second_level"], rows, tensors)
+            scales, zeros = spqr_statistics(second_level)
+        else:
+            scales, zeros = tensors[f"{name}.scales"], tensors[f"{name}.zeros"].float()
         g_idx = tensors.get(f"{name}.g_idx")
+        g_idx = None if g_idx is None else g_idx.to(torch.int32)
         weight = dequantize(codes, scales, zeros, summary["group_size"], g_idx)
         if mask is not None:
             weight = apply_mask(weight, mask)
-        if f"{name}.outlier_idx" in tensors:
-            weight = weight.reshape(-1).index_put((tensors[f"{name}.outlier_idx"].long(),),
-                                                  tensors[f"{name}.outlier_values"]).view(rows, cols)
+        index = _outlier_index(name, tensors, cols)
+        if index is not None:
+            weight = weight.reshape(-1).index_put((index,), tensors[f"{name}.outlier_values"].float()).view(rows, cols)
         return CompressedLinear(weight=weight, codes=codes, scales=scales, zeros=zeros, bits=summary["bits"],
                                 group_size=summary["group_size"], mask=mask, g_idx=g_idx,
-                                info=summary.get("info", {}))
+                                info=summary.get("info", {}), second_level=second_level)
     if summary["format"] == "pruned":
         weight = torch.zeros(rows, cols, dtype=torch.float32)
         weight[mask] = tensors[f"{name}.values"]
@@ -200,11 +215,12 @@ def _outliers(name: str, c: CompressedLinear, weight: torch.Tensor, stored: dict
               summary: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The entries where `weight` differs (bitwise) from what the stored codes give back, as (index, value);
     their number must be the result's declared `info["outliers"]` (0 unless the method keeps outliers)."""
-    from .spqr import outlier_mask
-
-    grid = CompressedLinear(weight=weight, codes=c.codes.cpu(), scales=stored[f"{name}.scales"],
-                            zeros=stored[f"{name}.zeros"].float(), group_size=c.group_size,
-                            g_idx=stored.get(f"{name}.g_idx"),
+    if c.second_level is not None:
+        scales, zeros = spqr_statistics({key: stat.to("cpu") for key, stat in c.second_level.items()})
+    else:
+        scales, zeros = stored[f"{name}.scales"], stored[f"{name}.zeros"].float()
+    grid = CompressedLinear(weight=weight, codes=c.codes.cpu(), scales=scales, zeros=zeros,
+                            group_size=c.group_size, g_idx=stored.get(f"{name}.g_idx"),
                             mask=None if c.mask is None else c.mask.detach().cpu().bool())
     off_grid = outlier_mask(grid).reshape(-1)
     count, declared = int(off_grid.sum()), int(c.info.get("outliers", 0))
@@ -213,7 +229,56 @@ def _outliers(name: str, c: CompressedLinear, weight: torch.Tensor, stored: dict
                          f"but the result declares {declared} outliers")
     if not count:
         return {}
-    index = off_grid.nonzero().squeeze(1)
+    rows, cols = weight.shape
+    index = off_grid.nonzero().squeeze(1)  # row-major order
+    values = weight.reshape(-1)[index].contiguous()
+    as_fp16 = values.half()
     summary["outliers"] = count
-    return {f"{name}.outlier_idx": index.to(torch.int32 if off_grid.numel() < 2**31 else torch.int64),
-            f"{name}.outlier_values": weight.reshape(-1)[index].contiguous()}
+    return {f"{name}.outlier_counts": off_grid.view(rows, cols).sum(dim=1).to(_index_dtype(cols + 1)),
+            f"{name}.outlier_cols": (index % cols).to(_index_dtype(cols)),
+            f"{name}.outlier_values": as_fp16 if torch.equal(as_fp16.float(), values) else values}
+
+
+def _outlier_index(name: str, tensors: dict[str, torch.Tensor], cols: int) -> torch.Tensor | None:
+    """Flat row-major indices of the stored outliers (either layout), or None."""
+    if f"{name}.outlier_idx" in tensors:  # format 1 before compressed rows
+        return tensors[f"{name}.outlier_idx"].long()
+    if f"{name}.outlier_cols" not in tensors:
+        return None
+    counts = tensors[f"{name}.outlier_counts"].long()
+    rows = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    return rows * cols + tensors[f"{name}.outlier_cols"].long()
+
+
+def _index_dtype(bound: int) -> torch.dtype:
+    """The narrowest of int16 / int32 / int64 holding 0..bound - 1."""
+    return torch.int16 if bound <= 2**15 else torch.int32 if bound <= 2**31 else torch.int64
+
+
+def _second_level(name: str, c: CompressedLinear, summary: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """SpQR's quantized statistics: packed codes and fp16 grids; they must give back `c.scales`/`c.zeros`."""
+    levels = {key: stat.to("cpu") for key, stat in c.second_level.items()}
+    for key, value in zip(("scales", "zeros"), spqr_statistics(levels)):
+        if not torch.equal(value, getattr(c, key).detach().cpu().float()):
+            raise ValueError(f"layer {name!r}: the second-level codes do not reproduce its {key}")
+    stored = {}
+    for key, stat in levels.items():
+        grid16 = stat.grid.half()
+        if not torch.equal(grid16.float(), stat.grid):
+            raise ValueError(f"layer {name!r}: the second-level grids of its {key} are not fp16 numbers")
+        stored[f"{name}.{key}.codes"] = pack_codes(stat.codes, stat.bits)
+        stored[f"{name}.{key}.grid"] = grid16.contiguous()
+    summary["second_level"] = {key: {"bits": stat.bits, "groupsize": stat.groupsize, "groups": stat.codes.shape[1]}
+                               for key, stat in levels.items()}
+    return stored
+
+
+def _decode_second_level(name: str, layout: dict[str, dict], rows: int,
+                         tensors: dict[str, torch.Tensor]) -> dict[str, QuantizedStatistic]:
+    levels = {}
+    for key, spec in layout.items():
+        codes = unpack_codes(tensors[f"{name}.{key}.codes"], spec["bits"], rows * spec["groups"])
+        levels[key] = QuantizedStatistic(codes=codes.reshape(rows, spec["groups"]),
+                                         grid=tensors[f"{name}.{key}.grid"].float(), bits=spec["bits"],
+                                         groupsize=spec["groupsize"])
+    return levels

@@ -369,6 +369,8 @@ class CompressedLinear:
     mask: torch.Tensor | None = None
     g_idx: torch.Tensor | None = None  # int32 [in_features]: column -> group (act-order); None: j // group_size
     info: dict[str, Any] = field(default_factory=dict)
+    # SpQR: `scales` and `zeros` are themselves quantized; their codes and grids (see QuantizedStatistic)
+    second_level: dict[str, QuantizedStatistic] | None = None
 
     @property
     def quantized(self) -> bool:
@@ -390,7 +392,26 @@ class CompressedLinear:
             zeros=move(self.zeros),
             mask=move(self.mask),
             g_idx=move(self.g_idx),
+            second_level=None if self.second_level is None
+            else {key: stat.to(device) for key, stat in self.second_level.items()},
         )
+
+
+@dataclass
+class QuantizedStatistic:
+    """A per-(row, group) statistic [rows, groups] quantized on its own min/max grids (SpQR's second level).
+
+    Each run of `groupsize` rows of a column group has one grid, whose scale and zero point are
+    fp16-representable (held as fp32): value = (code - zero) * scale, see `quantizer.dequantize_statistic`.
+    """
+
+    codes: torch.Tensor  # uint8 [rows, groups], in 0..2^bits - 1
+    grid: torch.Tensor  # fp32 [ceil(rows / groupsize), groups, 2]: (scale, zero) of each grid
+    bits: int
+    groupsize: int
+
+    def to(self, device: torch.device | str) -> QuantizedStatistic:
+        return dataclasses.replace(self, codes=self.codes.to(device), grid=self.grid.to(device))
 
 
 class DataFree:
@@ -412,6 +433,14 @@ def weight_shape_of(layer_or_shape: Any) -> tuple[int, int]:
         layer_or_shape = layer_or_shape.shape
     rows, cols = (int(v) for v in layer_or_shape)
     return rows, cols
+
+
+def check_finite_statistic(what: str, statistic: torch.Tensor, source: torch.Tensor) -> None:
+    """`check_finite` of `source` paid only when `statistic` (computed from it, e.g. X^T X) is not finite:
+    a NaN or Inf in the source always reaches the statistic, so the common case skips a pass over it."""
+    if not torch.isfinite(statistic).all():
+        check_finite(what, source)
+        raise FloatingPointError(f"{what} overflows float32 in its statistics")
 
 
 def check_finite(what: str, tensor: torch.Tensor) -> None:

@@ -194,6 +194,8 @@ def _stacked_compressor(config: MethodConfig, linears: list[nn.Linear]):
 def _split_rows(result: CompressedLinear, rows: list[int]) -> list[CompressedLinear]:
     if len(rows) == 1:
         return [result]
+    if result.second_level is not None:  # SpQR's second-level runs span rows: it is never row-stacked
+        raise ValueError("a result with second-level statistics cannot be split by rows")
     pieces = {field: getattr(result, field) for field in ("weight", "codes", "scales", "zeros", "mask")}
     split = {field: (t.split(rows) if t is not None else [None] * len(rows)) for field, t in pieces.items()}
     return [

@@ -13,11 +13,12 @@ before the loop, groups being runs of columns in the original order.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from .config import CompressedLinear, GPTQConfig, check_finite, weight_shape_of
+from .config import CompressedLinear, GPTQConfig, check_finite, check_finite_statistic, weight_shape_of
 from .quantizer import fit_params, quantize_grouped, quantized_linear
 
 MAX_DAMPING_RETRIES = 12
@@ -36,11 +37,12 @@ class HessianCompressor:
 
     def add_batch(self, inp: torch.Tensor) -> None:
         x = inp.detach().reshape(-1, self.columns).float()
-        check_finite("calibration input", x)
+        xtx = x.T @ x
+        check_finite_statistic("calibration input", xtx, x)
         if self.H is None:
             self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=x.device)
         total = self.nsamples + x.shape[0]
-        self.H.mul_(self.nsamples / total).add_(x.T @ x, alpha=2.0 / total)
+        self.H.mul_(self.nsamples / total).add_(xtx, alpha=2.0 / total)
         self.nsamples = total
 
     def _weight_and_hessian(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,6 +78,51 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> tuple[torch.Tens
         f"Hessian is not positive definite even with damping {damping:.3g} "
         f"after {MAX_DAMPING_RETRIES} increases (mean diag {diag_mean:.3g})"
     )
+
+
+class ObsBlock:
+    """One block of columns [i1, i2) of the OBS column loop shared by GPTQ, SparseGPT and SpQR.
+
+    `W1t` is the block's working copy, transposed (W1t[i] is column i1 + i, contiguous: the loop works
+    on one column at a time), `U1` its diagonal block of U; each processed column's scaled error goes into
+    `Err1t` through `feed_back`, which also updates the block's later columns. `obs_blocks` applies the
+    whole block's errors to the columns after it (the lazy batch update) once it is done.
+    """
+
+    __slots__ = ("i1", "i2", "W1t", "Err1t", "U1")
+
+    def __init__(self, W: torch.Tensor, U: torch.Tensor, i1: int, i2: int):
+        self.i1, self.i2 = i1, i2
+        self.W1t = W[:, i1:i2].T.contiguous()
+        self.Err1t = torch.zeros_like(self.W1t)
+        self.U1 = U[i1:i2, i1:i2]
+
+    def feed_back(self, i: int, err: torch.Tensor) -> None:
+        """Column i's error err = (w - q) / U[i, i] moves the block's columns i.. by -err U[i, i..]."""
+        self.W1t[i:].addr_(self.U1[i, i:], err, alpha=-1)
+        self.Err1t[i] = err
+
+    def current_group(self, W: torch.Tensor, U: torch.Tensor, i: int, end: int) -> torch.Tensor:
+        """Columns [i1 + i, end) as updated by every column processed so far.
+
+        Inside the block W1t is up to date; beyond it, W still lacks this block's pending lazy update.
+        """
+        inside = self.W1t[i : end - self.i1].T
+        if end <= self.i2:
+            return inside
+        outside = W[:, self.i2 : end] - self.Err1t[:i].T @ U[self.i1 : self.i1 + i, self.i2 : end]
+        return torch.cat([inside, outside], dim=1)
+
+
+def obs_blocks(W: torch.Tensor, U: torch.Tensor, blocksize: int) -> Iterator[ObsBlock]:
+    """The blocks of W's columns in order; after the caller has processed one, the lazy batch update
+    carries its errors to every later column of W in one matmul."""
+    cols = W.shape[1]
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        block = ObsBlock(W, U, i1, i2)
+        yield block
+        W[:, i2:].addmm_(block.Err1t.T, U[i1:i2, i2:], alpha=-1)
 
 
 class GPTQ(HessianCompressor):
@@ -116,7 +163,7 @@ class GPTQ(HessianCompressor):
         rows, cols = W.shape
         maxq = 2**cfg.bits - 1
         group = cfg.group_size or cols
-        codes = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
+        codes_t = torch.zeros(cols, rows, dtype=torch.float32, device=W.device)  # one contiguous row per column
         if static is None:
             scales = torch.zeros(rows, cols // group, dtype=torch.float32, device=W.device)
             zeros = torch.zeros_like(scales)
@@ -126,39 +173,19 @@ class GPTQ(HessianCompressor):
             grids = list(zip(scales.T.contiguous(), zeros.T.contiguous()))
         scale = zero = None
 
-        for i1 in range(0, cols, cfg.blocksize):
-            i2 = min(i1 + cfg.blocksize, cols)
-            W1 = W[:, i1:i2].clone()
-            Err1 = torch.zeros_like(W1)
-            U1 = U[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                col = i1 + i
+        for block in obs_blocks(W, U, cfg.blocksize):
+            W1t, U1 = block.W1t, block.U1
+            for i in range(block.i2 - block.i1):
+                col = block.i1 + i
                 if static is not None:
                     scale, zero = grids[group_of[col]]
                 elif col % group == 0:
-                    current = self._current_group(W, W1, Err1, U, i1, i, col + group)
+                    current = block.current_group(W, U, i, col + group)
                     scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                     scales[:, col // group], zeros[:, col // group] = scale, zero
                 # the column loop is the hot path: quantize() and dequantize() inlined, same arithmetic
-                w = W1[:, i]
+                w = W1t[i]
                 c = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-                codes[:, col] = c
-                err = (w - (c - zero) * scale) / U1[i, i]
-                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-                Err1[:, i] = err
-            # lazy batch update: the whole block's errors reach the later columns in one matmul
-            W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
-        return codes.to(torch.uint8), scales, zeros
-
-    @staticmethod
-    def _current_group(W, W1, Err1, U, i1: int, i: int, end: int) -> torch.Tensor:
-        """Columns [i1 + i, end) as updated by every column quantized so far.
-
-        Inside the block W1 is up to date; beyond it, W still lacks this block's pending lazy update.
-        """
-        i2 = i1 + W1.shape[1]
-        inside = W1[:, i : end - i1]
-        if end <= i2:
-            return inside
-        outside = W[:, i2:end] - Err1[:, :i] @ U[i1 : i1 + i, i2:end]
-        return torch.cat([inside, outside], dim=1)
+                codes_t[col] = c
+                block.feed_back(i, (w - (c - zero) * scale) / U1[i, i])
+        return codes_t.T.to(torch.uint8).contiguous(), scales, zeros

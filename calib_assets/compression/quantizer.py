@@ -16,9 +16,8 @@ from .config import CompressedLinear
 def fit_params(x: torch.Tensor, bits: int, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point per row of x [rows, cols] -> two fp32 tensors [rows]."""
     maxq = 2**bits - 1
-    x = x.float()
-    xmin = x.min(dim=1).values.clamp(max=0)
-    xmax = x.max(dim=1).values.clamp(min=0)
+    xmin, xmax = torch.aminmax(x.float(), dim=1)  # one pass over x
+    xmin, xmax = xmin.clamp(max=0), xmax.clamp(min=0)
     if symmetric:
         xmax = torch.maximum(xmin.abs(), xmax)
         xmin = torch.where(xmin < 0, -xmax, xmin)
@@ -56,6 +55,13 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
     scales = scales.float().repeat_interleave(step, dim=1)[:, :cols]
     zeros = zeros.float().repeat_interleave(step, dim=1)[:, :cols]
     return (codes.float() - zeros) * scales
+
+
+def dequantize_statistic(codes: torch.Tensor, grid: torch.Tensor, groupsize: int) -> torch.Tensor:
+    """fp32 values [rows, groups] of a quantized statistic: row r of column group k uses grid[r // groupsize, k]."""
+    run = torch.arange(codes.shape[0], device=codes.device) // groupsize
+    scale, zero = grid[run, :, 0], grid[run, :, 1]
+    return (codes.float() - zero) * scale
 
 
 def quantized_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,

@@ -16,7 +16,7 @@ import time
 import torch
 
 from .config import CompressedLinear, SparseGPTConfig
-from .gptq import GPTQ, HessianCompressor, inverse_hessian_factor
+from .gptq import HessianCompressor, inverse_hessian_factor, obs_blocks
 from .magnitude import apply_mask, lowest_mask, nm_mask
 from .quantizer import dequantize, fit_params
 
@@ -45,18 +45,16 @@ class SparseGPT(HessianCompressor):
         quantized = cfg.bits is not None
         maxq = 2 ** (cfg.bits or 1) - 1
         group = cfg.group_size or cols
-        Q = torch.zeros_like(W)
+        Q_t = torch.zeros(cols, rows, device=W.device)  # transposed: one contiguous row per column
         mask = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
-        codes = torch.zeros_like(W) if quantized else None
+        codes_t = torch.zeros_like(Q_t) if quantized else None
         scales = torch.zeros(rows, cols // group, device=W.device) if quantized else None
         zeros = torch.zeros_like(scales) if quantized else None
         scale = zero = None
 
-        for i1 in range(0, cols, cfg.blocksize):
-            i2 = min(i1 + cfg.blocksize, cols)
-            W1 = W[:, i1:i2].clone()
-            Err1 = torch.zeros_like(W1)
-            U1 = U[i1:i2, i1:i2]
+        for block in obs_blocks(W, U, cfg.blocksize):
+            i1, i2, U1 = block.i1, block.i2, block.U1
+            W1 = block.W1t.T  # [rows, block] view: masks are chosen in this orientation
             inv_d2 = 1 / torch.diag(U1) ** 2
             if cfg.sparsity is not None:
                 # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
@@ -70,23 +68,19 @@ class SparseGPT(HessianCompressor):
                 if cfg.sparsity is None and i % cfg.m == 0:
                     score = W1[:, i : i + cfg.m] ** 2 * inv_d2[i : i + cfg.m]
                     mask1[:, i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m)
-                w = W1[:, i]
+                w = block.W1t[i]
                 keep = mask1[:, i]
                 q = torch.where(keep, w, torch.zeros((), device=w.device))
                 if quantized:
                     if col % group == 0:
-                        current = GPTQ._current_group(W, W1, Err1, U, i1, i, col + group)
+                        current = block.current_group(W, U, i, col + group)
                         scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                         scales[:, col // group], zeros[:, col // group] = scale, zero
                     c = torch.where(keep, torch.clamp(torch.round(q / scale) + zero, 0, maxq), zero)
-                    codes[:, col] = c
+                    codes_t[col] = c
                     q = (c - zero) * scale
-                Q[:, col] = q
-                err = (w - q) / U1[i, i]
-                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-                Err1[:, i] = err
+                Q_t[col] = q
+                block.feed_back(i, (w - q) / U1[i, i])
             mask[:, i1:i2] = mask1
-            W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
-        if quantized:
-            codes = codes.to(torch.uint8)
-        return Q, mask, codes, scales, zeros
+        codes = codes_t.T.to(torch.uint8).contiguous() if quantized else None
+        return Q_t.T.contiguous(), mask, codes, scales, zeros

@@ -11,13 +11,19 @@ Per linear, with H = 2 X X^T / n and U the upper Cholesky factor of (H + damping
    group's scales (one per row) with a `qq_scale_bits` min/max grid per run of `qq_groupsize` rows, the
    zero points likewise with `qq_zero_bits`. The weights use the dequantized statistics.
 3. Column i: q = grid(w), err = (w - q) / U_ii. If err^2 > threshold the weight is an outlier: it keeps
-   its current value and feeds no error back. The errors update the later columns as in GPTQ.
+   its current value rounded to fp16 and feeds back only that rounding error. The errors update the
+   later columns as in GPTQ.
    threshold = outlier_threshold * mean_j(var_i(W_ij) / U_jj^2) over columns j, variance over rows i.
 
+The second-level grids' own scale and zero point are rounded to fp16 and the outliers keep their fp16
+value (their rounding error is fed back like a quantization error), as the paper counts them, so that a
+checkpoint stores exactly what `spqr_bits_per_param` accounts for and still reproduces the weights.
+
 The result holds codes, the fp32 dequantized second-level statistics as `scales`/`zeros` (so that the
-codes reproduce the quantized weights exactly), `g_idx` under act-order, and `weight`, which holds the
-outliers' fp32 values: the outliers are exactly the entries where `weight` differs (bitwise) from
-`dequantize(codes, ...)`; `outlier_mask` finds them and checkpoints store them as (index, value).
+codes reproduce the quantized weights exactly) and their codes and grids as `second_level`, `g_idx` under
+act-order, and `weight`, which holds the outliers' values: the outliers are exactly the entries where
+`weight` differs (bitwise) from `dequantize(codes, ...)`; `outlier_mask` finds them and checkpoints store
+them in compressed-row form.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from typing import Any
 
 import torch
 
-from .config import CompressedLinear, SpQRConfig
-from .gptq import GPTQ, HessianCompressor, inverse_hessian_factor
-from .quantizer import dequantize
+from .config import CompressedLinear, QuantizedStatistic, SpQRConfig, check_finite
+from .gptq import HessianCompressor, inverse_hessian_factor, obs_blocks
+from .quantizer import dequantize, dequantize_statistic
 
-SECOND_LEVEL_BITS = 16  # each second-level grid's own scale and zero point, counted as fp16 (the paper's)
-OUTLIER_BITS = 32  # per outlier: a 16-bit value and a 16-bit column index (the paper's CSR count)
+SECOND_LEVEL_BITS = 16  # each second-level grid's own scale and zero point: fp16 (the paper's)
+OUTLIER_BITS = 32  # per outlier: an fp16 value and a 16-bit column index (the paper's CSR count)
+MIN_SCALE = 1e-9  # floor of a dequantized first-level scale
 
 
 def spqr_bits_per_param(config: SpQRConfig, outliers: int, numel: int) -> float:
@@ -82,7 +89,7 @@ class SpQR(HessianCompressor):
         if math.isfinite(cfg.outlier_threshold):
             spread = W.var(dim=0, correction=1 if rows > 1 else 0) / torch.diag(U).square()
             threshold = cfg.outlier_threshold * float(spread.mean())
-        codes, scales, zeros, outliers, kept = self._quantize_columns(W, U, threshold)
+        codes, scales, zeros, outliers, kept, second_level = self._quantize_columns(W, U, threshold)
 
         invperm = torch.argsort(perm)
         codes = codes[:, invperm]
@@ -90,7 +97,7 @@ class SpQR(HessianCompressor):
         grid = dequantize(codes, scales, zeros, cfg.group_size, g_idx)
         result = CompressedLinear(
             weight=torch.where(outliers[:, invperm], kept[:, invperm], grid), codes=codes, scales=scales,
-            zeros=zeros, bits=cfg.bits, group_size=cfg.group_size, g_idx=g_idx)
+            zeros=zeros, bits=cfg.bits, group_size=cfg.group_size, g_idx=g_idx, second_level=second_level)
         n_outliers = int(outlier_mask(result).sum())
         result.info = {
             "seconds": time.perf_counter() - start, "damping": damping, "damping_retries": retries,
@@ -105,41 +112,47 @@ class SpQR(HessianCompressor):
         cfg = self.config
         rows, cols = W.shape
         g, maxq = cfg.group_size, 2**cfg.bits - 1
-        codes = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
+        codes_t = torch.zeros(cols, rows, dtype=torch.float32, device=W.device)  # transposed, as below
         scales = torch.zeros(rows, cols // g, dtype=torch.float32, device=W.device)
         zeros = torch.zeros_like(scales)
-        outliers = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
-        kept = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)  # values of the outliers
+        stat_codes = {key: torch.zeros(rows, cols // g, dtype=torch.uint8, device=W.device) for key in STATISTICS}
+        stat_grids = {key: torch.zeros(-(-rows // cfg.qq_groupsize), cols // g, 2, device=W.device)
+                      for key in STATISTICS}
+        outliers_t = torch.zeros(cols, rows, dtype=torch.bool, device=W.device)
+        kept_t = torch.zeros(cols, rows, dtype=torch.float32, device=W.device)  # values of the outliers
         find_outliers = math.isfinite(threshold)
         d = torch.diag(U)
         scale = zero = None
 
-        for i1 in range(0, cols, cfg.blocksize):
-            i2 = min(i1 + cfg.blocksize, cols)
-            W1 = W[:, i1:i2].clone()
-            Err1 = torch.zeros_like(W1)
-            U1 = U[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                col = i1 + i
+        for block in obs_blocks(W, U, cfg.blocksize):
+            W1t, U1 = block.W1t, block.U1
+            for i in range(block.i2 - block.i1):
+                col = block.i1 + i
                 if col % g == 0:
-                    current = GPTQ._current_group(W, W1, Err1, U, i1, i, col + g)
-                    scale, zero = self._group_grid(current, d[col : col + g], threshold)
+                    current = block.current_group(W, U, i, col + g)
+                    stats = self._group_grid(current, d[col : col + g], threshold)
+                    for key, (stat_code, stat_grid) in stats.items():
+                        stat_codes[key][:, col // g], stat_grids[key][:, col // g] = stat_code, stat_grid
+                    scale, zero = _statistics(stat_codes, stat_grids, cfg, col // g)
                     scales[:, col // g], zeros[:, col // g] = scale, zero
-                w = W1[:, i]
+                w = W1t[i]
                 c = torch.clamp(torch.round(w / scale + zero), 0, maxq)
                 err = (w - (c - zero) * scale) / U1[i, i]
                 if find_outliers:
                     is_outlier = err.square() > threshold
-                    err = torch.where(is_outlier, torch.zeros_like(err), err)  # kept exactly: nothing to feed back
-                    outliers[:, col], kept[:, col] = is_outlier, w
-                codes[:, col] = c
-                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-                Err1[:, i] = err
-            W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)  # lazy batch update, as in GPTQ
-        return codes.to(torch.uint8), scales, zeros, outliers, kept
+                    w16 = w.half().float()  # an outlier keeps its fp16 value: only that rounding is fed back
+                    err = torch.where(is_outlier, (w - w16) / U1[i, i], err)
+                    outliers_t[col], kept_t[col] = is_outlier, w16
+                codes_t[col] = c
+                block.feed_back(i, err)
+        bits = {"scales": cfg.qq_scale_bits, "zeros": cfg.qq_zero_bits}
+        second_level = {key: QuantizedStatistic(stat_codes[key], stat_grids[key], bits[key], cfg.qq_groupsize)
+                        for key in STATISTICS}
+        return codes_t.T.to(torch.uint8).contiguous(), scales, zeros, outliers_t.T, kept_t.T, second_level
 
-    def _group_grid(self, x: torch.Tensor, d: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row (scale, zero) of a group [rows, g], fitted without its likely outliers, then quantized."""
+    def _group_grid(self, x: torch.Tensor, d: torch.Tensor, threshold: float) -> dict[str, tuple]:
+        """Per-row (scale, zero) of a group [rows, g], fitted without its likely outliers, then quantized:
+        for each statistic, (codes [rows], fp16-exact grids [runs, 2])."""
         cfg = self.config
         if math.isfinite(threshold) and not cfg.simplified_outliers and x.shape[1] > 1:
             likely = leave_one_out_gain(x, d, cfg.bits) > threshold
@@ -147,9 +160,27 @@ class SpQR(HessianCompressor):
             mean = (x * inliers).sum(dim=1, keepdim=True) / inliers.sum(dim=1, keepdim=True).clamp_min(1)
             x = torch.where(likely, mean, x)
         scale, zero = fit_minmax(x, cfg.bits)
-        scale = quantize_statistic(scale, cfg.qq_scale_bits, cfg.qq_groupsize).clamp_min(1e-9)
-        zero = quantize_statistic(zero, cfg.qq_zero_bits, cfg.qq_groupsize)
-        return scale, zero
+        return {"scales": quantize_statistic(scale, cfg.qq_scale_bits, cfg.qq_groupsize),
+                "zeros": quantize_statistic(zero, cfg.qq_zero_bits, cfg.qq_groupsize)}
+
+
+STATISTICS = ("scales", "zeros")
+
+
+def _statistics(codes: dict, grids: dict, cfg: SpQRConfig, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dequantized (scale, zero) [rows] of one column group, as `spqr_statistics` computes them on load."""
+    scale = dequantize_statistic(codes["scales"][:, group : group + 1], grids["scales"][:, group : group + 1],
+                                 cfg.qq_groupsize)
+    zero = dequantize_statistic(codes["zeros"][:, group : group + 1], grids["zeros"][:, group : group + 1],
+                                cfg.qq_groupsize)
+    return scale[:, 0].clamp_min(MIN_SCALE), zero[:, 0]
+
+
+def spqr_statistics(second_level: dict[str, QuantizedStatistic]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first-level (scales, zeros) [rows, groups] that SpQR's second-level codes and grids stand for."""
+    scales, zeros = (dequantize_statistic(second_level[key].codes, second_level[key].grid, second_level[key].groupsize)
+                     for key in STATISTICS)
+    return scales.clamp_min(MIN_SCALE), zeros
 
 
 def fit_minmax(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,12 +199,28 @@ def round_trip(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     return (codes - zero[:, None]) * scale[:, None]
 
 
-def quantize_statistic(values: torch.Tensor, bits: int, groupsize: int) -> torch.Tensor:
-    """Second level: values [rows] quantized with a min/max grid per run of `groupsize` rows; dequantized."""
+def quantize_statistic(values: torch.Tensor, bits: int, groupsize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Second level: values [rows] quantized with a min/max grid per run of `groupsize` rows whose scale
+    and zero point are fp16 numbers -> (codes [rows] uint8, grids [runs, 2] of (scale, zero))."""
     n = values.numel()
     padded = torch.cat([values, values[-1:].expand((-n) % groupsize)]).view(-1, groupsize)  # pad: same min/max
-    scale, zero = fit_minmax(padded, bits)
-    return round_trip(padded, scale, zero, bits).reshape(-1)[:n]
+    scale, zero = fit_fp16_grid(padded, bits)
+    codes = torch.clamp(torch.round(padded / scale[:, None] + zero[:, None]), 0, 2**bits - 1)
+    return codes.reshape(-1)[:n].to(torch.uint8), torch.stack([scale, zero], dim=1)
+
+
+def fit_fp16_grid(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fit_minmax` with scale and zero rounded to fp16 (returned as fp32). A near-flat row's scale is
+    raised to max|x| / 2^14 so that its zero point -min/scale stays inside fp16's range."""
+    xmin, xmax = x.min(dim=1).values, x.max(dim=1).values
+    flat = xmin == xmax
+    xmin = torch.where(flat, xmin - 1, xmin)
+    xmax = torch.where(flat, xmax + 1, xmax)
+    scale = torch.maximum((xmax - xmin) / (2**bits - 1), torch.maximum(xmin.abs(), xmax.abs()) * 2.0**-14)
+    scale = scale.half().float().clamp_min(2.0**-24)  # 2^-24: fp16's smallest positive number
+    zero = (-xmin / scale).half().float()
+    check_finite("SpQR second-level grid (fp16)", torch.stack([scale, zero]))
+    return scale, zero
 
 
 def leave_one_out_gain(x: torch.Tensor, d: torch.Tensor, bits: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .config import CompressedLinear, WandaConfig, check_finite, weight_shape_of
+from .config import CompressedLinear, WandaConfig, check_finite, check_finite_statistic, weight_shape_of
 from .magnitude import apply_mask, lowest_mask, nm_mask
 
 
@@ -20,11 +20,12 @@ class Wanda:
 
     def add_batch(self, inp: torch.Tensor) -> None:
         x = inp.detach().reshape(-1, self.columns).float()
-        check_finite("calibration input", x)
+        sq_sum = x.square().sum(dim=0)
+        check_finite_statistic("calibration input", sq_sum, x)
         if self.sq_norm is None:
             self.sq_norm = torch.zeros(self.columns, dtype=torch.float32, device=x.device)
         total = self.ntokens + x.shape[0]
-        self.sq_norm.mul_(self.ntokens / total).add_(x.pow(2).sum(dim=0) / total)
+        self.sq_norm.mul_(self.ntokens / total).add_(sq_sum / total)
         self.ntokens = total
 
     def compress(self, weight: torch.Tensor) -> CompressedLinear:
