@@ -1,5 +1,5 @@
 """calib-assets: run a study end to end, print its findings, trace a result back to its calibration data,
-or export the exact calibration data of a set."""
+export the exact calibration data of a set, or export a compressed model as a plain Hugging Face folder."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("calib", metavar="CALIB", help="calibration partition, e.g. bbc-tech.s0")
     export.add_argument("--out", required=True, type=Path, help="directory to write (new or empty)")
     export.add_argument("--force", action="store_true", help="replace the exported files in a non-empty --out")
+    model = commands.add_parser(
+        "export-model", help="write a compressed model as a plain Hugging Face folder (usable without this project)")
+    model.add_argument("target", metavar="TARGET",
+                       help="VARIANT|CALIB (e.g. 'smollm2-135m.gptq-w3g64|bbc-tech.s0') or a calibration-free "
+                            "baseline (e.g. smollm2-135m.rtn-w3g64)")
+    model.add_argument("--out", required=True, type=Path, help="directory to create")
+    model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the base model's")
+    model.add_argument("--force", action="store_true", help="replace an existing --out")
     return parser
 
 
@@ -51,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.root:
         os.environ[ROOT_ENV] = args.root
     warnings.filterwarnings("ignore", module="dagster")
-    commands = {"run": _run, "findings": _findings, "lineage": _lineage, "export-calibration": _export}
+    commands = {"run": _run, "findings": _findings, "lineage": _lineage, "export-calibration": _export,
+                "export-model": _export_model}
     from calib_assets.lineage import LineageError
 
     try:
         return commands[args.command](study, args)
-    except (LineageError, StudyError) as error:
+    except (LineageError, StudyError, ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -113,6 +122,24 @@ def _export(study, args) -> int:
     shape = manifest["calibration_set"]["shape"]
     print(f"wrote {', '.join(EXPORT_FILES)} to {args.out}: {shape[0]} windows x {shape[1]} tokens of "
           f"calibration_set [{args.model}|{args.calib}] (fingerprint {manifest['calibration_set']['fingerprint']})")
+    return 0
+
+
+def _export_model(study, args) -> int:
+    from calib_assets.artifacts import artifact_root
+    from calib_assets.lineage import parse_target
+    from calib_assets.steps import export_variant_model
+
+    target = parse_target(study, args.target)
+    if target.kind not in ("evaluation", "baseline"):
+        print(f"error: {args.target!r} is a {target.kind} partition, not a model: give VARIANT|CALIB or a "
+              f"calibration-free baseline", file=sys.stderr)
+        return 2
+    variant = target.keys.get("variant") or target.keys["baseline"]
+    manifest = export_variant_model(study, variant, target.keys.get("calib"), artifact_root(), args.out,
+                                    dtype=args.dtype, overwrite=args.force)
+    print(f"wrote a Hugging Face folder to {args.out} ({manifest.get('dtype', 'base dtype')}): load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(args.out)!r})")
     return 0
 
 

@@ -25,7 +25,7 @@ CODE_VERSIONS = {
     "calibration_pool": "1",
     "calibration_set": "1",
     "calibration_descriptors": "1",
-    "compressed_model": "1",
+    "compressed_model": "2",  # 2: SpQR stores quantized statistics; transposed OBS column loop
     "offline_tasks": "1",
     "evaluation": "2",
     "eval_results": "1",
@@ -471,6 +471,21 @@ def load_variant_model(study: Study, variant: str, calib: str | None, root: Path
     if method is not None:
         apply_checkpoint(model, checkpoint_dir(root, variant, calib))
     return model, tokenizer, manifest
+
+
+def export_variant_model(study: Study, variant: str, calib: str | None, root: Path, out: Path, *,
+                         dtype: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """A plain Hugging Face folder of a compressed variant (weights as the method produced them)."""
+    from calib_assets.compression import export_hf_folder
+    from calib_assets.models import trust_remote_code
+
+    model_spec, method = study.parse_variant(variant)
+    if method is None:
+        raise ValueError(f"{variant!r} is the dense model: its folder is {base_model_manifest(root, model_spec.name)['folder']!r}")
+    variant_manifest(study, variant, calib, root)  # materialized, and from this study's base model
+    return export_hf_folder(checkpoint_dir(root, variant, calib), Path(base_model_manifest(root, model_spec.name)["folder"]),
+                            out, dtype=dtype, overwrite=overwrite,
+                            trust_remote_code=trust_remote_code(model_spec))
 
 
 # -- evaluation ----------------------------------------------------------------------------------

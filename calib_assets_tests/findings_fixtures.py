@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from calib_assets.steps import DESCRIPTOR_COLUMNS
+
 MODEL = "m1"
 GRID_SOURCES = {"src-a": 8, "src-b": 3, "src-c": 1}  # calibration sets per source
 TASK_METRICS = {"t1": ["acc", "acc_norm"], "t2": ["acc", "acc_norm"], "t3": ["acc"]}
@@ -101,6 +103,9 @@ def built_warehouse(study: str) -> tuple[Path, pd.DataFrame, subprocess.Complete
     with duckdb.connect(str(path)) as connection:
         connection.register("incoming", results)
         connection.execute("CREATE TABLE eval_results AS SELECT * FROM incoming")
+        # the descriptors mart's source, empty: these synthetic studies have no calibration sets on disk
+        schema = ", ".join(f"{name} {kind}" for name, kind in DESCRIPTOR_COLUMNS.items())
+        connection.execute(f"CREATE TABLE calibration_descriptors ({schema})")
     return path, results, dbt_build(path, work_dir)
 
 

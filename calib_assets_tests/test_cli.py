@@ -141,3 +141,29 @@ def test_the_console_command_prints_no_traceback(tmp_path):
                                env=env, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert completed.stderr.startswith("error: 'nope' is not a partition of study 'ci'")
+
+
+def test_export_model_writes_a_folder_with_the_compressed_weights(materialized, cli, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    study, _, root, _, _ = materialized
+    variant, calib = study.variant_keys[0], study.calib_keys[0]
+    code, out, _ = cli("export-model", f"{variant}|{calib}", "--out", str(tmp_path / "hf"))
+    assert code == 0 and "from_pretrained" in out
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    expected, _, _ = steps.load_variant_model(study, variant, calib, root)
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(exported.state_dict()[name].float(), tensor.float()), name
+    code, _, err = cli("export-model", f"{variant}|{calib}", "--out", str(tmp_path / "hf"))
+    assert code == 2 and "exists" in err
+
+
+@pytest.mark.parametrize("target, message", [
+    ("tiny-llama.dense", "is the dense model"),
+    ("tiny-llama|abc-news.s0", "calibration_set partition, not a model"),
+    ("tiny-llama.gptq-w3g32", "has one checkpoint per calibration set"),
+])
+def test_export_model_refuses_what_is_not_a_compressed_model(cli, tmp_path, target, message):
+    code, out, err = cli("export-model", target, "--out", str(tmp_path / "hf"))
+    assert code == 2 and message in err and out == "" and not (tmp_path / "hf").exists()
