@@ -27,34 +27,38 @@ def row_perplexities(model, rows: Sequence[Sequence[int]], *, lengths: Sequence[
     """exp(mean next-token NLL) of each row over its first `lengths[i]` tokens (all tokens by default)."""
     import torch
 
-    model = _prepared(model, device, dtype)
-    values = []
-    with torch.inference_mode():
-        for ids, mask in _batches(rows, lengths, batch_size):
-            ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            predicted = mask[:, 1:].float()
-            mean = (nll * predicted).sum(1) / predicted.sum(1).clamp(min=1)
-            values.append(torch.exp(mean).cpu().numpy())
+    def perplexity(model, ids, mask):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        predicted = mask[:, 1:].float()
+        return torch.exp((nll * predicted).sum(1) / predicted.sum(1).clamp(min=1))
+
+    values = _per_batch(model, rows, lengths, batch_size, device, dtype, perplexity)
     return np.concatenate(values).astype(np.float64) if values else np.zeros(0)
 
 
 def row_embeddings(model, rows: Sequence[Sequence[int]], *, layer: int = -1, lengths: Sequence[int] | None = None,
                    batch_size: int = 8, device: str = "cpu", dtype=None) -> np.ndarray:
     """Mean over each row's real tokens of one layer's hidden states: [rows, hidden] float64."""
+
+    def mean_state(model, ids, mask):
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                       use_cache=False).hidden_states[layer].float()
+        weights = mask.unsqueeze(-1).float()
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    values = _per_batch(model, rows, lengths, batch_size, device, dtype, mean_state)
+    return np.concatenate(values).astype(np.float64) if values else np.zeros((0, 0))
+
+
+def _per_batch(model, rows, lengths, batch_size: int, device: str, dtype, measure) -> list[np.ndarray]:
+    """measure(model, ids, mask) of every batch of rows, as numpy arrays."""
     import torch
 
     model = _prepared(model, device, dtype)
-    values = []
     with torch.inference_mode():
-        for ids, mask in _batches(rows, lengths, batch_size):
-            ids, mask = ids.to(device), mask.to(device)
-            states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                           use_cache=False).hidden_states[layer].float()
-            weights = mask.unsqueeze(-1).float()
-            values.append(((states * weights).sum(1) / weights.sum(1).clamp(min=1)).cpu().numpy())
-    return np.concatenate(values).astype(np.float64) if values else np.zeros((0, 0))
+        return [measure(model, ids.to(device), mask.to(device)).cpu().numpy()
+                for ids, mask in _batches(rows, lengths, batch_size)]
 
 
 def _prepared(model, device: str, dtype):
