@@ -11,6 +11,7 @@ import dagster as dg
 from calib_assets.study import Study
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # partitioned asset checks
 
 
 @dataclass(frozen=True)
