@@ -519,7 +519,7 @@ def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
         reused = _reusable(directory, inputs_hash)
         if reused is None:
             built_any = True
-            built = builders[task.kind](corpus, n_examples=task.n_examples, seed=task.seed)
+            built = builders[task.kind](corpus, n_examples=task.n_examples, seed=task.seed, **task.builder_options())
             built.manifest.update(inputs=inputs, inputs_hash=inputs_hash)
             write_lm_eval_task(built, directory, task.name)
             reused = read_task_manifest(directory)

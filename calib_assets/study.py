@@ -120,13 +120,40 @@ class CalibrationSpec(_Strict):
 class OfflineTaskEntry(_Strict):
     """A task built from the held-out text of the study's evaluation datasets (never calibration data)."""
 
-    kind: Literal["cloze", "next_sentence"]
+    kind: str
     n_examples: int = Field(100, gt=0)
     seed: int = 0
 
     @property
     def name(self) -> str:
         return f"calib_{self.kind}"
+
+    def builder_options(self) -> dict[str, Any]:
+        """The kind's own construction parameters, passed to its builder."""
+        return self.model_dump(exclude={"kind", "n_examples", "seed"})
+
+
+class ClozeTaskEntry(OfflineTaskEntry):
+    """LAMBADA-style: predict the last word of a held-out passage."""
+
+    kind: Literal["cloze"]
+    min_context_words: int = Field(40, gt=0)
+    max_context_words: int = Field(200, gt=0, description="passages are cut to their last N words")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ClozeTaskEntry":
+        if self.max_context_words < self.min_context_words:
+            raise ValueError(f"max_context_words={self.max_context_words} must be >= min_context_words="
+                             f"{self.min_context_words}")
+        return self
+
+
+class NextSentenceTaskEntry(OfflineTaskEntry):
+    """HellaSwag-style: pick a passage's next sentence among distractors from other documents."""
+
+    kind: Literal["next_sentence"]
+    n_choices: int = Field(4, ge=2)
+    context_sentences: int = Field(3, ge=1)
 
 
 class LmEvalTaskEntry(_Strict):
@@ -145,7 +172,8 @@ class EvaluationSpec(_Strict):
     seq_len: int = Field(512, gt=1)
     max_tokens: int = Field(16384, gt=1, description="held-out tokens scored per dataset")
     batch_size: int = Field(8, gt=0)
-    tasks: list[Annotated[Union[OfflineTaskEntry, LmEvalTaskEntry], Field(discriminator="kind")]] = []
+    tasks: list[Annotated[Union[ClozeTaskEntry, NextSentenceTaskEntry, LmEvalTaskEntry],
+                          Field(discriminator="kind")]] = []
     limit: int | None = Field(None, gt=0, description="at most this many examples per task (lm-eval limit)")
     kl_tokens: int = Field(0, ge=0, description="held-out tokens of the first dataset for KL vs the dense model")
 

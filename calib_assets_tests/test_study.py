@@ -120,3 +120,16 @@ def test_missing_local_task_files_fail_before_any_compression(tmp_path):
         steps.materialize_offline_tasks(study, tmp_path)
     steps.check_task_data_files(_study(evaluation={"tasks": [{"kind": "lm_eval", "name": "boolq",
                                                                 "data_files": str(present)}]}))
+
+
+def test_offline_tasks_take_their_own_construction_parameters():
+    study = _study(evaluation={"tasks": [{"kind": "cloze", "n_examples": 8, "max_context_words": 60},
+                                         {"kind": "next_sentence", "n_choices": 3, "context_sentences": 2}]})
+    cloze, next_sentence = study.offline_tasks
+    assert cloze.builder_options() == {"min_context_words": 40, "max_context_words": 60}
+    assert next_sentence.builder_options() == {"n_choices": 3, "context_sentences": 2}
+    for bad, message in [({"kind": "cloze", "n_choices": 3}, "n_choices"),
+                         ({"kind": "next_sentence", "n_choices": 1}, "n_choices"),
+                         ({"kind": "cloze", "min_context_words": 50, "max_context_words": 20}, "max_context_words=20")]:
+        with pytest.raises(ValueError, match=message):
+            _study(evaluation={"tasks": [bad]})
