@@ -93,10 +93,13 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> No
 
 def seed_spread_summary(results):
     """One row per (method, calibration source): mean, range and coefficient of variation across its
-    calibration sets of the perplexity (averaged over evaluation datasets) and of each task's accuracy."""
+    calibration sets of the held-out perplexity (averaged over evaluation datasets; a task's own perplexity,
+    such as the cloze's, is not text perplexity) and of each task's accuracy."""
     import pandas as pd
 
-    ppl = results[results["metric"] == "perplexity"].groupby(["method", "calibration_source", "calib"])["value"].mean()
+    tasks = set(results.loc[results["metric"].isin(["acc", "acc_norm"]), "eval_dataset"])
+    heldout = results[(results["metric"] == "perplexity") & ~results["eval_dataset"].isin(tasks)]
+    ppl = heldout.groupby(["method", "calibration_source", "calib"])["value"].mean()
     per_set = {"ppl": ppl}
     for task, rows in results[results["metric"] == "acc"].groupby("eval_dataset"):
         per_set[f"{task} acc"] = rows.set_index(["method", "calibration_source", "calib"])["value"] * 100

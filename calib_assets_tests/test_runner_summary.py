@@ -17,7 +17,9 @@ def _rows():
                  {"method": "gptq", "calibration_source": "web", "calib": calib, "eval_dataset": "cloze",
                   "metric": "acc", "value": acc},
                  {"method": "gptq", "calibration_source": "web", "calib": calib, "eval_dataset": "cloze",
-                  "metric": "acc_flip_share", "value": 0.1}]
+                  "metric": "acc_flip_share", "value": 0.1},
+                 {"method": "gptq", "calibration_source": "web", "calib": calib, "eval_dataset": "cloze",
+                  "metric": "perplexity", "value": 5000.0}]  # the task's own perplexity: not held-out text
     return pd.DataFrame(rows)
 
 
@@ -34,6 +36,6 @@ def test_seed_spread_puts_task_accuracy_spread_next_to_perplexity_spread():
 
 def test_seed_spread_without_tasks_or_results():
     rows = _rows()
-    only_ppl = seed_spread_summary(rows[rows["metric"] == "perplexity"])
+    only_ppl = seed_spread_summary(rows[(rows["metric"] == "perplexity") & (rows["eval_dataset"] != "cloze")])
     assert list(only_ppl.columns) == ["method", "source", "sets", "ppl", "ppl range", "ppl cv%"]
     assert seed_spread_summary(rows.iloc[0:0]).empty

@@ -30,6 +30,8 @@ retention as (
         on dense.model = p.model and dense.method = 'dense' and dense.eval_dataset = p.eval_dataset
         and dense.metric = 'perplexity'
     where p.metric = 'perplexity' and p.calib is not null
+        -- held-out text only: a task's own perplexity (e.g. the cloze's) is not a perplexity of text
+        and p.eval_dataset not in (select eval_dataset from results where metric in ('acc', 'acc_norm'))
     group by p.model, p.method, p.variant, p.calib
 ),
 
