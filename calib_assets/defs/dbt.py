@@ -23,13 +23,24 @@ dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_D
 def ensure_manifest(project: DbtProject = dbt_project) -> Path:
     """`dbt parse` when the manifest is missing or older than the project's files (prepare_if_dev only
     runs under `dagster dev`, and a stale manifest would not know the current models and tests)."""
+    import fcntl
+
     manifest = project.manifest_path
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    # processes loading the definitions at once (test workers, run workers) parse one at a time, and
+    # none reads a manifest that another is still writing
+    with open(manifest.parent / ".parse.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _stale(manifest):
+            subprocess.run([dbt_executable(), "parse", "--quiet", "--project-dir", str(DBT_PROJECT_DIR),
+                            "--profiles-dir", str(DBT_PROJECT_DIR)], check=True, cwd=DBT_PROJECT_DIR)
+    return manifest
+
+
+def _stale(manifest: Path) -> bool:
     sources = [path for pattern in ("*.yml", "models/**/*", "macros/**/*", "tests/**/*")
                for path in DBT_PROJECT_DIR.glob(pattern) if path.is_file()]
-    if not manifest.exists() or any(path.stat().st_mtime > manifest.stat().st_mtime for path in sources):
-        subprocess.run([dbt_executable(), "parse", "--quiet", "--project-dir", str(DBT_PROJECT_DIR),
-                        "--profiles-dir", str(DBT_PROJECT_DIR)], check=True, cwd=DBT_PROJECT_DIR)
-    return manifest
+    return not manifest.exists() or any(path.stat().st_mtime > manifest.stat().st_mtime for path in sources)
 
 
 def dbt_executable() -> str:
