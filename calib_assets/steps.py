@@ -195,6 +195,10 @@ def _load_base_tokenizer(study: Study, root: Path, model_name: str):
                                          trust_remote_code=trust_remote_code(study.model(model_name)))
 
 
+def _corpus_fingerprints(root: Path, names: list[str]) -> dict[str, str]:
+    return {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"] for name in names}
+
+
 def load_corpus_split(root: Path, source_name: str, split: str | None) -> pd.DataFrame:
     """One split of a source's corpus (None: all of it)."""
     from calib_assets.sources import load_corpus
@@ -207,11 +211,8 @@ def load_corpus_split(root: Path, source_name: str, split: str | None) -> pd.Dat
 def materialize_calibration_pool(study: Study, model_name: str, source_name: str, root: Path) -> dict[str, Any]:
     """The source's calibration documents tokenized by the model's tokenizer; fails early (before any
     calibration set or compression) when the source cannot give the study's disjoint sets."""
-    from transformers import AutoTokenizer
-
     from calib_assets.calibration import check_capacity, save_token_pool, tokenize_documents
     from calib_assets.calibration.strategies import eligible_count
-    from calib_assets.models import trust_remote_code
 
     model_manifest = base_model_manifest(root, model_name)
     corpus_manifest = _read_manifest(corpus_dir(root, source_name), "text_corpus", source_name)
@@ -220,8 +221,7 @@ def materialize_calibration_pool(study: Study, model_name: str, source_name: str
     inputs, inputs_hash = _inputs("calibration_pool", model_fingerprint=model_manifest["fingerprint"],
                                   corpus_fingerprint=corpus_manifest["fingerprint"])
     if not (reused := _reusable(directory, inputs_hash)):
-        tokenizer = AutoTokenizer.from_pretrained(model_manifest["folder"],
-                                                  trust_remote_code=trust_remote_code(study.model(model_name)))
+        tokenizer = _load_base_tokenizer(study, root, model_name)
         corpus = load_corpus_split(root, source_name, "calibration")
         documents = tokenize_documents(dict(zip(corpus["doc_id"], corpus["text"])), tokenizer)
         reused = save_token_pool(documents, directory, model=model_name, source=source_name, inputs=inputs,
@@ -239,13 +239,9 @@ def materialize_calibration_pool(study: Study, model_name: str, source_name: str
 
 def materialize_calibration_set(study: Study, model_name: str, calib: str, root: Path) -> dict[str, Any]:
     """Draw the set (reference sampler, or the source's sampling/selection strategy), then its descriptors."""
-    from transformers import AutoTokenizer
-
     from calib_assets.calibration import build_calibration_set, load_token_pool, save_calibration_set
-    from calib_assets.models import trust_remote_code
 
     source_name, seed = study.parse_calib(calib)
-    model_manifest = base_model_manifest(root, model_name)
     pool_manifest = _read_manifest(pool_dir(root, model_name, source_name), "calibration_pool",
                                    f"{model_name}|{source_name}")
     spec, n_samples = study.calibration, study.calib_size(calib)
@@ -260,8 +256,7 @@ def materialize_calibration_set(study: Study, model_name: str, calib: str, root:
                                   n_samples=n_samples, seq_len=spec.seq_len, sampler_seed=spec.sampler_seed,
                                   **strategy)
     if not (manifest := _reusable(directory, inputs_hash)):
-        tokenizer = AutoTokenizer.from_pretrained(model_manifest["folder"],
-                                                  trust_remote_code=trust_remote_code(study.model(model_name)))
+        tokenizer = _load_base_tokenizer(study, root, model_name)
         documents = load_token_pool(pool_dir(root, model_name, source_name))
         if reference:
             calibration_set = build_calibration_set(
@@ -383,8 +378,7 @@ def materialize_descriptors(study: Study, model_name: str, calib: str, root: Pat
 
     directory = calibration_dir(root, model_name, calib)
     calibration_set = load_calibration_set(directory)
-    corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
-               for name in study.eval_datasets}
+    corpora = _corpus_fingerprints(root, study.eval_datasets)
     _, inputs_hash = _inputs("calibration_descriptors", set_fingerprint=calibration_set.fingerprint,
                              model_fingerprint=base_model_manifest(root, model_name)["fingerprint"], corpora=corpora,
                              compute=study.compute.model_dump(exclude={"batch_size"}))
@@ -480,12 +474,12 @@ def export_variant_model(study: Study, variant: str, calib: str | None, root: Pa
     from calib_assets.models import trust_remote_code
 
     model_spec, method = study.parse_variant(variant)
+    base_folder = base_model_manifest(root, model_spec.name)["folder"]
     if method is None:
-        raise ValueError(f"{variant!r} is the dense model: its folder is {base_model_manifest(root, model_spec.name)['folder']!r}")
+        raise ValueError(f"{variant!r} is the dense model: its folder is {base_folder!r}")
     variant_manifest(study, variant, calib, root)  # materialized, and from this study's base model
-    return export_hf_folder(checkpoint_dir(root, variant, calib), Path(base_model_manifest(root, model_spec.name)["folder"]),
-                            out, dtype=dtype, overwrite=overwrite,
-                            trust_remote_code=trust_remote_code(model_spec))
+    return export_hf_folder(checkpoint_dir(root, variant, calib), Path(base_folder), out, dtype=dtype,
+                            overwrite=overwrite, trust_remote_code=trust_remote_code(model_spec))
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -508,8 +502,7 @@ def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
     from calib_assets.sources import load_corpus
 
     check_task_data_files(study)
-    corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
-               for name in study.eval_datasets}
+    corpora = _corpus_fingerprints(root, study.eval_datasets)
     corpus = pd.concat([load_corpus(corpus_dir(root, name)) for name in study.eval_datasets], ignore_index=True)
     builders = {"cloze": build_cloze_task, "next_sentence": build_next_sentence_task}
     manifests, built_any = {}, False
@@ -553,8 +546,7 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
     dense model; writes results.parquet (long rows) and correct.parquet (per-example task outcomes)."""
     model_spec, method = study.parse_variant(variant)
     checkpoint = variant_manifest(study, variant, calib, root)
-    corpora = {name: _read_manifest(corpus_dir(root, name), "text_corpus", name)["fingerprint"]
-               for name in study.eval_datasets + study.extra_dataset_names}
+    corpora = _corpus_fingerprints(root, study.eval_datasets + study.extra_dataset_names)
     tasks = {task.name: read_json(tasks_dir(root, task.name) / MANIFEST)["examples_fingerprint"]
              for task in study.offline_tasks}
     directory = evaluation_dir(root, variant, calib)
@@ -723,7 +715,10 @@ def collect_descriptors(study: Study, root: Path) -> pd.DataFrame:
 
 def write_descriptor_table(study: Study, root: Path, connection) -> int:
     """Replace the DuckDB table calibration_descriptors (an open duckdb connection); return its row count."""
-    table = collect_descriptors(study, root)
+    return _write_descriptors(collect_descriptors(study, root), connection)
+
+
+def _write_descriptors(table: pd.DataFrame, connection) -> int:
     schema = ", ".join(f"{name} {kind}" for name, kind in DESCRIPTOR_COLUMNS.items())
     connection.execute(f"CREATE OR REPLACE TABLE calibration_descriptors ({schema})")
     if len(table):
@@ -752,7 +747,8 @@ def materialize_descriptor_table(study: Study, root: Path) -> dict[str, Any]:
 
     path = warehouse_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
+    table = collect_descriptors(study, root)
     with duckdb.connect(str(path)) as connection:
-        rows = write_descriptor_table(study, root, connection)
-    table = collect_descriptors(study, root).sort_values(["model", "calib"])
-    return {"fingerprint": sha256_bytes([table.to_json(orient="records").encode()]), "rows": rows}
+        rows = _write_descriptors(table, connection)
+    ordered = table.sort_values(["model", "calib"])
+    return {"fingerprint": sha256_bytes([ordered.to_json(orient="records").encode()]), "rows": rows}

@@ -180,7 +180,7 @@ class EvaluationSpec(_Strict):
     @field_validator("extra_datasets")
     @classmethod
     def _parse_extra(cls, sources: list[Any]) -> list[Any]:
-        return _unique([parse_source_spec(source) for source in sources], "evaluation dataset", lambda s: s.label)
+        return _parse_sources(sources, "evaluation dataset")
 
     @field_validator("tasks")
     @classmethod
@@ -212,7 +212,7 @@ class Study(_Strict):
     @field_validator("sources")
     @classmethod
     def _parse_sources(cls, sources: list[Any]) -> list[Any]:
-        return _unique([parse_source_spec(source) for source in sources], "source", lambda s: s.label)
+        return _parse_sources(sources, "source")
 
     @field_validator("methods")
     @classmethod
@@ -420,6 +420,11 @@ def _unique(items: list, what: str, key) -> list:
             raise ValueError(f"duplicate {what} {name!r}: each {what} may appear once")
         seen.add(name)
     return items
+
+
+def _parse_sources(sources: list[Any], what: str) -> list[Any]:
+    """Source specs (a name or a mapping each) with distinct labels."""
+    return _unique([parse_source_spec(source) for source in sources], what, lambda s: s.label)
 
 
 def _lookup(table: dict, name: str, what: str):

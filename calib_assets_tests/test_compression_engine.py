@@ -14,7 +14,6 @@ from calib_assets.compression import (
     WandaConfig,
     apply_checkpoint,
     compress_model,
-    forward_dtype_for,
     layerwise_hidden_states,
     load_checkpoint,
     save_checkpoint,
@@ -97,8 +96,17 @@ def test_bf16_pass_leaves_weights_untouched(make_model, base_state, calib_ids):
         _assert_bit_equal(tensor, base_state[1][name])
 
 
-def test_forward_dtype_for_cpu():
-    assert forward_dtype_for("cpu") == torch.bfloat16
+@pytest.mark.parametrize("cuda_bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_forward_dtype_is_one_rule(monkeypatch, cuda_bf16, expected):
+    """The one place that picks the forward dtype: bf16 on CPU and on CUDA with bf16, else fp16."""
+    from calib_assets.compute import resolve_forward_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    assert resolve_forward_dtype("auto", "cpu") == torch.bfloat16
+    assert resolve_forward_dtype("auto", "cuda") == expected
+    assert resolve_forward_dtype("float32", "cuda") == torch.float32
+    with pytest.raises(ValueError, match="'float8'.*allowed"):
+        resolve_forward_dtype("float8", "cpu")
 
 
 CONFIGS = [

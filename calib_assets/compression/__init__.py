@@ -22,7 +22,6 @@ from .engine import (
     COMPRESSORS,
     compress_model,
     compressible_linears,
-    forward_dtype_for,
     layerwise_hidden_states,
     make_compressor,
 )
@@ -60,7 +59,6 @@ __all__ = [
     "compress_model",
     "compressible_linears",
     "export_hf_folder",
-    "forward_dtype_for",
     "layerwise_hidden_states",
     "load_checkpoint",
     "make_compressor",

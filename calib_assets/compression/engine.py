@@ -42,16 +42,6 @@ def make_compressor(config: MethodConfig, layer: Any):
     return COMPRESSORS[config.method](config, layer)
 
 
-def forward_dtype_for(device: str | torch.device) -> torch.dtype:
-    """bf16 where the hardware runs it (CPU, or CUDA with bf16 support), else fp32."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def compressible_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Full name -> nn.Linear for every linear inside the decoder layers (not lm_head, not embeddings)."""
     decoder = _decoder(model)
@@ -162,7 +152,7 @@ def _compress_layer(
             compressors = {group[0]: _stacked_compressor(config, [linears[n] for n in group]) for group in stage}
             if inputs is not None:
                 hooked = {name: linears[name] for name in compressors}
-                _collect_statistics(layer, hooked, compressors, inputs, prefix, stop_early=staged)
+                _collect_statistics(layer, hooked, compressors, inputs, prefix)
             for group in stage:
                 results.update(_compress_group(compressors.pop(group[0]), group, master, prefix))
             _load(layer, master, device, forward_dtype)  # the next stage (or rerun) sees this one compressed
@@ -241,25 +231,31 @@ def _first_sample(kwargs: dict[str, Any], batch: int) -> dict[str, Any]:
     return {key: cut(value) for key, value in kwargs.items()}
 
 
-def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix: str,
-                        stop_early: bool = False) -> None:
-    """Feed each hooked linear's inputs to its compressor; `stop_early` (one hooked linear) cuts each
-    batch's forward right after that linear has run."""
+def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix: str) -> None:
+    """Feed each hooked linear's inputs to its compressor.
+
+    Each batch's forward stops as soon as every hooked linear has received its input: what runs after
+    (the last linear's own matmul, the residual add) feeds no statistic. In a Llama layer this skips
+    down_proj, about a fifth of the layer's work, in every statistics pass.
+    """
+    pending: set[str] = set()
 
     def hook(name):
-        def feed(module, args, output):
+        def feed(module, args):
             try:
                 compressors[name].add_batch(args[0].detach().float())
             except (ValueError, RuntimeError, FloatingPointError) as error:
                 raise type(error)(f"{prefix}.{name}: {error}") from error
-            if stop_early:
+            pending.discard(name)
+            if not pending:
                 raise _StopForward
 
         return feed
 
-    handles = [linears[name].register_forward_hook(hook(name)) for name in linears]
+    handles = [linears[name].register_forward_pre_hook(hook(name)) for name in linears]
     try:
         for hidden, kwargs in inputs:
+            pending.update(linears)
             try:
                 layer(hidden, **kwargs)
             except _StopForward:
@@ -280,7 +276,7 @@ def _run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
 
 
 class _StopForward(Exception):
-    """Raised by the layer-0 pre-hook once its inputs are captured."""
+    """Cuts a forward short once the hooks have what they need."""
 
 
 FRONT_MODULES = ("embed_tokens", "embed_positions", "project_in", "rotary_emb")  # run before layer 0

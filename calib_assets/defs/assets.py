@@ -145,9 +145,11 @@ def build_assets(parts: StudyPartitions) -> list:
                     "deterministically from the held-out text of the evaluation datasets.",
     )
     def offline_tasks(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        from calib_assets.evaluation import TaskLeakError
+
         try:
             manifest, problems = steps.materialize_offline_tasks(study, store.path), []
-        except ValueError as error:  # check_heldout_only names the leaked documents
+        except TaskLeakError as error:  # names the leaked documents; any other error fails the step itself
             manifest, problems = {"fingerprint": "leak"}, [str(error)]
         return _result(manifest, {"tasks_leak_free": problems},
                        tasks=dg.MetadataValue.json(manifest.get("tasks", {})))

@@ -345,13 +345,17 @@ def read_task_manifest(directory: Path | str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+class TaskLeakError(ValueError):
+    """A task uses documents that are not held-out evaluation text."""
+
+
 def check_heldout_only(manifest: dict[str, Any], corpus: pd.DataFrame) -> None:
-    """Raise unless every doc id of the task manifest is a held-out document of `corpus`."""
+    """Raise TaskLeakError unless every doc id of the task manifest is a held-out document of `corpus`."""
     split = dict(zip(corpus["doc_id"], corpus["split"]))
     unknown = [doc_id for doc_id in manifest["doc_ids"] if doc_id not in split]
     leaked = [doc_id for doc_id in manifest["doc_ids"] if split.get(doc_id, HELDOUT) != HELDOUT]
     if unknown or leaked:
-        raise ValueError(
+        raise TaskLeakError(
             f"task {manifest.get('task', manifest.get('kind'))!r} uses {len(leaked)} non-held-out documents "
             f"{leaked[:5]} and {len(unknown)} documents absent from the corpus {unknown[:5]}"
         )
