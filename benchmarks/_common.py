@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +38,39 @@ def fixed_inputs(source: str, n_samples: int, seq_len: int, eval_tokens: int, ou
 
 
 def peak_rss_mb() -> float:
+    """The process's lifetime peak RSS (model loading and evaluation included)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@contextlib.contextmanager
+def sampled_peak_rss(interval_s: float = 0.005):
+    """The peak RSS (MB) while the block runs, sampled every `interval_s` by a thread: the lifetime peak
+    (ru_maxrss) would also count the model's loading. Yields a dict whose "peak_mb"/"start_mb" are set on exit."""
+    record = {"start_mb": rss_mb(), "peak_mb": rss_mb()}
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(interval_s):
+            record["peak_mb"] = max(record["peak_mb"], rss_mb())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield record
+    finally:
+        done.set()
+        thread.join()
+        record["peak_mb"] = max(record["peak_mb"], rss_mb())
+
+
+def model_megabytes(model, bytes_per_param: int = 2) -> float:
+    """The model's parameters at `bytes_per_param` (2: its bf16 size)."""
+    return sum(p.numel() for p in model.parameters()) * bytes_per_param / 2**20
 
 
 def emit(record: dict) -> None:

@@ -37,25 +37,31 @@ def run_one(args) -> None:
     import numpy as np
     import torch
 
-    from _common import embedded_model_folder, emit, peak_rss_mb
+    from _common import embedded_model_folder, emit, model_megabytes, peak_rss_mb, rss_mb, sampled_peak_rss
     from calib_assets.compression import compress_model, make_method_config
+    from calib_assets.compute import resolve_forward_dtype
     from calib_assets.evaluation import perplexity
     from calib_assets.models import load_model
 
+    runtime_mb = rss_mb()  # interpreter, torch and transformers, before any model
     model, _ = load_model(embedded_model_folder())
     ids = torch.from_numpy(np.load(args.calibration))
     stream = np.load(args.heldout).tolist()
-    if args.child == "dense":
-        seconds = 0.0
-    else:
+    forward_dtype = resolve_forward_dtype(args.dtype, "cpu")
+    seconds, memory = 0.0, {"peak_mb": rss_mb()}
+    if args.child != "dense":
         method, params = METHODS[args.child]
         config = make_method_config(method, params)
-        started = time.perf_counter()
-        compress_model(model, ids, config, forward_dtype=getattr(torch, args.dtype), batch_size=8)
-        seconds = time.perf_counter() - started
+        with sampled_peak_rss() as memory:
+            started = time.perf_counter()
+            compress_model(model, ids, config, forward_dtype=forward_dtype, batch_size=8)
+            seconds = time.perf_counter() - started
+    hidden = model.config.hidden_size
+    activations_mb = ids.numel() * hidden * torch.finfo(forward_dtype).bits / 8 / 2**20
     ppl = perplexity(model.to(getattr(torch, args.eval_dtype)), stream, seq_len=args.seq_len, batch_size=8)
     emit({"tool": "calib_assets", "method": args.child, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
-          "perplexity": ppl.perplexity})
+          "compress_peak_mb": memory["peak_mb"], "runtime_mb": runtime_mb,
+          "budget_mb": 2 * model_megabytes(model) + activations_mb, "perplexity": ppl.perplexity})
 
 
 def _spawn(python: Path, script: Path, argv: list[str]) -> dict | None:
@@ -74,8 +80,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=16384)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                        help="forward dtype during compression (math is fp32 regardless)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="forward dtype during compression (math is fp32 regardless); auto: bf16 where the "
+                             "CPU runs it natively, else fp32, as the pipeline chooses")
     parser.add_argument("--eval-dtype", default="float32", choices=["bfloat16", "float32"])
     parser.add_argument("--no-llmcompressor", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -106,19 +113,35 @@ def main() -> None:
             _print_row(method, ours, theirs)
     print(f"\nembedded SmolLM2-135M; calibration: {args.samples} x {args.seq_len} tokens of {args.source} (set 0); "
           f"perplexity on {args.eval_tokens} held-out {args.source} tokens in {args.eval_dtype}; "
-          f"forward dtype during compression: {args.dtype}" + ("" if use_llmc else "; llm-compressor not installed"))
+          f"forward dtype during compression: {_resolved(args.dtype)}" + ("" if use_llmc else "; llm-compressor not run"))
+
+
+def _resolved(dtype: str) -> str:
+    from calib_assets.compute import resolve_forward_dtype
+
+    return str(resolve_forward_dtype(dtype, "cpu")).removeprefix("torch.")
 
 
 def _print_row(method: str, ours: dict | None, theirs: dict | None) -> None:
+    """Seconds and peak RSS of the compression alone (sampled while it runs), perplexity afterwards;
+    "net MB" is that peak less the runtime's RSS before the model was loaded, against the budget
+    (twice the bf16 model plus the calibration activations in the forward dtype)."""
     if method == "dense":
-        print(f"{'method':<10} {'seconds':>8} {'peak MB':>8} {'ppl':>9} | {'llmc s':>8} {'llmc MB':>8} "
-              f"{'llmc ppl':>9} {'time ratio':>10}")
+        print(f"{'method':<10} {'seconds':>8} {'peak MB':>8} {'net MB':>7} {'budget':>7} {'ppl':>9} | "
+              f"{'llmc s':>8} {'llmc MB':>8} {'llmc net':>8} {'llmc ppl':>9} {'time ratio':>10}")
+
     def cell(record, key, fmt):
-        return format(record[key], fmt) if record else "-"
+        return format(record[key], fmt) if record and record.get(key) is not None else "-"
+
+    def net(record):
+        return {"net": record["compress_peak_mb"] - record["runtime_mb"]} if record else None
+
     ratio = f"{ours['seconds'] / theirs['seconds']:.2f}" if ours and theirs and theirs["seconds"] else "-"
-    print(f"{method:<10} {cell(ours, 'seconds', '8.1f'):>8} {cell(ours, 'peak_rss_mb', '8.0f'):>8} "
+    print(f"{method:<10} {cell(ours, 'seconds', '8.1f'):>8} {cell(ours, 'compress_peak_mb', '8.0f'):>8} "
+          f"{cell(net(ours), 'net', '7.0f'):>7} {cell(ours, 'budget_mb', '7.0f'):>7} "
           f"{cell(ours, 'perplexity', '9.2f'):>9} | {cell(theirs, 'seconds', '8.1f'):>8} "
-          f"{cell(theirs, 'peak_rss_mb', '8.0f'):>8} {cell(theirs, 'perplexity', '9.2f'):>9} {ratio:>10}", flush=True)
+          f"{cell(theirs, 'compress_peak_mb', '8.0f'):>8} {cell(net(theirs), 'net', '8.0f'):>8} "
+          f"{cell(theirs, 'perplexity', '9.2f'):>9} {ratio:>10}", flush=True)
 
 
 if __name__ == "__main__":

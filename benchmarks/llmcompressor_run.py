@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--calibration", required=True, help=".npy of token ids [n, seq_len]")
     parser.add_argument("--heldout", required=True, help=".npy of the held-out token stream")
     parser.add_argument("--seq-len", type=int, default=512, help="perplexity window")
-    parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"],
+    parser.add_argument("--dtype", default="float32", choices=["auto", "bfloat16", "float32"],
                         help="accepted for symmetry with compression.py; llm-compressor always calibrates "
                              "the float32 model (its forward runs in the model's dtype)")
     parser.add_argument("--eval-dtype", default="float32", choices=["bfloat16", "float32"])
@@ -149,10 +149,11 @@ def main() -> None:
     import torch
     from llmcompressor import oneshot
 
-    from _common import embedded_model_folder, emit, peak_rss_mb
+    from _common import embedded_model_folder, emit, peak_rss_mb, rss_mb, sampled_peak_rss
     from calib_assets.evaluation import perplexity
     from calib_assets.models import load_model
 
+    runtime_mb = rss_mb()
     folder = embedded_model_folder()
     ids = np.load(args.calibration)
     stream = np.load(args.heldout).tolist()
@@ -161,11 +162,12 @@ def main() -> None:
     recipe = build_recipe(args.method)
     cpu_workaround()
 
-    started = time.perf_counter()
-    oneshot(model=model, processor=tokenizer, recipe=recipe, dataset=dataset, pipeline="sequential",
-            num_calibration_samples=len(dataset), shuffle_calibration_samples=False,
-            max_seq_length=ids.shape[1], batch_size=args.batch_size)
-    seconds = time.perf_counter() - started
+    with sampled_peak_rss() as memory:
+        started = time.perf_counter()
+        oneshot(model=model, processor=tokenizer, recipe=recipe, dataset=dataset, pipeline="sequential",
+                num_calibration_samples=len(dataset), shuffle_calibration_samples=False,
+                max_seq_length=ids.shape[1], batch_size=args.batch_size)
+        seconds = time.perf_counter() - started
 
     if args.save_masks:
         if args.method not in ("sparsegpt", "wanda"):
@@ -180,6 +182,7 @@ def main() -> None:
     del model
     ppl = perplexity(fresh.to(getattr(torch, args.eval_dtype)), stream, seq_len=args.seq_len, batch_size=8)
     emit({"tool": "llmcompressor", "method": args.method, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+          "compress_peak_mb": memory["peak_mb"], "runtime_mb": runtime_mb,
           "perplexity": ppl.perplexity})
 
 

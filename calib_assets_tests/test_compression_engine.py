@@ -96,17 +96,35 @@ def test_bf16_pass_leaves_weights_untouched(make_model, base_state, calib_ids):
         _assert_bit_equal(tensor, base_state[1][name])
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("cuda_bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_auto_forward_dtype_is_one_rule(monkeypatch, cuda_bf16, expected):
-    """The one place that picks the forward dtype: bf16 on CPU and on CUDA with bf16, else fp16."""
-    from calib_assets.compute import resolve_forward_dtype
+def test_auto_forward_dtype_is_one_rule(monkeypatch, native, cuda_bf16, expected):
+    """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 on
+    older GPUs, fp32 on CPUs that would emulate bf16; an explicit choice is taken as given."""
+    from calib_assets import compute
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
-    assert resolve_forward_dtype("auto", "cpu") == torch.bfloat16
-    assert resolve_forward_dtype("auto", "cuda") == expected
-    assert resolve_forward_dtype("float32", "cuda") == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert compute.resolve_forward_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    assert compute.resolve_forward_dtype("auto", "cuda") == expected
+    assert compute.resolve_forward_dtype("float32", "cuda") == torch.float32
+    assert compute.resolve_forward_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="'float8'.*allowed"):
-        resolve_forward_dtype("float8", "cpu")
+        compute.resolve_forward_dtype("float8", "cpu")
+
+
+def test_cpu_bf16_probe_matches_the_cpu_flags():
+    """Independent truth on Linux: the kernel's CPU flags."""
+    from pathlib import Path
+
+    from calib_assets.compute import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split())
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 CONFIGS = [

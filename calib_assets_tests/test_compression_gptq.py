@@ -333,3 +333,37 @@ def test_act_order_through_the_engine(tiny_llama, tmp_path):
     apply_checkpoint(fresh, tmp_path / "ckpt")
     for key, tensor in fresh.state_dict().items():
         assert torch.equal(tensor.view(torch.int32), model.state_dict()[key].view(torch.int32)), key
+
+
+# --- Hessian accumulation and its inverse factor -------------------------------------------------------
+
+@pytest.mark.parametrize("column_major", [True, False])
+def test_running_hessian_equals_the_one_shot_gram(column_major):
+    """Batch by batch (syrk on a column-major accumulator, or the matmul fallback) = 2 X^T X / n in fp64."""
+    from calib_assets.compression.gptq import HessianCompressor
+
+    torch.manual_seed(0)
+    x = correlated_inputs(24, 300)
+    compressor = HessianCompressor(GPTQConfig(), (5, 24))
+    if not column_major:
+        compressor.H = torch.zeros(24, 24)  # a row-major accumulator takes the matmul path
+    for part in x.split([7, 100, 193]):
+        compressor.add_batch(part[None])
+    expected = 2 * x.double().T @ x.double() / x.shape[0]
+    assert compressor.nsamples == 300
+    assert torch.allclose(compressor.H.double(), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert torch.equal(compressor.H, compressor.H.T)
+
+
+def test_inverse_hessian_factor_is_the_upper_cholesky_of_the_inverse():
+    from calib_assets.compression.gptq import inverse_hessian_factor
+
+    torch.manual_seed(1)
+    x = correlated_inputs(32, 200).double()
+    H = (2 * x.T @ x / 200).float()
+    U, damping, retries = inverse_hessian_factor(H, 0.01)
+    assert retries == 0 and damping == pytest.approx(0.01 * float(torch.diag(H).mean()))
+    assert torch.equal(U, torch.triu(U)) and (torch.diag(U) > 0).all()
+    damped = H.double() + damping * torch.eye(32, dtype=torch.float64)
+    expected = torch.linalg.cholesky(torch.linalg.inv(damped), upper=True)
+    assert torch.allclose(U.double(), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))

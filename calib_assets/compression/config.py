@@ -438,13 +438,22 @@ def weight_shape_of(layer_or_shape: Any) -> tuple[int, int]:
 def check_finite_statistic(what: str, statistic: torch.Tensor, source: torch.Tensor) -> None:
     """`check_finite` of `source` paid only when `statistic` (computed from it, e.g. X^T X) is not finite:
     a NaN or Inf in the source always reaches the statistic, so the common case skips a pass over it."""
-    if not torch.isfinite(statistic).all():
+    if not all_finite(statistic):
         check_finite(what, source)
         raise FloatingPointError(f"{what} overflows float32 in its statistics")
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf in `tensor`: one min/max pass (NaN propagates to both, an Inf shows in one), about
+    10x faster than materializing torch.isfinite's mask."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
 def check_finite(what: str, tensor: torch.Tensor) -> None:
     """Raise a clear error when a tensor holds NaN or Inf (the engine adds the layer name)."""
-    if not torch.isfinite(tensor).all():
+    if not all_finite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise FloatingPointError(f"{what} contains {bad} non-finite values (NaN or Inf)")

@@ -18,60 +18,107 @@ from typing import Any
 
 import torch
 
-from .config import CompressedLinear, GPTQConfig, check_finite, check_finite_statistic, weight_shape_of
+from .config import (
+    CompressedLinear,
+    GPTQConfig,
+    all_finite,
+    check_finite,
+    check_finite_statistic,
+    weight_shape_of,
+)
 from .quantizer import fit_params, quantize_grouped, quantized_linear
 
 MAX_DAMPING_RETRIES = 12
 
 
 class HessianCompressor:
-    """Accumulates H = 2 X X^T / n from a linear's inputs; shared by GPTQ and SparseGPT."""
+    """Accumulates H = 2 X X^T / n from a linear's inputs; shared by GPTQ, SparseGPT and SpQR."""
 
     name = "GPTQ"
 
     def __init__(self, config: Any, layer: Any):
         self.config = config
         self.rows, self.columns = weight_shape_of(layer)
-        self.H: torch.Tensor | None = None
+        self._gram: torch.Tensor | None = None  # H, of which only the upper triangle is kept up to date
         self.nsamples = 0  # tokens seen; H is their running average
+
+    @property
+    def H(self) -> torch.Tensor | None:
+        """The Hessian so far (a symmetric copy of the accumulator), or None before any batch."""
+        return None if self._gram is None else symmetric_from_upper(self._gram)
+
+    @H.setter
+    def H(self, value: torch.Tensor | None) -> None:
+        self._gram = None if value is None else value.detach().float().clone()
 
     def add_batch(self, inp: torch.Tensor) -> None:
         x = inp.detach().reshape(-1, self.columns).float()
-        xtx = x.T @ x
-        check_finite_statistic("calibration input", xtx, x)
-        if self.H is None:
-            self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=x.device)
+        if self._gram is None:
+            # column-major, so that BLAS syrk updates it in place on the CPU
+            self._gram = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=x.device).T
         total = self.nsamples + x.shape[0]
-        self.H.mul_(self.nsamples / total).add_(xtx, alpha=2.0 / total)
+        add_gram(self._gram, x, alpha=2.0 / total, beta=self.nsamples / total)
+        try:
+            # a NaN or Inf anywhere in x, or an overflowing product, reaches the diagonal of x^T x
+            check_finite_statistic("calibration input", torch.diagonal(self._gram), x)
+        except FloatingPointError:
+            self._gram = None  # the statistics are lost: the step fails
+            raise
         self.nsamples = total
 
     def _weight_and_hessian(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """fp32 copies of W and H with dead inputs (diag 0) neutralised: H[d, d] = 1, W[:, d] = 0."""
-        if self.H is None:
+        if self._gram is None:
             raise RuntimeError(f"{self.name} needs calibration inputs: add_batch was never called")
         W = weight.detach().float().clone()
         check_finite("weight", W)
-        H = self.H.to(W.device).clone()
+        H = self.H.to(W.device)
         check_finite("Hessian", H)
         dead = torch.diag(H) == 0
         H[dead, dead] = 1
         W[:, dead] = 0
-        self.H = None  # free the statistics; a compressor is used once
+        self._gram = None  # free the statistics; a compressor is used once
         return W, H, dead
 
 
+def add_gram(gram: torch.Tensor, x: torch.Tensor, alpha: float, beta: float) -> None:
+    """gram <- beta * gram + alpha * x^T x, at least in the upper triangle.
+
+    On the CPU, with a column-major fp32 `gram`, BLAS syrk writes only that triangle: half the flops of
+    a matmul (for a 1536-input down_proj the Hessian costs more than the layer's own forward pass).
+    Elsewhere a full matmul.
+    """
+    if gram.device.type == "cpu" and gram.T.is_contiguous() and x.is_contiguous():
+        from scipy.linalg.blas import ssyrk
+
+        # x.numpy().T is x^T in column-major order: syrk(a) = a a^T = x^T x, no copy of x or gram
+        ssyrk(alpha, x.numpy().T, beta=beta, c=gram.numpy(), trans=0, lower=0, overwrite_c=1)
+    else:
+        gram.mul_(beta).addmm_(x.T, x, alpha=alpha)
+
+
+def symmetric_from_upper(matrix: torch.Tensor) -> torch.Tensor:
+    n = matrix.shape[0]
+    upper = torch.ones(n, n, dtype=torch.bool, device=matrix.device).triu_()
+    return torch.where(upper, matrix, matrix.T)
+
+
 def inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float, int]:
-    """Upper Cholesky factor of (H + damping I)^-1; damping grows x10 until both factorizations work."""
+    """Upper Cholesky factor U of (H + damping I)^-1; damping grows x10 until the factorization works.
+
+    With J the reversal permutation and J H J = L L^T, U = J L^-1 J: then U^T U = J L^-T L^-1 J = H^-1,
+    and U is upper triangular with a positive diagonal. One Cholesky and one triangular solve, without
+    forming H^-1 (about half the time of factorizing the explicit inverse, and closer to it in fp64).
+    """
     diag_mean = float(torch.diag(H).mean())
     damping = percdamp * diag_mean
     floor = 1e-6 * max(abs(diag_mean), 1e-12)  # a start when percdamp is 0 and H is singular
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     for retries in range(MAX_DAMPING_RETRIES + 1):
-        L, info = torch.linalg.cholesky_ex(H + damping * eye)
+        L, info = torch.linalg.cholesky_ex((H + damping * eye).flip(0, 1))
         if int(info) == 0:
-            # cholesky_solve(I, L) == cholesky_inverse(L), but MKL's potri is ~40x slower on CPU
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_solve(eye, L), upper=True)
-            if int(info) == 0 and torch.isfinite(U).all():
+            U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+            if all_finite(U):
                 return U, damping, retries
         damping = max(damping * 10, floor)
     raise FloatingPointError(
@@ -99,8 +146,12 @@ class ObsBlock:
 
     def feed_back(self, i: int, err: torch.Tensor) -> None:
         """Column i's error err = (w - q) / U[i, i] moves the block's columns i.. by -err U[i, i..]."""
-        self.W1t[i:].addr_(self.U1[i, i:], err, alpha=-1)
         self.Err1t[i] = err
+        self.propagate(i)
+
+    def propagate(self, i: int) -> None:
+        """`feed_back` of the error the caller has already written into Err1t[i]."""
+        self.W1t[i:].addr_(self.U1[i, i:], self.Err1t[i], alpha=-1)
 
     def current_group(self, W: torch.Tensor, U: torch.Tensor, i: int, end: int) -> torch.Tensor:
         """Columns [i1 + i, end) as updated by every column processed so far.
@@ -174,7 +225,7 @@ class GPTQ(HessianCompressor):
         scale = zero = None
 
         for block in obs_blocks(W, U, cfg.blocksize):
-            W1t, U1 = block.W1t, block.U1
+            diagonal = torch.diagonal(block.U1).tolist()
             for i in range(block.i2 - block.i1):
                 col = block.i1 + i
                 if static is not None:
@@ -183,9 +234,11 @@ class GPTQ(HessianCompressor):
                     current = block.current_group(W, U, i, col + group)
                     scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                     scales[:, col // group], zeros[:, col // group] = scale, zero
-                # the column loop is the hot path: quantize() and dequantize() inlined, same arithmetic
-                w = W1t[i]
-                c = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-                codes_t[col] = c
-                block.feed_back(i, (w - (c - zero) * scale) / U1[i, i])
+                # The hot path: quantize() and dequantize() inlined with the same arithmetic, in place into
+                # the code and error rows (no temporaries): c = clamp(round(w / s) + z), err = (w - (c - z) s) / U_ii
+                w, c, err = block.W1t[i], codes_t[col], block.Err1t[i]
+                torch.div(w, scale, out=c).round_().add_(zero).clamp_(0, maxq)
+                torch.sub(c, zero, out=err).mul_(scale)
+                torch.sub(w, err, out=err).div_(diagonal[i])
+                block.propagate(i)
         return codes_t.T.to(torch.uint8).contiguous(), scales, zeros

@@ -51,10 +51,12 @@ class SparseGPT(HessianCompressor):
         scales = torch.zeros(rows, cols // group, device=W.device) if quantized else None
         zeros = torch.zeros_like(scales) if quantized else None
         scale = zero = None
+        nothing = torch.zeros((), device=W.device)
 
         for block in obs_blocks(W, U, cfg.blocksize):
             i1, i2, U1 = block.i1, block.i2, block.U1
             W1 = block.W1t.T  # [rows, block] view: masks are chosen in this orientation
+            diagonal = torch.diagonal(U1).tolist()
             inv_d2 = 1 / torch.diag(U1) ** 2
             if cfg.sparsity is not None:
                 # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
@@ -68,9 +70,9 @@ class SparseGPT(HessianCompressor):
                 if cfg.sparsity is None and i % cfg.m == 0:
                     score = W1[:, i : i + cfg.m] ** 2 * inv_d2[i : i + cfg.m]
                     mask1[:, i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m)
-                w = block.W1t[i]
+                w, q, err = block.W1t[i], Q_t[col], block.Err1t[i]
                 keep = mask1[:, i]
-                q = torch.where(keep, w, torch.zeros((), device=w.device))
+                torch.where(keep, w, nothing, out=q)  # the pruned weights are 0
                 if quantized:
                     if col % group == 0:
                         current = block.current_group(W, U, i, col + group)
@@ -78,9 +80,9 @@ class SparseGPT(HessianCompressor):
                         scales[:, col // group], zeros[:, col // group] = scale, zero
                     c = torch.where(keep, torch.clamp(torch.round(q / scale) + zero, 0, maxq), zero)
                     codes_t[col] = c
-                    q = (c - zero) * scale
-                Q_t[col] = q
-                block.feed_back(i, (w - q) / U1[i, i])
+                    torch.sub(c, zero, out=q).mul_(scale)
+                torch.sub(w, q, out=err).div_(diagonal[i])  # in place into the error row
+                block.propagate(i)
             mask[:, i1:i2] = mask1
         codes = codes_t.T.to(torch.uint8).contiguous() if quantized else None
         return Q_t.T.contiguous(), mask, codes, scales, zeros
