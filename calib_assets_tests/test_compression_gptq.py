@@ -337,16 +337,14 @@ def test_act_order_through_the_engine(tiny_llama, tmp_path):
 
 # --- Hessian accumulation and its inverse factor -------------------------------------------------------
 
-@pytest.mark.parametrize("column_major", [True, False])
-def test_running_hessian_equals_the_one_shot_gram(column_major):
-    """Batch by batch (syrk on a column-major accumulator, or the matmul fallback) = 2 X^T X / n in fp64."""
-    from calib_assets.compression.gptq import HessianCompressor
+@pytest.mark.parametrize("columns", [24, 500])  # one block row, and two of them (GRAM_BLOCK = 384)
+def test_running_hessian_equals_the_one_shot_gram(columns):
+    """Batch by batch, upper triangle by block rows = 2 X^T X / n computed at once in fp64."""
+    from calib_assets.compression.gptq import GRAM_BLOCK, HessianCompressor
 
-    torch.manual_seed(0)
-    x = correlated_inputs(24, 300)
-    compressor = HessianCompressor(GPTQConfig(), (5, 24))
-    if not column_major:
-        compressor.H = torch.zeros(24, 24)  # a row-major accumulator takes the matmul path
+    assert columns > GRAM_BLOCK or columns == 24
+    x = correlated_inputs(columns, 300)
+    compressor = HessianCompressor(GPTQConfig(), (5, columns))
     for part in x.split([7, 100, 193]):
         compressor.add_batch(part[None])
     expected = 2 * x.double().T @ x.double() / x.shape[0]
