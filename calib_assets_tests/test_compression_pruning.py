@@ -105,3 +105,19 @@ def test_wanda_without_data_or_with_nan_fails_clearly():
     bad[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="calibration input"):
         Wanda(WandaConfig(n=2, m=4), (4, 8)).add_batch(bad)
+
+
+@pytest.mark.parametrize("size, fraction", [(4, 0.5), (8, 0.5), (8, 0.25), (4, 0.75)])
+def test_small_group_ranks_equal_a_stable_sort(size, fraction):
+    """The comparison path of lowest_mask against argsort(stable) itself, with many exact ties."""
+    from calib_assets.compression.magnitude import lowest_mask, stable_ranks
+
+    gen = torch.Generator().manual_seed(size)
+    scores = torch.randint(0, 4, (500, 3, size), generator=gen).float()  # ties in most groups
+    order = torch.sort(scores, dim=-1, stable=True).indices
+    expected_ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(size).expand_as(order))
+    assert torch.equal(stable_ranks(scores), expected_ranks)
+    count = int(size * fraction)
+    mask = lowest_mask(scores, fraction)
+    assert torch.equal(mask, expected_ranks >= count)
+    assert (mask.logical_not().sum(dim=-1) == count).all()

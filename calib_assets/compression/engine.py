@@ -65,7 +65,12 @@ def compress_model(
     batch_size: int = 8,
     progress: Progress | None = None,
 ) -> dict[str, CompressedLinear]:
-    """Compress every linear of the decoder layers in place; return full module name -> result."""
+    """Compress every linear of the decoder layers in place; return full module name -> result.
+
+    Tunes the process's allocator first (`calib_assets.compute.reuse_freed_memory`)."""
+    from calib_assets.compute import reuse_freed_memory
+
+    reuse_freed_memory()
     linears = compressible_linears(model)
     for name, linear in linears.items():
         check_layer_compatible(config, name, linear.in_features)

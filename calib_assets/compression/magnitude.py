@@ -12,17 +12,33 @@ import torch
 from .config import CompressedLinear, DataFree, MagnitudeConfig, check_finite
 
 
+SMALL_GROUP = 8  # up to this size, ranks by pairwise comparison beat a sort (N:M groups are 4 or 8)
+
+
 def lowest_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """Keep-mask of the last dim: prune the floor(fraction * size) lowest scores in each row.
 
-    Ties are broken by position (stable sort), so the pruned count is exact.
+    Ties are broken by position (as a stable sort would), so the pruned count is exact.
     """
-    count = int(scores.shape[-1] * fraction)
+    size = scores.shape[-1]
+    count = int(size * fraction)
+    if count and size <= SMALL_GROUP:
+        return stable_ranks(scores) >= count
     mask = torch.ones_like(scores, dtype=torch.bool)
     if count:
         order = torch.sort(scores, dim=-1, stable=True).indices
         mask.scatter_(-1, order[..., :count], False)
     return mask
+
+
+def stable_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Each score's position in a stable ascending sort of its last dim: how many scores are lower, plus
+    how many equal ones come before it. O(size^2) comparisons, no sort: for the small groups of N:M
+    masks, which the SparseGPT column loop builds every m columns."""
+    size = scores.shape[-1]
+    this, other = scores.unsqueeze(-1), scores.unsqueeze(-2)  # [..., i, 1] against [..., 1, j]
+    before = torch.ones(size, size, dtype=torch.bool, device=scores.device).tril_(-1)  # j < i
+    return ((other < this) | ((other == this) & before)).sum(dim=-1)
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
