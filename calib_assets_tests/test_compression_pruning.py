@@ -113,7 +113,7 @@ def test_small_group_ranks_equal_a_stable_sort(size, fraction):
     from calib_assets.compression.magnitude import lowest_mask, stable_ranks
 
     gen = torch.Generator().manual_seed(size)
-    scores = torch.randint(0, 4, (500, 3, size), generator=gen).float()  # ties in most groups
+    scores = torch.randint(0, 4, (500, 3, size), generator=gen).float()  # ties in most groups; a small call
     order = torch.sort(scores, dim=-1, stable=True).indices
     expected_ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(size).expand_as(order))
     assert torch.equal(stable_ranks(scores), expected_ranks)

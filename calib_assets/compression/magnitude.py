@@ -12,7 +12,9 @@ import torch
 from .config import CompressedLinear, DataFree, MagnitudeConfig, check_finite
 
 
-SMALL_GROUP = 8  # up to this size, ranks by pairwise comparison beat a sort (N:M groups are 4 or 8)
+# Ranks by pairwise comparison beat a sort on the SparseGPT loop's small calls (rows x m scores, every m
+# columns); on whole matrices (Wanda, magnitude: once each) their size^2 temporaries fragment the heap.
+SMALL_GROUP, SMALL_CALL = 8, 2**16
 
 
 def lowest_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -22,7 +24,7 @@ def lowest_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """
     size = scores.shape[-1]
     count = int(size * fraction)
-    if count and size <= SMALL_GROUP:
+    if count and size <= SMALL_GROUP and scores.numel() <= SMALL_CALL:
         return stable_ranks(scores) >= count
     mask = torch.ones_like(scores, dtype=torch.bool)
     if count:
