@@ -34,7 +34,7 @@ def resolve_forward_dtype(preference: str, device: str):
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them PyTorch emulates
-    bf16 matmuls, which on an AVX2 machine runs about 8x slower than fp32 (benchmarks/compression.py)."""
+    bf16 matmuls, which on an AVX2 machine ran about 8x slower than fp32 (docs/benchmarks.md)."""
     import torch
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
