@@ -4,7 +4,7 @@ with OUR perplexity code; the counterpart of `compression.py --child METHOD`.
 Runs in the optional .venv-llmc (`make bench-env`), never in the main venv:
 
     .venv-llmc/bin/python benchmarks/llmcompressor_run.py --method gptq \
-        --calibration calibration.npy --heldout heldout.npy [--seq-len 512] [--save-masks masks.safetensors]
+        --calibration calibration.npy --heldout heldout.npy [--seq-len 512] [--save-weights weights.safetensors]
 
 The calibration token ids (.npy, [n, seq_len]) go to `oneshot` as a `datasets.Dataset` of exactly those
 rows (all-ones attention mask, no shuffling, no re-tokenization) through the sequential pipeline, one
@@ -141,8 +141,8 @@ def main() -> None:
                              "the float32 model (its forward runs in the model's dtype)")
     parser.add_argument("--eval-dtype", default="float32", choices=["bfloat16", "float32"])
     parser.add_argument("--batch-size", type=int, default=8, help="calibration batch size (ours: 8)")
-    parser.add_argument("--save-masks", help="safetensors file: module name -> bool mask (True = kept); "
-                                             "pruning methods only")
+    parser.add_argument("--save-weights", help="safetensors file: decoder linear name -> its compressed fp32 weight "
+                                               "(a pruning method's mask is weight != 0)")
     args = parser.parse_args()
 
     import numpy as np
@@ -169,13 +169,11 @@ def main() -> None:
                 max_seq_length=ids.shape[1], batch_size=args.batch_size)
         seconds = time.perf_counter() - started
 
-    if args.save_masks:
-        if args.method not in ("sparsegpt", "wanda"):
-            parser.error("--save-masks is for the pruning methods (sparsegpt, wanda)")
+    if args.save_weights:
         from safetensors.torch import save_file
 
-        masks = {name: (m.weight.detach() != 0).contiguous() for name, m in decoder_linears(model).items()}
-        save_file(masks, args.save_masks)
+        save_file({name: m.weight.detach().float().contiguous() for name, m in decoder_linears(model).items()},
+                  args.save_weights)
 
     fresh, _ = load_model(folder, dtype=torch.float32)
     copy_weights(model, fresh)

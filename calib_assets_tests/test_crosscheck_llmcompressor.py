@@ -19,11 +19,13 @@ subprocess through `benchmarks/llmcompressor_run.py`; ours runs here, in float32
       gap < 1e-5 between the n-th and (n+1)-th smallest of OUR scores); from then on the two runs
       calibrate later layers on (slightly) different inputs and differences compound, so later layers
       must only agree on >= 95% of their weights. (On this set the first near-tie falls in layer 2.)
-(b) GPTQ (3 bits, groups of 64, asymmetric, no act-order, damping 0.01) and SparseGPT (2:4, damping
-    0.01): held-out perplexity within 3% of ours. llm-compressor fixes each group's grid on the original
-    weights before the GPTQ loop (static groups; its defaults, act-order "static" and symmetric, are
-    overridden by the runner); ours does that with `static_groups=True`, which is what is compared here
-    (our default refits the grid on the updated weights when a group starts, the GPTQ reference).
+(b) SparseGPT (2:4, damping 0.01): held-out perplexity within 3% of ours.
+(c) GPTQ (3 bits, groups of 64, asymmetric, no act-order, damping 0.01). llm-compressor fixes each group's
+    grid on the original weights before the GPTQ loop (static groups; its defaults, act-order "static"
+    and symmetric, are overridden by the runner); ours does that with `static_groups=True` (our default
+    refits the grid on the updated weights when a group starts, the GPTQ reference). 3-bit GPTQ is
+    chaotic at float level (see the test), so layer 0, where both tools see bit-identical inputs, is
+    compared weight by weight, and the perplexity against the band of our own float-level variants.
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ def fixed_set(tmp_path_factory):
     return fixed_inputs("bbc-tech", SAMPLES, SEQ_LEN, EVAL_TOKENS, tmp_path_factory.mktemp("crosscheck"))
 
 
-def run_llmcompressor(method: str, calibration: Path, heldout: Path, masks: Path | None = None) -> dict:
+def run_llmcompressor(method: str, calibration: Path, heldout: Path, weights: Path | None = None) -> dict:
     argv = [str(LLMC_PYTHON), str(RUNNER), "--method", method, "--calibration", str(calibration),
             "--heldout", str(heldout), "--seq-len", str(SEQ_LEN), "--dtype", "float32", "--eval-dtype", "float32"]
-    if masks is not None:
-        argv += ["--save-masks", str(masks)]
+    if weights is not None:
+        argv += ["--save-weights", str(weights)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=1200, cwd=REPO)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, f"llmcompressor_run.py {method} failed:\n{done.stderr[-3000:]}"
@@ -105,8 +107,8 @@ def test_wanda_masks_match_llmcompressor(fixed_set, tmp_path, monkeypatch):
     from calib_assets.compression import wanda as wanda_module
 
     calibration, heldout = fixed_set
-    run_llmcompressor("wanda", calibration, heldout, masks=tmp_path / "masks.safetensors")
-    theirs = load_file(tmp_path / "masks.safetensors")
+    run_llmcompressor("wanda", calibration, heldout, weights=tmp_path / "weights.safetensors")
+    theirs = {name: weight != 0 for name, weight in load_file(tmp_path / "weights.safetensors").items()}
 
     scores = []  # our Wanda score |W| sqrt(mean x^2) of each compress() call, in call order
     original_compress = wanda_module.Wanda.compress
@@ -170,29 +172,103 @@ def test_wanda_masks_match_llmcompressor(fixed_set, tmp_path, monkeypatch):
           + (f"; first differences, all float near-ties: {report}" if report else " (all layers identical)"))
 
 
-@pytest.mark.parametrize("method", ["gptq", "sparsegpt"])
-def test_perplexity_matches_llmcompressor(fixed_set, method):
+def compress_ours(method: str, params: dict, calibration: Path, *, attention: str = "eager", batch_size: int = 8):
+    """Our compressed model and its results; calibrated with llm-compressor's eager attention by default."""
     import numpy as np
     import torch
 
-    from calib_assets.compression import METHODS, compress_model, make_method_config
+    from calib_assets.compression import compress_model, make_method_config
 
-    if method not in METHODS:
-        pytest.skip(f"our {method} is not implemented yet")
-    params = {"gptq": {"bits": 3, "group_size": 64, "symmetric": False, "act_order": False,
-                       "static_groups": True, "percdamp": 0.01, "blocksize": 128},
-              "sparsegpt": {"n": 2, "m": 4, "percdamp": 0.01, "blocksize": 128}}[method]
+    model = load_ours()
+    model.set_attn_implementation(attention)
+    results = compress_model(model, torch.from_numpy(np.load(calibration)), make_method_config(method, params),
+                             forward_dtype=torch.float32, batch_size=batch_size)
+    return model, results
+
+
+def test_sparsegpt_perplexity_matches_llmcompressor(fixed_set):
     calibration, heldout = fixed_set
-    theirs = run_llmcompressor(method, calibration, heldout)
+    theirs = run_llmcompressor("sparsegpt", calibration, heldout)["perplexity"]
+    model, _ = compress_ours("sparsegpt", {"n": 2, "m": 4, "percdamp": 0.01, "blocksize": 128}, calibration)
+    ours = ours_perplexity(model, heldout)
+    print(f"\nsparsegpt 2:4: perplexity ours {ours:.3f}, llm-compressor {theirs:.3f} (ratio {theirs / ours:.4f})")
+    assert abs(theirs / ours - 1) <= PPL_TOLERANCE, (
+        f"sparsegpt: llm-compressor perplexity {theirs:.3f} vs ours {ours:.3f} differ by "
+        f"{abs(theirs / ours - 1):.1%} (> {PPL_TOLERANCE:.0%})")
+
+
+GPTQ_PARAMS = {"bits": 3, "group_size": 64, "symmetric": False, "act_order": False, "static_groups": True,
+               "percdamp": 0.01, "blocksize": 128}
+GPTQ_FIRST_LAYER_AGREEMENT = 0.995  # measured: 99.91% (o_proj) to 100%
+GPTQ_FIRST_LAYER_ERROR_TOLERANCE = 0.01  # measured: within 0.11%
+# Float-level variants of our own run: the same algorithm on the same data, only summation orders and
+# attention kernels differ (batch size, sdpa vs eager).
+GPTQ_FLOAT_VARIANTS = [("eager", 8), ("eager", 4), ("sdpa", 8)]
+
+
+def test_gptq_matches_llmcompressor(fixed_set, tmp_path):
+    """GPTQ's 3-bit rounding decisions are chaotic: a float-level change flips a few codes, each flip feeds a
+    different error to the rest of its row, and the differences compound through 30 layers. On this set our
+    own perplexity moved from 66.8 to 74.7 between batch sizes 4 and 8 and the two attention kernels, so one
+    run against one run cannot be held to 3%. What is checked instead:
+
+    1. Layer 0, whose inputs are bit-identical in both tools: at least 99.5% of the quantized weights sit on
+       the same grid level in both, and both reach the same layer-wise output error within 1%.
+    2. Perplexity: llm-compressor's lies within our float-variant band, widened by 3% on each side.
+    """
+    from safetensors.torch import load_file
+
+    calibration, heldout = fixed_set
+    theirs = run_llmcompressor("gptq", calibration, heldout, weights=tmp_path / "weights.safetensors")
+    their_weights = load_file(tmp_path / "weights.safetensors")
+
+    band = []
+    for attention, batch_size in GPTQ_FLOAT_VARIANTS:
+        model, results = compress_ours("gptq", GPTQ_PARAMS, calibration, attention=attention, batch_size=batch_size)
+        band.append(ours_perplexity(model, heldout))
+        if len(band) == 1:
+            first_layer = {name: r for name, r in results.items() if name.startswith("model.layers.0.")}
+        del model, results
+
+    original = {name: m.weight.detach().float() for name, m in load_ours().named_modules()
+                if name in first_layer}
+    inputs = first_layer_inputs(calibration)
+    for name, result in first_layer.items():
+        step = result.scales.repeat_interleave(GPTQ_PARAMS["group_size"], dim=1)
+        same_level = (result.weight - their_weights[name]).abs() < 0.5 * step
+        agreement = float(same_level.float().mean())
+        x = inputs[name]
+        ours_error = float(((result.weight - original[name]) @ x.T).square().sum())
+        their_error = float(((their_weights[name] - original[name]) @ x.T).square().sum())
+        print(f"{name}: {agreement:.4%} of codes equal; output error ours {ours_error:.4g}, theirs {their_error:.4g}")
+        assert agreement >= GPTQ_FIRST_LAYER_AGREEMENT, (
+            f"{name}: only {agreement:.2%} of the quantized weights agree with llm-compressor on identical inputs")
+        assert abs(their_error / ours_error - 1) <= GPTQ_FIRST_LAYER_ERROR_TOLERANCE, (
+            f"{name}: layer-wise output error ours {ours_error:.4g} vs llm-compressor {their_error:.4g}")
+
+    low, high = min(band), max(band)
+    print(f"gptq w3g64: perplexity ours {[round(p, 2) for p in band]}, llm-compressor {theirs['perplexity']:.2f}")
+    assert low * (1 - PPL_TOLERANCE) <= theirs["perplexity"] <= high * (1 + PPL_TOLERANCE), (
+        f"gptq: llm-compressor perplexity {theirs['perplexity']:.3f} is outside our float-variant band "
+        f"[{low:.3f}, {high:.3f}] widened by {PPL_TOLERANCE:.0%}")
+
+
+def first_layer_inputs(calibration: Path) -> dict:
+    """Each layer-0 linear's calibration inputs [tokens, in_features], from the dense model."""
+    import numpy as np
+    import torch
 
     model = load_ours()
     model.set_attn_implementation("eager")
-    compress_model(model, torch.from_numpy(np.load(calibration)), make_method_config(method, params),
-                   forward_dtype=torch.float32, batch_size=8)
-    ours = ours_perplexity(model, heldout)
-    ratio = theirs["perplexity"] / ours
-    print(f"\n{method}: perplexity ours {ours:.3f}, llm-compressor {theirs['perplexity']:.3f} (ratio {ratio:.4f})")
-    assert abs(ratio - 1) <= PPL_TOLERANCE, (
-        f"{method}: llm-compressor perplexity {theirs['perplexity']:.3f} vs ours {ours:.3f} "
-        f"differ by {abs(ratio - 1):.1%} (> {PPL_TOLERANCE:.0%})"
-    )
+    captured: dict = {}
+    hooks = [module.register_forward_pre_hook(
+                 lambda m, args, name=name: captured.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1])))
+             for name, module in model.named_modules() if name.startswith("model.layers.0.") and
+             isinstance(module, torch.nn.Linear)]
+    ids = torch.from_numpy(np.load(calibration))
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], 8):
+            model.model(input_ids=ids[start:start + 8], use_cache=False)
+    for hook in hooks:
+        hook.remove()
+    return {name: torch.cat(parts) for name, parts in captured.items()}
