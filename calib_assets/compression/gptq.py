@@ -131,29 +131,34 @@ class ObsBlock:
     """One block of columns [i1, i2) of the OBS column loop shared by GPTQ, SparseGPT and SpQR.
 
     `W1t` is the block's working copy, transposed (W1t[i] is column i1 + i, contiguous: the loop works
-    on one column at a time), `U1` its diagonal block of U; each processed column's scaled error goes into
-    `Err1t` through `feed_back`, which also updates the block's later columns. `obs_blocks` applies the
-    whole block's errors to the columns after it (the lazy batch update) once it is done.
+    on one column at a time). A processed column's error e = w - q goes, unscaled, into `Err1t` and moves
+    the block's later columns by -e U[i, i..] / U[i, i]: the rows of U are divided by their diagonal once
+    (`Us`), which saves the loop a division per column. `obs_blocks` applies the whole block's errors to
+    the columns after it (the lazy batch update) once it is done. `d` is U's diagonal in the block.
     """
 
-    __slots__ = ("i1", "i2", "W1t", "Err1t", "U1")
+    __slots__ = ("i1", "i2", "W1t", "Err1t", "Us", "d", "tails", "steps")
 
-    def __init__(self, W: torch.Tensor, U: torch.Tensor, i1: int, i2: int):
+    def __init__(self, W: torch.Tensor, Us: torch.Tensor, d: torch.Tensor, i1: int, i2: int):
         self.i1, self.i2 = i1, i2
         self.W1t = W[:, i1:i2].T.contiguous()
         self.Err1t = torch.zeros_like(self.W1t)
-        self.U1 = U[i1:i2, i1:i2]
+        self.Us = Us
+        self.d = d[i1:i2]
+        n = i2 - i1
+        self.tails = [self.W1t[i:] for i in range(n)]  # the views the updates write through, made once
+        self.steps = [Us[i1 + i, i1 + i : i2] for i in range(n)]
 
     def feed_back(self, i: int, err: torch.Tensor) -> None:
-        """Column i's error err = (w - q) / U[i, i] moves the block's columns i.. by -err U[i, i..]."""
+        """Column i's error err = w - q moves the block's columns i.. by -err U[i, i..] / U[i, i]."""
         self.Err1t[i] = err
         self.propagate(i)
 
     def propagate(self, i: int) -> None:
         """`feed_back` of the error the caller has already written into Err1t[i]."""
-        self.W1t[i:].addr_(self.U1[i, i:], self.Err1t[i], alpha=-1)
+        self.tails[i].addr_(self.steps[i], self.Err1t[i], alpha=-1)
 
-    def current_group(self, W: torch.Tensor, U: torch.Tensor, i: int, end: int) -> torch.Tensor:
+    def current_group(self, W: torch.Tensor, i: int, end: int) -> torch.Tensor:
         """Columns [i1 + i, end) as updated by every column processed so far.
 
         Inside the block W1t is up to date; beyond it, W still lacks this block's pending lazy update.
@@ -161,7 +166,7 @@ class ObsBlock:
         inside = self.W1t[i : end - self.i1].T
         if end <= self.i2:
             return inside
-        outside = W[:, self.i2 : end] - self.Err1t[:i].T @ U[self.i1 : self.i1 + i, self.i2 : end]
+        outside = W[:, self.i2 : end] - self.Err1t[:i].T @ self.Us[self.i1 : self.i1 + i, self.i2 : end]
         return torch.cat([inside, outside], dim=1)
 
 
@@ -169,11 +174,13 @@ def obs_blocks(W: torch.Tensor, U: torch.Tensor, blocksize: int) -> Iterator[Obs
     """The blocks of W's columns in order; after the caller has processed one, the lazy batch update
     carries its errors to every later column of W in one matmul."""
     cols = W.shape[1]
+    d = torch.diagonal(U)
+    Us = U / d[:, None]
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        block = ObsBlock(W, U, i1, i2)
+        block = ObsBlock(W, Us, d, i1, i2)
         yield block
-        W[:, i2:].addmm_(block.Err1t.T, U[i1:i2, i2:], alpha=-1)
+        W[:, i2:].addmm_(block.Err1t.T, Us[i1:i2, i2:], alpha=-1)
 
 
 class GPTQ(HessianCompressor):
@@ -225,20 +232,18 @@ class GPTQ(HessianCompressor):
         scale = zero = None
 
         for block in obs_blocks(W, U, cfg.blocksize):
-            diagonal = torch.diagonal(block.U1).tolist()
-            for i in range(block.i2 - block.i1):
+            rows_of_block = zip(block.W1t, codes_t[block.i1 : block.i2], block.Err1t, block.tails, block.steps)
+            for i, (w, c, err, tail, step) in enumerate(rows_of_block):
                 col = block.i1 + i
                 if static is not None:
                     scale, zero = grids[group_of[col]]
                 elif col % group == 0:
-                    current = block.current_group(W, U, i, col + group)
+                    current = block.current_group(W, i, col + group)
                     scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                     scales[:, col // group], zeros[:, col // group] = scale, zero
                 # The hot path: quantize() and dequantize() inlined with the same arithmetic, in place into
-                # the code and error rows (no temporaries): c = clamp(round(w / s) + z), err = (w - (c - z) s) / U_ii
-                w, c, err = block.W1t[i], codes_t[col], block.Err1t[i]
+                # the code and error rows (no temporaries): c = clamp(round(w / s) + z), err = w - (c - z) s
                 torch.div(w, scale, out=c).round_().add_(zero).clamp_(0, maxq)
-                torch.sub(c, zero, out=err).mul_(scale)
-                torch.sub(w, err, out=err).div_(diagonal[i])
-                block.propagate(i)
+                torch.addcmul(w, torch.sub(c, zero, out=err), scale, value=-1, out=err)
+                tail.addr_(step, err, alpha=-1)
         return codes_t.T.to(torch.uint8).contiguous(), scales, zeros

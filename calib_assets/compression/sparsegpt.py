@@ -54,10 +54,9 @@ class SparseGPT(HessianCompressor):
         nothing = torch.zeros((), device=W.device)
 
         for block in obs_blocks(W, U, cfg.blocksize):
-            i1, i2, U1 = block.i1, block.i2, block.U1
+            i1, i2 = block.i1, block.i2
             W1 = block.W1t.T  # [rows, block] view: masks are chosen in this orientation
-            diagonal = torch.diagonal(U1).tolist()
-            inv_d2 = 1 / torch.diag(U1) ** 2
+            inv_d2 = 1 / block.d**2
             if cfg.sparsity is not None:
                 # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
                 # `score <= sorted[k]` prunes one more, and one even at sparsity 0)
@@ -65,24 +64,24 @@ class SparseGPT(HessianCompressor):
                 mask1 = lowest_mask(score.reshape(1, -1), cfg.sparsity).reshape(score.shape)
             else:
                 mask1 = torch.ones_like(W1, dtype=torch.bool)
-            for i in range(i2 - i1):
+            rows_of_block = zip(block.W1t, Q_t[i1:i2], block.Err1t, block.tails, block.steps)
+            for i, (w, q, err, tail, step) in enumerate(rows_of_block):
                 col = i1 + i
                 if cfg.sparsity is None and i % cfg.m == 0:
                     score = W1[:, i : i + cfg.m] ** 2 * inv_d2[i : i + cfg.m]
                     mask1[:, i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m)
-                w, q, err = block.W1t[i], Q_t[col], block.Err1t[i]
                 keep = mask1[:, i]
                 torch.where(keep, w, nothing, out=q)  # the pruned weights are 0
                 if quantized:
                     if col % group == 0:
-                        current = block.current_group(W, U, i, col + group)
+                        current = block.current_group(W, i, col + group)
                         scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
                         scales[:, col // group], zeros[:, col // group] = scale, zero
                     c = torch.where(keep, torch.clamp(torch.round(q / scale) + zero, 0, maxq), zero)
                     codes_t[col] = c
                     torch.sub(c, zero, out=q).mul_(scale)
-                torch.sub(w, q, out=err).div_(diagonal[i])  # in place into the error row
-                block.propagate(i)
+                torch.sub(w, q, out=err)  # in place into the error row
+                tail.addr_(step, err, alpha=-1)
             mask[:, i1:i2] = mask1
         codes = codes_t.T.to(torch.uint8).contiguous() if quantized else None
         return Q_t.T.contiguous(), mask, codes, scales, zeros

@@ -125,11 +125,11 @@ class SpQR(HessianCompressor):
         scale = zero = None
 
         for block in obs_blocks(W, U, cfg.blocksize):
-            W1t, U1 = block.W1t, block.U1
+            W1t, d1 = block.W1t, block.d.tolist()
             for i in range(block.i2 - block.i1):
                 col = block.i1 + i
                 if col % g == 0:
-                    current = block.current_group(W, U, i, col + g)
+                    current = block.current_group(W, i, col + g)
                     stats = self._group_grid(current, d[col : col + g], threshold)
                     for key, (stat_code, stat_grid) in stats.items():
                         stat_codes[key][:, col // g], stat_grids[key][:, col // g] = stat_code, stat_grid
@@ -137,11 +137,11 @@ class SpQR(HessianCompressor):
                     scales[:, col // g], zeros[:, col // g] = scale, zero
                 w = W1t[i]
                 c = torch.clamp(torch.round(w / scale + zero), 0, maxq)
-                err = (w - (c - zero) * scale) / U1[i, i]
+                err = w - (c - zero) * scale
                 if find_outliers:
-                    is_outlier = err.square() > threshold
+                    is_outlier = (err / d1[i]).square() > threshold  # the OBS error, scaled by U[i, i]
                     w16 = w.half().float()  # an outlier keeps its fp16 value: only that rounding is fed back
-                    err = torch.where(is_outlier, (w - w16) / U1[i, i], err)
+                    err = torch.where(is_outlier, w - w16, err)
                     outliers_t[col], kept_t[col] = is_outlier, w16
                 codes_t[col] = c
                 block.feed_back(i, err)
