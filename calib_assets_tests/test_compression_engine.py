@@ -1,5 +1,6 @@
 """The layer-wise engine and compressed checkpoints on a tiny random Llama."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -8,6 +9,8 @@ import torch
 from torch import nn
 
 from calib_assets.compression import (
+    AWQConfig,
+    CompressedLinear,
     GPTQConfig,
     MagnitudeConfig,
     RTNConfig,
@@ -163,6 +166,27 @@ def test_compress_model_writes_returned_weights(config, make_model, base_state, 
     assert "lm_head.weight" in untouched and "model.layers.0.input_layernorm.weight" in untouched
     for key in untouched:
         _assert_bit_equal(model.state_dict()[key], base_state[1][key])
+
+
+@pytest.mark.parametrize("config", [GPTQConfig(bits=3, group_size=32), WandaConfig(n=2, m=4),
+                                    AWQConfig(bits=3, group_size=32)], ids=lambda c: c.label())
+def test_each_compressed_weight_is_held_once(config, make_model, calib_ids, monkeypatch):
+    """A CUDA run brings results to the host by copying them (`CompressedLinear.to`), and each layer's
+    parameters by copying them again; afterwards the model's parameter and the result are one tensor.
+    The copying transfer is simulated on the CPU, where `.to("cpu")` would otherwise be a no-op."""
+    original_to = CompressedLinear.to
+
+    def copying_to(self, device):
+        moved = original_to(self, device)
+        return dataclasses.replace(moved, weight=moved.weight.clone())
+
+    monkeypatch.setattr(CompressedLinear, "to", copying_to)
+    model = make_model()
+    results = compress_model(model, calib_ids, config, batch_size=4)
+    modules = dict(model.named_modules())
+    assert set(ALL_LINEARS) <= set(results)
+    for name in ALL_LINEARS:
+        assert modules[name].weight.data_ptr() == results[name].weight.data_ptr(), name
 
 
 def _inputs_of(model, module_name, ids):

@@ -50,8 +50,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
         not LLMC_PYTHON.exists() or os.environ.get("CALIB_ASSETS_CROSSCHECK") != "1",
-        reason=f"optional (about 30 min on 2 CPU cores): build {LLMC_PYTHON} with `make bench-env`, then run "
-               "with CALIB_ASSETS_CROSSCHECK=1",
+        reason=f"optional (about 20 min on 2 CPU cores): build {LLMC_PYTHON} with `make bench-env`, then "
+               "`make crosscheck` (CALIB_ASSETS_CROSSCHECK=1)",
     ),
 ]
 

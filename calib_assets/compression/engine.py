@@ -163,7 +163,21 @@ def _compress_layer(
             _load(layer, master, device, forward_dtype)  # the next stage (or rerun) sees this one compressed
         if inputs is not None and rerun:
             inputs[:] = _run_layer(layer, inputs)
+    share_result_weights(layer, prefix, results)
     return results
+
+
+def share_result_weights(layer: nn.Module, prefix: str, results: dict) -> None:
+    """Once a layer is back home, each compressed linear's parameter becomes its result's weight where the
+    two hold the same values in the same dtype and place. A CUDA run copies both back to the host, and a
+    model would otherwise end up with every compressed weight twice in host memory."""
+    for name, module in layer.named_modules():
+        result = results.get(f"{prefix}.{name}")
+        if isinstance(module, nn.Linear) and isinstance(result, CompressedLinear):
+            weight = module.weight
+            if (weight.data_ptr() != result.weight.data_ptr() and weight.dtype == result.weight.dtype
+                    and weight.device == result.weight.device and torch.equal(weight, result.weight)):
+                weight.data = result.weight
 
 
 def _compress_group(compressor, group: list[str], master: dict[str, torch.Tensor], prefix: str):
