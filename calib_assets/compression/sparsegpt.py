@@ -61,18 +61,18 @@ class SparseGPT(HessianCompressor):
                 # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
                 # `score <= sorted[k]` prunes one more, and one even at sparsity 0)
                 score = W1**2 * inv_d2
-                mask1 = lowest_mask(score.reshape(1, -1), cfg.sparsity).reshape(score.shape)
+                mask1t = lowest_mask(score.reshape(1, -1), cfg.sparsity).reshape(score.shape).T.contiguous()
             else:
-                mask1 = torch.ones_like(W1, dtype=torch.bool)
+                mask1t = torch.ones_like(block.W1t, dtype=torch.bool)  # transposed, like W1t
             rows_of_block = zip(block.W1t, Q_t[i1:i2], block.Err1t, block.tails, block.steps)
             for i, (w, q, err, tail, step) in enumerate(rows_of_block):
                 col = i1 + i
                 if cfg.sparsity is None and i % cfg.m == 0:
                     score = W1[:, i : i + cfg.m] ** 2 * inv_d2[i : i + cfg.m]
-                    mask1[:, i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m)
-                keep = mask1[:, i]
-                torch.where(keep, w, nothing, out=q)  # the pruned weights are 0
+                    mask1t[i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m).T
+                keep = mask1t[i]
                 if quantized:
+                    torch.where(keep, w, nothing, out=q)  # the pruned weights are 0
                     if col % group == 0:
                         current = block.current_group(W, i, col + group)
                         scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
@@ -80,8 +80,14 @@ class SparseGPT(HessianCompressor):
                     c = torch.where(keep, torch.clamp(torch.round(q / scale) + zero, 0, maxq), zero)
                     codes_t[col] = c
                     torch.sub(c, zero, out=q).mul_(scale)
-                torch.sub(w, q, out=err)  # in place into the error row
+                    torch.sub(w, q, out=err)  # in place into the error row
+                else:
+                    torch.where(keep, nothing, w, out=err)  # a pruned weight is its own error
                 tail.addr_(step, err, alpha=-1)
-            mask[:, i1:i2] = mask1
+            if not quantized:
+                # Each processed row w became w - 1 * err (the step's first entry is U[i, i] / U[i, i] = 1):
+                # exactly w where kept, exactly +0.0 where pruned.
+                Q_t[i1:i2] = block.W1t
+            mask[:, i1:i2] = mask1t.T
         codes = codes_t.T.to(torch.uint8).contiguous() if quantized else None
         return Q_t.T.contiguous(), mask, codes, scales, zeros
