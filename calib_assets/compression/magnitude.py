@@ -6,7 +6,9 @@ N:M: in each row, within every m consecutive input columns, prune the n entries 
 
 from __future__ import annotations
 
+import functools
 import time
+
 import torch
 
 from .config import CompressedLinear, DataFree, MagnitudeConfig, check_finite
@@ -37,10 +39,15 @@ def stable_ranks(scores: torch.Tensor) -> torch.Tensor:
     """Each score's position in a stable ascending sort of its last dim: how many scores are lower, plus
     how many equal ones come before it. O(size^2) comparisons, no sort: for the small groups of N:M
     masks, which the SparseGPT column loop builds every m columns."""
-    size = scores.shape[-1]
     this, other = scores.unsqueeze(-1), scores.unsqueeze(-2)  # [..., i, 1] against [..., 1, j]
-    before = torch.ones(size, size, dtype=torch.bool, device=scores.device).tril_(-1)  # j < i
-    return ((other < this) | ((other == this) & before)).sum(dim=-1)
+    # score j counts against score i when lower, or when equal and before it (j < i)
+    return torch.where(_before(scores.shape[-1], scores.device), other <= this, other < this).sum(dim=-1)
+
+
+@functools.cache
+def _before(size: int, device: torch.device) -> torch.Tensor:
+    """[i, j] -> j < i."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril_(-1)
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -52,6 +52,7 @@ class SparseGPT(HessianCompressor):
         zeros = torch.zeros_like(scales) if quantized else None
         scale = zero = None
         nothing = torch.zeros((), device=W.device)
+        nm = cfg.sparsity is None
 
         for block in obs_blocks(W, U, cfg.blocksize):
             i1, i2 = block.i1, block.i2
@@ -64,13 +65,12 @@ class SparseGPT(HessianCompressor):
                 mask1t = lowest_mask(score.reshape(1, -1), cfg.sparsity).reshape(score.shape).T.contiguous()
             else:
                 mask1t = torch.ones_like(block.W1t, dtype=torch.bool)  # transposed, like W1t
-            rows_of_block = zip(block.W1t, Q_t[i1:i2], block.Err1t, block.tails, block.steps)
-            for i, (w, q, err, tail, step) in enumerate(rows_of_block):
+            rows_of_block = zip(block.W1t, Q_t[i1:i2], block.Err1t, block.tails, block.steps, mask1t)
+            for i, (w, q, err, tail, step, keep) in enumerate(rows_of_block):
                 col = i1 + i
-                if cfg.sparsity is None and i % cfg.m == 0:
+                if nm and i % cfg.m == 0:  # keep: a view of mask1t, so it sees this assignment
                     score = W1[:, i : i + cfg.m] ** 2 * inv_d2[i : i + cfg.m]
                     mask1t[i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m).T
-                keep = mask1t[i]
                 if quantized:
                     torch.where(keep, w, nothing, out=q)  # the pruned weights are 0
                     if col % group == 0:
