@@ -216,3 +216,25 @@ def test_paper_task_yamls_exist_and_bad_specs_fail_early(tmp_path):
         evaluate_tasks(None, None, [TaskSpec("other_name", include_path=spec.include_path)])
     with pytest.raises(ValueError, match="is not a folder"):
         evaluate_tasks(None, None, [TaskSpec("mine", include_path=str(tmp_path / "nope"))])
+
+
+def test_bootstrap_stderr_runs_without_forking(monkeypatch):
+    """lm-eval's bootstrap forks a process pool unless told not to; forked from a process with running
+    threads that can deadlock, so the harness runs it in-process."""
+    import multiprocessing
+
+    from lm_eval.api.metrics import bootstrap_stderr, mean
+
+    from calib_assets.evaluation.harness import _bootstrap_in_process
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("lm-eval forked a process pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
+    values = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    with _bootstrap_in_process():
+        stderr = bootstrap_stderr(mean, values, 200)
+    assert 0 < stderr < 1
+    with pytest.raises(AssertionError, match="forked"):
+        bootstrap_stderr(mean, values, 200)

@@ -13,7 +13,9 @@ default); log-softmax is taken in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -176,6 +178,22 @@ def evaluate_tasks_detailed(model, tokenizer, task_specs: Sequence[TaskSpec | st
     return _evaluate(model, tokenizer, specs, batch_size, limit, device, bootstrap_iters, Path(work_dir))
 
 
+@contextlib.contextmanager
+def _bootstrap_in_process():
+    """lm-eval's bootstrap stderr (perplexity-type metrics) forks a multiprocessing pool unless
+    DISABLE_MULTIPROC is set; forked from a process that already runs torch's or Dagster's threads, its
+    workers can deadlock on a lock held at fork time (seen as a hung test run). Run it in-process."""
+    previous = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = previous
+
+
 def _evaluate(model, tokenizer, specs, batch_size, limit, device, bootstrap_iters, work_dir) -> HarnessResult:
     import lm_eval
     import torch
@@ -202,15 +220,16 @@ def _evaluate(model, tokenizer, specs, batch_size, limit, device, bootstrap_iter
 
     model = model.to(device).eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(lm_names),
-        num_fewshot=0,
-        limit=limit,
-        task_manager=task_manager,
-        log_samples=True,
-        bootstrap_iters=bootstrap_iters,
-    )
+    with _bootstrap_in_process():
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(lm_names),
+            num_fewshot=0,
+            limit=limit,
+            task_manager=task_manager,
+            log_samples=True,
+            bootstrap_iters=bootstrap_iters,
+        )
     rows: list[dict[str, Any]] = []
     correct: dict[str, dict[str, dict[int, bool]]] = {}
     for lm_name, name in lm_names.items():
