@@ -607,8 +607,8 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
     correct = pd.DataFrame(columns=["task", "metric", "example", "correct"])
     specs = task_specs(study, root)
     if specs:
-        # bootstrap_iters=0: lm-eval's bootstrap forks a process pool, which can deadlock in a process
-        # that already runs threads (Dagster, torch); stderr of accuracies is analytic and still reported
+        # bootstrap_iters=0: lm-eval computes no stderr, so the rows' stderr stays None (its bootstrap,
+        # which used to fork a process pool, now runs in-process: harness._bootstrap_in_process)
         result = evaluate_tasks_detailed(model, tokenizer, specs, batch_size=spec.batch_size, limit=spec.limit,
                                          device=device, bootstrap_iters=0)
         rows += [{"eval_dataset": row["task"], "metric": row["metric"], "value": row["value"],

@@ -153,12 +153,9 @@ class ObsBlock:
         self.steps = [Us[i1 + i, i1 + i : i2] for i in range(n)]
 
     def feed_back(self, i: int, err: torch.Tensor) -> None:
-        """Column i's error err = w - q moves the block's columns i.. by -err U[i, i..] / U[i, i]."""
+        """Column i's error err = w - q moves the block's columns i.. by -err U[i, i..] / U[i, i].
+        (The GPTQ and SparseGPT loops write err into Err1t[i] in place and apply the update inline.)"""
         self.Err1t[i] = err
-        self.propagate(i)
-
-    def propagate(self, i: int) -> None:
-        """`feed_back` of the error the caller has already written into Err1t[i]."""
         self.tails[i].addr_(self.steps[i], self.Err1t[i], alpha=-1)
 
     def current_group(self, W: torch.Tensor, i: int, end: int) -> torch.Tensor:

@@ -13,7 +13,6 @@ default); log-softmax is taken in fp32.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
@@ -178,20 +177,13 @@ def evaluate_tasks_detailed(model, tokenizer, task_specs: Sequence[TaskSpec | st
     return _evaluate(model, tokenizer, specs, batch_size, limit, device, bootstrap_iters, Path(work_dir))
 
 
-@contextlib.contextmanager
 def _bootstrap_in_process():
     """lm-eval's bootstrap stderr (perplexity-type metrics) forks a multiprocessing pool unless
     DISABLE_MULTIPROC is set; forked from a process that already runs torch's or Dagster's threads, its
     workers can deadlock on a lock held at fork time (seen as a hung test run). Run it in-process."""
-    previous = os.environ.get("DISABLE_MULTIPROC")
-    os.environ["DISABLE_MULTIPROC"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("DISABLE_MULTIPROC", None)
-        else:
-            os.environ["DISABLE_MULTIPROC"] = previous
+    from unittest import mock
+
+    return mock.patch.dict(os.environ, {"DISABLE_MULTIPROC": "1"})
 
 
 def _evaluate(model, tokenizer, specs, batch_size, limit, device, bootstrap_iters, work_dir) -> HarnessResult:
