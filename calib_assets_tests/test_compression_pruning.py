@@ -121,3 +121,19 @@ def test_small_group_ranks_equal_a_stable_sort(size, fraction):
     mask = lowest_mask(scores, fraction)
     assert torch.equal(mask, expected_ranks >= count)
     assert (mask.logical_not().sum(dim=-1) == count).all()
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (3, 4), (4, 8), (2, 8), (5, 16)])
+def test_transposed_nm_group_keep_equals_a_stable_sort(n, m):
+    """SparseGPT's per-group N:M mask (scores given as [m, rows]) against argsort(stable) itself, with
+    many exact ties; m = 16 takes the sorting fallback."""
+    from calib_assets.compression.magnitude import nm_keep_columns
+
+    gen = torch.Generator().manual_seed(m + n)
+    scores_t = torch.randint(0, 3, (m, 700), generator=gen).float()  # ties in most columns
+    order = torch.sort(scores_t, dim=0, stable=True).indices
+    expected = torch.ones_like(scores_t, dtype=torch.bool).scatter_(0, order[:n], False)
+    out = torch.zeros(m + 2, 700, dtype=torch.bool)[1 : m + 1]  # a slice of a larger mask, as in the loop
+    nm_keep_columns(scores_t, n, out=out)
+    assert torch.equal(out, expected)
+    assert ((~out).sum(dim=0) == n).all()

@@ -50,11 +50,31 @@ def _before(size: int, device: torch.device) -> torch.Tensor:
     return torch.ones(size, size, dtype=torch.bool, device=device).tril_(-1)
 
 
+@functools.cache
+def _earlier(size: int, device: torch.device) -> torch.Tensor:
+    """[j, k, 1] -> j < k."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).triu_(1)[:, :, None].contiguous()
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep-mask of scores [rows, cols]: prune the n lowest of every m consecutive columns in each row."""
     rows, cols = scores.shape
     groups = scores.reshape(rows, cols // m, m)
     return lowest_mask(groups, n / m).reshape(rows, cols)
+
+
+def nm_keep_columns(scores_t: torch.Tensor, n: int, out: torch.Tensor) -> torch.Tensor:
+    """Keep-mask of one N:M group given transposed, scores_t [m, rows]: in each column, the n lowest
+    (ties by position) are pruned; written into `out` [m, rows]. The SparseGPT loop calls this every m
+    columns, where each op's fixed cost dominates: one comparison tensor [m, m, rows] and a uint8 count
+    over its leading dim (a bool count over a trailing dim of size m is several times slower)."""
+    m = scores_t.shape[0]
+    if m > SMALL_GROUP:  # the [m, m, rows] comparison would outgrow a sort
+        return out.copy_(nm_mask(scores_t.T, n, m).T)
+    lower, this = scores_t.unsqueeze(1), scores_t.unsqueeze(0)  # [j, 1, rows] against [1, k, rows]
+    # score j counts below score k when lower, or when equal and before it (j < k)
+    below = torch.where(_earlier(m, scores_t.device), lower <= this, lower < this)
+    return torch.ge(below.view(torch.uint8).sum(dim=0, dtype=torch.uint8), n, out=out)
 
 
 def apply_mask(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from .config import CompressedLinear, SparseGPTConfig
 from .gptq import HessianCompressor, inverse_hessian_factor, obs_blocks
-from .magnitude import apply_mask, lowest_mask, nm_mask
+from .magnitude import apply_mask, lowest_mask, nm_keep_columns
 from .quantizer import dequantize, fit_params
 
 
@@ -56,7 +56,7 @@ class SparseGPT(HessianCompressor):
 
         for block in obs_blocks(W, U, cfg.blocksize):
             i1, i2 = block.i1, block.i2
-            W1 = block.W1t.T  # [rows, block] view: masks are chosen in this orientation
+            W1 = block.W1t.T  # [rows, block] view: the unstructured mask is chosen in this orientation
             inv_d2 = 1 / block.d**2
             if cfg.sparsity is not None:
                 # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
@@ -69,8 +69,8 @@ class SparseGPT(HessianCompressor):
             for i, (w, q, err, tail, step, keep) in enumerate(rows_of_block):
                 col = i1 + i
                 if nm and i % cfg.m == 0:  # keep: a view of mask1t, so it sees this assignment
-                    score = W1[:, i : i + cfg.m] ** 2 * inv_d2[i : i + cfg.m]
-                    mask1t[i : i + cfg.m] = nm_mask(score, cfg.n, cfg.m).T
+                    score = block.W1t[i : i + cfg.m].square().mul_(inv_d2[i : i + cfg.m, None])
+                    nm_keep_columns(score, cfg.n, out=mask1t[i : i + cfg.m])
                 if quantized:
                     torch.where(keep, w, nothing, out=q)  # the pruned weights are 0
                     if col % group == 0:
