@@ -27,10 +27,11 @@ CODE_VERSIONS = {
     "calibration_descriptors": "1",
     "compressed_model": "2",  # 2: SpQR stores quantized statistics; transposed OBS column loop
     "offline_tasks": "1",
-    "evaluation": "2",
+    "evaluation": "3",  # 3: task rows carry lm-eval's stderr
     "eval_results": "1",
 }
 MANIFEST = "manifest.json"
+BOOTSTRAP_ITERS = 1000  # lm-eval's draws for the stderr of bootstrapped task metrics (the cloze perplexity)
 
 
 # -- layout: deterministic paths from asset + partition -------------------------------------------
@@ -607,10 +608,10 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
     correct = pd.DataFrame(columns=["task", "metric", "example", "correct"])
     specs = task_specs(study, root)
     if specs:
-        # bootstrap_iters=0: lm-eval computes no stderr, so the rows' stderr stays None (its bootstrap,
-        # which used to fork a process pool, now runs in-process: harness._bootstrap_in_process)
+        # stderr: analytic for accuracies, a seeded 1,000-draw bootstrap for the cloze perplexity, run
+        # in-process (harness._bootstrap_in_process); with 0 draws lm-eval would give no stderr at all
         result = evaluate_tasks_detailed(model, tokenizer, specs, batch_size=spec.batch_size, limit=spec.limit,
-                                         device=device, bootstrap_iters=0)
+                                         device=device, bootstrap_iters=BOOTSTRAP_ITERS)
         rows += [{"eval_dataset": row["task"], "metric": row["metric"], "value": row["value"],
                   "stderr": row["stderr"], "n_examples": row["n_samples"]} for row in result.rows]
         correct = pd.DataFrame([{"task": task, "metric": metric, "example": int(example), "correct": bool(ok)}

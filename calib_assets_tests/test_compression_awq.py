@@ -177,9 +177,11 @@ def test_config_validation_and_labels():
     assert re.fullmatch(r"[a-z0-9-]+", AWQConfig(n_grid=10, clip_grid=10, max_shrink=0.25).label())
     config = make_method_config("awq", {"group_size": 64})
     assert make_method_config("awq", config.to_dict()) == config
+    assert AWQConfig(search_samples=8).label() == "awq-w4g128-ss8"
     assert AWQConfig.needs_calibration
     for params, needle in [({"bits": 9}, "bits=9"), ({"max_shrink": 1.0}, "max_shrink=1.0"),
-                           ({"n_grid": 0}, "n_grid=0"), ({"clip": "yes"}, "clip")]:
+                           ({"n_grid": 0}, "n_grid=0"), ({"clip": "yes"}, "clip"),
+                           ({"search_samples": 0}, "search_samples=0")]:
         with pytest.raises(ValueError, match=re.escape(needle)):
             make_method_config("awq", params)
     with pytest.raises(ValueError, match="n_grid") as error:
@@ -221,3 +223,39 @@ def test_gram_forms_match_the_token_products():
     chosen = torch.round((1 - max_val / org_max) * 20).long()  # the step each (row, group) took
     picked = errors.gather(0, chosen[None])[0]
     assert (picked <= errors.min(dim=0).values * (1 + 1e-4)).all()
+
+
+def test_search_on_the_first_samples():
+    """search_samples cuts the scale search's attention and MLP trials to the first samples, mid-batch
+    too: the same scales as calls of one sample each, of which the first ones are taken whole; a limit of
+    all samples or more is the full search, bit for bit."""
+    from calib_assets.compression.awq import _Recorder, first_samples
+    from calib_assets.compression.engine import _capture_layer0_inputs, _run_layer
+
+    ids = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(2))
+
+    def ratios(config, batch_size):
+        results = compress_model(_tiny(), ids, config, batch_size=batch_size)
+        return {name: r.info["awq_ratio"] for name, r in results.items() if "awq_ratio" in r.info}
+
+    full = compress_model(_tiny(), ids, AWQConfig(group_size=32), batch_size=4)
+    for limit in (6, 100):
+        limited = compress_model(_tiny(), ids, AWQConfig(group_size=32, search_samples=limit), batch_size=4)
+        assert all(torch.equal(_bits(limited[name].weight), _bits(full[name].weight)) for name in full)
+    cut = ratios(AWQConfig(group_size=32, search_samples=3), batch_size=4)  # 4 + 2: the first call cut to 3
+    assert cut == ratios(AWQConfig(group_size=32, search_samples=3), batch_size=1)
+    assert cut != ratios(AWQConfig(group_size=32, search_samples=1), batch_size=1)
+
+    model = _tiny()
+    layer = model.model.layers[0]
+    inputs = _capture_layer0_inputs(model.model, ids, torch.device("cpu"), torch.float32, 4)
+    recorder = _Recorder(layer, ["self_attn", "mlp"])
+    _run_layer(layer, inputs)
+    recorder.remove()
+    for name in ("self_attn", "mlp"):
+        calls = first_samples(recorder.calls[name], [4, 2], 3)
+        tensors = [t for args, kwargs in calls for t in (*args, *kwargs.values())
+                   if isinstance(t, torch.Tensor) and t.dim() == 3 and t.shape[-1] == 64]
+        assert len(calls) == 1 and [t.shape[0] for t in tensors] == [3]
+        assert torch.equal(tensors[0], recorder.calls[name][0][0][0][:3] if recorder.calls[name][0][0]
+                           else recorder.calls[name][0][1]["hidden_states"][:3])

@@ -82,6 +82,20 @@ def test_flip_shares_match_a_hand_count_against_the_dense_model(materialized):
         assert row.value == pytest.approx(expected[(row.eval_dataset, row.metric.removesuffix("_flip_share"))])
 
 
+def test_task_rows_carry_the_stderr_of_their_per_example_outcomes(materialized):
+    study, _, root, _, _ = materialized
+    variant, calib = study.variant_keys[0], study.calib_keys[0]
+    own = pd.read_parquet(steps.evaluation_dir(root, variant, calib) / "correct.parquet")
+    results = _table(root, f"select * from eval_results where variant = '{variant}' and calib = '{calib}'")
+    accuracies = results[results["metric"].isin(["acc", "acc_norm"])]
+    assert len(accuracies) == own.groupby(["task", "metric"]).ngroups > 0
+    for row in accuracies.itertuples():
+        outcomes = own.loc[(own["task"] == row.eval_dataset) & (own["metric"] == row.metric), "correct"]
+        assert row.stderr == pytest.approx(outcomes.astype(float).std(ddof=1) / np.sqrt(len(outcomes)))
+    bootstrapped = results[(results["metric"] == "perplexity") & ~results["eval_dataset"].str.endswith("-heldout")]
+    assert len(bootstrapped) and (bootstrapped["stderr"] > 0).all() and np.isfinite(bootstrapped["stderr"]).all()
+
+
 def test_offline_tasks_use_only_heldout_documents(materialized):
     study, _, root, _, _ = materialized
     heldout = set()

@@ -9,7 +9,8 @@ weights favours the salient channels. Per decoder layer (Llama layout, `LLAMA_SC
 2. For a in {0, 1/n_grid, ..., (n_grid-1)/n_grid}: s = mean|x|^a (clamped at 1e-4), normalised by
    sqrt(max(s) min(s)); quantize W s with the group quantizer, run the module with Q(W s) / s and keep
    the s of least mean squared output error. a = 0 is plain RTN, so the search never does worse than RTN
-   on the calibration data. All groups are searched on the full-precision layer. Where the inspected
+   on the calibration data. With `search_samples` the attention and MLP trials run on the first that
+   many calibration samples (on a CPU each trial costs a forward of the block over every token). All groups are searched on the full-precision layer. Where the inspected
    module is the lone linear itself (o_proj, down_proj) its output error is the quadratic form
    sum(D G D^T) / (tokens rows) with D = Q(W s) / s - W and G = X^T X, accumulated once in fp32: the
    same number as running the linear, exact, at a cost that does not grow with the calibration tokens.
@@ -236,6 +237,21 @@ class _Recorder:
         return self.abs_sum[self.source(name)] / self.tokens[self.source(name)]
 
 
+def first_samples(calls: list[tuple[tuple, dict]], batches: list[int], limit: int | None) -> list[tuple[tuple, dict]]:
+    """The recorded calls (one per batch, of `batches[i]` samples) cut to their first `limit` samples."""
+    from .engine import leading_samples
+
+    if limit is None:
+        return calls
+    kept = []
+    for call, batch in zip(calls, batches):
+        if limit <= 0:
+            break
+        kept.append(call if batch <= limit else leading_samples(call, batch, limit))
+        limit -= batch
+    return kept
+
+
 def _output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -273,7 +289,8 @@ def compress_layer_awq(
         found: list[tuple[ScaleGroup, torch.Tensor, dict]] = []
         for group in plan:  # every group searched on the full-precision layer
             try:
-                s, info = _search_group(modules, master, group, recorder, config, device, forward_dtype)
+                s, info = _search_group(modules, master, group, recorder, config, device, forward_dtype,
+                                        [hidden.shape[0] for hidden, _ in inputs])
             except (ValueError, RuntimeError, FloatingPointError) as error:
                 raise type(error)(f"{prefix}.{group.inspect}: {error}") from error
             found.append((group, s, info))
@@ -314,9 +331,10 @@ def compress_layer_awq(
 
 
 def _search_group(modules, master, group: ScaleGroup, recorder: _Recorder, config: AWQConfig,
-                  device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
-    """Scale search of one group: the inspected module run on its recorded inputs with trial weights,
-    or, where it is the group's lone linear, its output error from the input's Gram matrix."""
+                  device: torch.device, dtype: torch.dtype, batches: list[int]) -> tuple[torch.Tensor, dict]:
+    """Scale search of one group: the inspected module run on its recorded inputs (one call per batch of
+    `batches` samples; the first `config.search_samples` of them) with trial weights, or, where it is the
+    group's lone linear, its output error from the input's Gram matrix."""
     weights = [master[f"{name}.weight"] for name in group.linears]
     x_mean = recorder.mean_abs(group.linears[0]).to(weights[0].device)
     if group.linears == (group.inspect,):
@@ -325,7 +343,7 @@ def _search_group(modules, master, group: ScaleGroup, recorder: _Recorder, confi
         return search_scale(x_mean, weights, lambda trial: output_error(trial[0] - weights[0], gram, tokens), config)
 
     module = modules[group.inspect]
-    calls = recorder.calls[group.inspect]
+    calls = first_samples(recorder.calls[group.inspect], batches, config.search_samples)
     references = [_output(module(*args, **kwargs)).float() for args, kwargs in calls]
 
     def loss_of(trial: list[torch.Tensor]) -> float:

@@ -277,12 +277,15 @@ class SpQRConfig:
 class AWQConfig(_QuantConfig):
     """AWQ (Lin et al., 2024): per-input-channel scales s = mean|x|^a searched on a grid of `n_grid` ratios
     a in [0, 1) to minimise the block output error, 1/s folded into the previous op; then, with `clip`, a
-    per-group clipping range searched over `clip_grid` steps down to (1 - max_shrink) of the max; RTN."""
+    per-group clipping range searched over `clip_grid` steps down to (1 - max_shrink) of the max; RTN.
+    `search_samples` runs the scale search's attention and MLP trials on the first that many calibration
+    samples only (the reference uses them all; channel means and Gram matrices always do)."""
 
     n_grid: int = 20
     clip: bool = True
     clip_grid: int = 20
     max_shrink: float = 0.5
+    search_samples: int | None = None
 
     method: ClassVar[str] = "awq"
     row_independent: ClassVar[bool] = False  # the engine runs awq.compress_layer_awq per decoder layer
@@ -297,6 +300,8 @@ class AWQConfig(_QuantConfig):
         _check_float("max_shrink", self.max_shrink)
         if not 0 <= self.max_shrink < 1:
             raise ValueError(f"max_shrink={self.max_shrink!r} is out of range; allowed: [0, 1)")
+        if self.search_samples is not None:
+            _check_int("search_samples", self.search_samples, 1)
 
     def label(self) -> str:
         label = f"awq-{self._quant_tag()}"
@@ -305,6 +310,8 @@ class AWQConfig(_QuantConfig):
             label += f"-grid{self.n_grid}"
         if self.clip and (self.clip_grid, self.max_shrink) != (20, 0.5):
             label += f"-clip{self.clip_grid}s{_number_tag(self.max_shrink)}"
+        if self.search_samples is not None:
+            label += f"-ss{self.search_samples}"
         return label
 
 

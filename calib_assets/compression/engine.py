@@ -227,7 +227,7 @@ def _groups_sharing_input(layer: nn.Module, inputs: LayerInputs) -> list[list[st
 
     handles = [linear.register_forward_pre_hook(hook(name)) for name, linear in linears.items()]
     try:
-        _run_layer(layer, [(hidden[:1], _first_sample(kwargs, hidden.shape[0]))])
+        _run_layer(layer, [(hidden[:1], leading_samples(kwargs, hidden.shape[0], 1))])
     finally:
         for handle in handles:
             handle.remove()
@@ -237,17 +237,16 @@ def _groups_sharing_input(layer: nn.Module, inputs: LayerInputs) -> list[list[st
     return list(groups.values())
 
 
-def _first_sample(kwargs: dict[str, Any], batch: int) -> dict[str, Any]:
-    """The layer's keyword arguments cut to the batch's first sample wherever they are batched."""
-
-    def cut(value):
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-            return value[:1]
-        if isinstance(value, tuple):
-            return tuple(cut(v) for v in value)
-        return value
-
-    return {key: cut(value) for key, value in kwargs.items()}
+def leading_samples(value: Any, batch: int, count: int) -> Any:
+    """`value` (a layer's or module's call arguments: tensors, tuples, dicts of them) cut to the first
+    `count` samples of a batch of `batch` wherever a tensor is batched (leading dim == batch)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return value[:count]
+    if isinstance(value, tuple):
+        return tuple(leading_samples(v, batch, count) for v in value)
+    if isinstance(value, dict):
+        return {key: leading_samples(v, batch, count) for key, v in value.items()}
+    return value
 
 
 def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix: str) -> None:
