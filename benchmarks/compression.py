@@ -31,6 +31,7 @@ METHODS = {
     "wanda": ("wanda", {"n": 2, "m": 4}),
     "spqr": ("spqr", {"bits": 3, "group_size": 16}),
     "awq": ("awq", {"bits": 3, "group_size": 64}),
+    "awq-ss8": ("awq", {"bits": 3, "group_size": 64, "search_samples": 8}),  # scale search on 8 samples
     "rtn": ("rtn", {"bits": 3, "group_size": 64}),
     "magnitude": ("magnitude", {"n": 2, "m": 4}),
 }

@@ -10,8 +10,8 @@ weights favours the salient channels. Per decoder layer (Llama layout, `LLAMA_SC
    sqrt(max(s) min(s)); quantize W s with the group quantizer, run the module with Q(W s) / s and keep
    the s of least mean squared output error. a = 0 is plain RTN, so the search never does worse than RTN
    on the calibration data. With `search_samples` the attention and MLP trials run on the first that
-   many calibration samples (on a CPU each trial costs a forward of the block over every token). All groups are searched on the full-precision layer. Where the inspected
-   module is the lone linear itself (o_proj, down_proj) its output error is the quadratic form
+   many calibration samples (on a CPU each trial costs a forward of the block over every token). All
+   groups are searched on the full-precision layer. Where the inspected module is the lone linear itself (o_proj, down_proj) its output error is the quadratic form
    sum(D G D^T) / (tokens rows) with D = Q(W s) / s - W and G = X^T X, accumulated once in fp32: the
    same number as running the linear, exact, at a cost that does not grow with the calibration tokens.
 3. Fold: the previous op's output channels (a norm's weight, or a linear's rows) get 1/s, the linears'

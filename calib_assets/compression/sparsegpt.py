@@ -56,12 +56,11 @@ class SparseGPT(HessianCompressor):
 
         for block in obs_blocks(W, U, cfg.blocksize):
             i1, i2 = block.i1, block.i2
-            W1 = block.W1t.T  # [rows, block] view: the unstructured mask is chosen in this orientation
             inv_d2 = 1 / block.d**2
             if cfg.sparsity is not None:
                 # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
                 # `score <= sorted[k]` prunes one more, and one even at sparsity 0)
-                score = W1**2 * inv_d2
+                score = block.W1t.T**2 * inv_d2  # [rows, block]
                 mask1t = lowest_mask(score.reshape(1, -1), cfg.sparsity).reshape(score.shape).T.contiguous()
             else:
                 mask1t = torch.ones_like(block.W1t, dtype=torch.bool)  # transposed, like W1t
