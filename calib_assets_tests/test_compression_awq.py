@@ -252,10 +252,12 @@ def test_search_on_the_first_samples():
     recorder = _Recorder(layer, ["self_attn", "mlp"])
     _run_layer(layer, inputs)
     recorder.remove()
+    def hidden_states(call):  # the [batch, tokens, hidden] tensors among a call's arguments
+        args, kwargs = call
+        return [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() == 3
+                and t.shape[-1] == 64]
+
     for name in ("self_attn", "mlp"):
         calls = first_samples(recorder.calls[name], [4, 2], 3)
-        tensors = [t for args, kwargs in calls for t in (*args, *kwargs.values())
-                   if isinstance(t, torch.Tensor) and t.dim() == 3 and t.shape[-1] == 64]
-        assert len(calls) == 1 and [t.shape[0] for t in tensors] == [3]
-        assert torch.equal(tensors[0], recorder.calls[name][0][0][0][:3] if recorder.calls[name][0][0]
-                           else recorder.calls[name][0][1]["hidden_states"][:3])
+        (cut_hidden,), (first_hidden,) = hidden_states(calls[0]), hidden_states(recorder.calls[name][0])
+        assert len(calls) == 1 and torch.equal(cut_hidden, first_hidden[:3])
