@@ -11,9 +11,10 @@ weights favours the salient channels. Per decoder layer (Llama layout, `LLAMA_SC
    the s of least mean squared output error. a = 0 is plain RTN, so the search never does worse than RTN
    on the calibration data. With `search_samples` the attention and MLP trials run on the first that
    many calibration samples (on a CPU each trial costs a forward of the block over every token). All
-   groups are searched on the full-precision layer. Where the inspected module is the lone linear itself (o_proj, down_proj) its output error is the quadratic form
-   sum(D G D^T) / (tokens rows) with D = Q(W s) / s - W and G = X^T X, accumulated once in fp32: the
-   same number as running the linear, exact, at a cost that does not grow with the calibration tokens.
+   groups are searched on the full-precision layer. Where the inspected module is the lone linear itself
+   (o_proj, down_proj) its output error is the quadratic form sum(D G D^T) / (tokens rows) with
+   D = Q(W s) / s - W and G = X^T X, accumulated once in fp32: the same number as running the linear,
+   exact, at a cost that does not grow with the calibration tokens.
 3. Fold: the previous op's output channels (a norm's weight, or a linear's rows) get 1/s, the linears'
    input columns get s. v_proj -> o_proj is skipped when the shapes differ (grouped-query attention).
 4. Clip (not q_proj/k_proj, whose error the q.k product hides): per group of `group_size` columns and per
@@ -287,10 +288,10 @@ def compress_layer_awq(
             recorder.remove()
 
         found: list[tuple[ScaleGroup, torch.Tensor, dict]] = []
+        batches = [hidden.shape[0] for hidden, _ in inputs]  # samples per recorded call
         for group in plan:  # every group searched on the full-precision layer
             try:
-                s, info = _search_group(modules, master, group, recorder, config, device, forward_dtype,
-                                        [hidden.shape[0] for hidden, _ in inputs])
+                s, info = _search_group(modules, master, group, recorder, config, device, forward_dtype, batches)
             except (ValueError, RuntimeError, FloatingPointError) as error:
                 raise type(error)(f"{prefix}.{group.inspect}: {error}") from error
             found.append((group, s, info))

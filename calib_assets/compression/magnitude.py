@@ -52,8 +52,8 @@ def _before(size: int, device: torch.device) -> torch.Tensor:
 
 @functools.cache
 def _earlier(size: int, device: torch.device) -> torch.Tensor:
-    """[j, k, 1] -> j < k."""
-    return torch.ones(size, size, dtype=torch.bool, device=device).triu_(1)[:, :, None].contiguous()
+    """[j, k, 1] -> j < k: `_before` transposed, shaped to broadcast over the rows of an N:M group."""
+    return _before(size, device).T[:, :, None].contiguous()
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
