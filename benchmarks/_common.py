@@ -36,6 +36,24 @@ def fixed_inputs(source: str, n_samples: int, seq_len: int, eval_tokens: int, ou
     return out / "calibration.npy", out / "heldout.npy"
 
 
+def library_baseline_mb(folder: Path) -> float:
+    """Anonymous RSS (MB) with the interpreter, the libraries, the tokenizer and the model's modeling code
+    loaded, but no model: a one-layer toy of the model's architecture is built and dropped first. Building
+    that toy alone takes about 126 MB here (lazily imported modules, the libraries' first-use buffers)
+    and the tokenizer 45 MB; neither grows with the model, so neither is charged to the compression."""
+    import gc
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder)
+    toy = {"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 128}
+    AutoTokenizer.from_pretrained(folder)
+    AutoModelForCausalLM.from_config(type(config)(**{**config.to_dict(), **toy}))
+    gc.collect()
+    return rss_mb()
+
+
 def peak_rss_mb() -> float:
     """The process's lifetime peak RSS (model loading and evaluation included)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

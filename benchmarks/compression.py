@@ -5,8 +5,11 @@ held-out perplexity; with llm-compressor installed in .venv-llmc, the same runs 
 
 Every method runs in its own process. Seconds and peak memory are those of the compression call alone:
 memory is the anonymous RSS sampled every 5 ms while it runs (the memory-mapped weights file is page
-cache and left out), "net" subtracts the interpreter and libraries measured before the model was
-loaded, and "budget" is the issue's bound: twice the bf16 model plus the calibration activations.
+cache and left out), "net" subtracts the interpreter, the libraries, the tokenizer and the modeling code
+(measured before the model is loaded, `_common.library_baseline_mb`), and "budget" is the issue's bound:
+twice the bf16 model plus the calibration activations. Our runs hold the model in bf16 by default
+(--model-dtype), as on a GPU: each layer is compressed from an fp32 copy and calibrated in the forward
+dtype (fp32 on a CPU without native bf16), its results rounded once to bf16.
 Perplexity is scored afterwards with the same code for both tools. Targets: at most 0.5x
 llm-compressor's time at equal or better perplexity. Figures: docs/benchmarks.md.
 """
@@ -43,14 +46,16 @@ def run_one(args) -> None:
     import numpy as np
     import torch
 
-    from _common import embedded_model_folder, emit, model_megabytes, peak_rss_mb, rss_mb, sampled_peak_rss
+    from _common import (embedded_model_folder, emit, library_baseline_mb, model_megabytes, peak_rss_mb, rss_mb,
+                         sampled_peak_rss)
     from calib_assets.compression import compress_model, make_method_config
     from calib_assets.compute import resolve_forward_dtype
     from calib_assets.evaluation import perplexity
     from calib_assets.models import load_model
 
-    runtime_mb = rss_mb()  # interpreter, torch and transformers, before any model
-    model, _ = load_model(embedded_model_folder())
+    folder = embedded_model_folder()
+    runtime_mb = library_baseline_mb(folder)
+    model, _ = load_model(folder, dtype=getattr(torch, args.model_dtype))
     ids = torch.from_numpy(np.load(args.calibration))
     stream = np.load(args.heldout).tolist()
     forward_dtype = resolve_forward_dtype(args.dtype, "cpu")
@@ -60,7 +65,7 @@ def run_one(args) -> None:
         config = make_method_config(method, params)
         with sampled_peak_rss() as memory:
             started = time.perf_counter()
-            compress_model(model, ids, config, forward_dtype=forward_dtype, batch_size=8)
+            compress_model(model, ids, config, forward_dtype=forward_dtype, batch_size=args.batch_size)
             seconds = time.perf_counter() - started
     hidden = model.config.hidden_size
     activations_mb = ids.numel() * hidden * torch.finfo(forward_dtype).bits / 8 / 2**20
@@ -89,6 +94,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                         help="forward dtype during compression (math is fp32 regardless); auto: bf16 where the "
                              "CPU runs it natively, else fp32, as the pipeline chooses")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="calibration samples per forward pass, both tools (a batch's activations are most of "
+                             "the memory on top of the model: about 25 MB per 512-token sample here)")
+    parser.add_argument("--model-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="the dtype our run holds the model in (each layer is compressed from an fp32 copy, "
+                             "its results rounded once to this dtype); llm-compressor's runs hold it in float32")
     parser.add_argument("--eval-dtype", default="float32", choices=["bfloat16", "float32"])
     parser.add_argument("--no-llmcompressor", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -107,18 +118,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         calibration, heldout = fixed_inputs(args.source, args.samples, args.seq_len, args.eval_tokens, Path(tmp))
         common = ["--calibration", str(calibration), "--heldout", str(heldout), "--seq-len", str(args.seq_len),
-                  "--dtype", args.dtype, "--eval-dtype", args.eval_dtype]
+                  "--dtype", args.dtype, "--eval-dtype", args.eval_dtype, "--batch-size", str(args.batch_size)]
+        ours_only = ["--model-dtype", args.model_dtype]
         use_llmc = LLMC_PYTHON.exists() and not args.no_llmcompressor
         rows = []
         for method in ["dense", *methods]:
-            ours = _spawn(Path(sys.executable), Path(__file__), ["--child", method, *common])
+            ours = _spawn(Path(sys.executable), Path(__file__), ["--child", method, *common, *ours_only])
             theirs = None
             if use_llmc and method in {"gptq", "sparsegpt", "wanda", "awq"}:
                 theirs = _spawn(LLMC_PYTHON, HERE / "llmcompressor_run.py", ["--method", method, *common])
             rows.append((method, ours, theirs))
             _print_row(method, ours, theirs)
-    print(f"\nembedded SmolLM2-135M; calibration: {args.samples} x {args.seq_len} tokens of {args.source} (set 0); "
+    print(f"\nembedded SmolLM2-135M; calibration: {args.samples} x {args.seq_len} tokens of {args.source} (set 0), "
+          f"{args.batch_size} per forward pass; "
           f"perplexity on {args.eval_tokens} held-out {args.source} tokens in {args.eval_dtype}; "
+          f"our model held in {args.model_dtype}; "
           f"forward dtype during compression: {_resolved(args.dtype)}" + ("" if use_llmc else "; llm-compressor not run"))
 
 

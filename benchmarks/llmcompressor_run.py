@@ -149,12 +149,12 @@ def main() -> None:
     import torch
     from llmcompressor import oneshot
 
-    from _common import embedded_model_folder, emit, peak_rss_mb, rss_mb, sampled_peak_rss
+    from _common import embedded_model_folder, emit, library_baseline_mb, peak_rss_mb, sampled_peak_rss
     from calib_assets.evaluation import perplexity
     from calib_assets.models import load_model
 
-    runtime_mb = rss_mb()
     folder = embedded_model_folder()
+    runtime_mb = library_baseline_mb(folder)
     ids = np.load(args.calibration)
     stream = np.load(args.heldout).tolist()
     model, tokenizer = load_model(folder, dtype=torch.float32)

@@ -43,6 +43,7 @@ def cpu_has_native_bf16() -> bool:
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 _allocator_tuned = False
+_libc = None
 
 
 def reuse_freed_memory() -> bool:
@@ -54,7 +55,7 @@ def reuse_freed_memory() -> bool:
     -> 1.9 s) here, for the same peak memory. Process-wide and idempotent; returns False where the C
     library is not glibc (nothing changes there).
     """
-    global _allocator_tuned
+    global _allocator_tuned, _libc
     if _allocator_tuned:
         return True
     import ctypes
@@ -62,9 +63,23 @@ def reuse_freed_memory() -> bool:
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt, _ = libc.mallopt, libc.malloc_trim  # both must exist (glibc)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _libc = libc if _allocator_tuned else None
     return _allocator_tuned
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free pages back to the kernel (glibc `malloc_trim`), where `reuse_freed_memory`
+    holds them. Called between decoder layers: freed blocks then stop piling up in the heap, whose
+    fragments otherwise raised a 30-layer GPTQ run's peak from about 0.8 to 1.5 GB from one run to the
+    next, at the cost of one round of page faults per layer instead of one per batch. Returns whether
+    anything could be done."""
+    if _libc is None:
+        return False
+    _libc.malloc_trim(0)
+    return True

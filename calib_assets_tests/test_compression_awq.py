@@ -92,7 +92,7 @@ def _tiny(kv_heads=2):
 
 @pytest.mark.parametrize("kv_heads, n_groups", [(2, 3), (4, 4)])  # GQA: v_proj -> o_proj skipped
 def test_folding_scales_keeps_the_block_function(kv_heads, n_groups):
-    from calib_assets.compression.engine import _capture_layer0_inputs, _run_layer
+    from calib_assets.compression.engine import _capture_layer0_inputs, _output
 
     model = _tiny(kv_heads)
     layer = model.model.layers[0]
@@ -101,13 +101,13 @@ def test_folding_scales_keeps_the_block_function(kv_heads, n_groups):
     with torch.no_grad():
         inputs = _capture_layer0_inputs(model.model, torch.randint(0, 256, (3, 16)), torch.device("cpu"),
                                         torch.float32, batch_size=2)
-        before = [out for out, _ in _run_layer(layer, inputs)]
+        before = [_output(layer, hidden, kwargs) for hidden, kwargs in inputs]
         params = dict(layer.named_parameters())
         gen = torch.Generator().manual_seed(2)
         for group in groups:
             width = params[f"{group.linears[0]}.weight"].shape[1]
             fold_scale(params, group, torch.rand(width, generator=gen) * 4 + 0.25)
-        after = [out for out, _ in _run_layer(layer, inputs)]
+        after = [_output(layer, hidden, kwargs) for hidden, kwargs in inputs]
     assert not torch.equal(params["input_layernorm.weight"], _tiny(kv_heads).model.layers[0].input_layernorm.weight)
     for a, b in zip(before, after):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

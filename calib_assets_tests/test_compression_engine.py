@@ -14,6 +14,8 @@ from calib_assets.compression import (
     GPTQConfig,
     MagnitudeConfig,
     RTNConfig,
+    SparseGPTConfig,
+    SpQRConfig,
     WandaConfig,
     apply_checkpoint,
     compress_model,
@@ -22,6 +24,7 @@ from calib_assets.compression import (
     save_checkpoint,
 )
 from calib_assets.compression import checkpoint as checkpoint_module
+from calib_assets.compression.quantizer import dequantize
 
 LINEAR_NAMES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -189,6 +192,94 @@ def test_each_compressed_weight_is_held_once(config, make_model, calib_ids, monk
         assert modules[name].weight.data_ptr() == results[name].weight.data_ptr(), name
 
 
+HELD_IN_BF16 = [GPTQConfig(bits=3, group_size=32), SparseGPTConfig(n=2, m=4), WandaConfig(n=2, m=4),
+                 SpQRConfig(bits=3, group_size=16, outlier_threshold=0.05), AWQConfig(bits=3, group_size=32),
+                 RTNConfig(bits=3, group_size=32)]
+
+
+def _held_in_bf16_and_fp32(make_model):
+    """One model held in bf16, and the same values held in fp32 (buffers such as inv_freq included)."""
+    held = make_model().to(torch.bfloat16)
+    same_values = make_model()
+    same_values.load_state_dict({key: t.float() for key, t in held.state_dict().items()})
+    for (_, a), (_, b) in zip(held.named_buffers(), same_values.named_buffers()):
+        b.data = a.detach().float()
+    return held, same_values
+
+
+@pytest.mark.parametrize("config", HELD_IN_BF16, ids=lambda c: c.label())
+def test_a_model_held_in_bf16_gets_its_fp32_results_rounded_once(config, make_model, calib_ids):
+    """Independent truth: the same values held in fp32 and compressed in fp32, each result then rounded to
+    bf16. The bf16-held model's parameters are its results' weights (one tensor, no fp32 copy kept)."""
+    held, same_values = _held_in_bf16_and_fp32(make_model)
+    ids = calib_ids if config.needs_calibration else None
+    results = compress_model(held, ids, config, forward_dtype=torch.float32, batch_size=4)
+    expected = compress_model(same_values, ids, config, forward_dtype=torch.float32, batch_size=4)
+    assert sorted(results) == sorted(expected)
+    modules = dict(held.named_modules())
+    for name in ALL_LINEARS:
+        result, truth = results[name], expected[name]
+        assert result.weight.dtype == torch.bfloat16
+        assert modules[name].weight.data_ptr() == result.weight.data_ptr(), name
+        assert torch.equal(result.weight.view(torch.int16), truth.weight.to(torch.bfloat16).view(torch.int16)), name
+        for field in ("codes", "mask", "scales", "zeros"):
+            if getattr(truth, field) is not None:
+                assert torch.equal(getattr(result, field), getattr(truth, field)), (name, field)
+    for key, tensor in held.state_dict().items():  # norms too (AWQ folds its scales into them)
+        assert torch.equal(tensor, same_values.state_dict()[key].to(torch.bfloat16)), key
+
+
+def test_bf16_rounding_recounts_spqr_outliers(make_model, calib_ids):
+    """Each SpQR result held in bf16 declares exactly the entries off its bf16 grid as outliers, and
+    its bits per parameter are the paper's count for that number."""
+    from calib_assets.compression.spqr import outlier_mask, spqr_bits_per_param
+
+    config = SpQRConfig(bits=3, group_size=16, outlier_threshold=0.05)
+    held, _ = _held_in_bf16_and_fp32(make_model)
+    results = compress_model(held, calib_ids, config, forward_dtype=torch.float32, batch_size=4)
+    assert sum(r.info["outliers"] for r in results.values()) > 0
+    for name, result in results.items():
+        grid = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
+        off_grid = result.weight.view(torch.int16) != grid.to(torch.bfloat16).view(torch.int16)
+        assert torch.equal(outlier_mask(result), off_grid)
+        assert result.info["outliers"] == int(off_grid.sum()), name
+        assert result.info["bits_per_param"] == pytest.approx(
+            spqr_bits_per_param(config, result.info["outliers"], result.weight.numel()))
+
+
+def test_recount_drops_an_outlier_that_rounds_onto_its_grid():
+    from calib_assets.compression.spqr import OUTLIER_BITS, recount_outliers
+
+    codes = torch.tensor([[0, 1, 2, 3]], dtype=torch.uint8)
+    scales, zeros = torch.tensor([[0.5]]), torch.tensor([[0.0]])
+    grid = torch.tensor([[0.0, 0.5, 1.0, 1.5]])
+    weight = grid.clone()
+    weight[0, 1] = 0.5 + 2**-12  # an fp32 outlier: bf16 holds 8 bits of mantissa, so it rounds to 0.5
+    weight[0, 3] = 1.75  # an outlier in bf16 too
+    result = CompressedLinear(weight=weight.to(torch.bfloat16), codes=codes, scales=scales, zeros=zeros,
+                              bits=2, group_size=4, info={"outliers": 2, "bits_per_param": 3.0})
+    recount_outliers(result)
+    assert result.info["outliers"] == 1
+    assert result.info["bits_per_param"] == 3.0 - OUTLIER_BITS / 4
+
+
+@pytest.mark.parametrize("config", HELD_IN_BF16[:4], ids=lambda c: c.label())
+def test_checkpoint_of_a_bf16_held_model_round_trips(config, make_model, calib_ids, tmp_path):
+    """Written into a fresh bf16 model, the checkpoint gives back the compressed model bit for bit; pruned
+    values are stored in bf16 (two bytes each)."""
+    held, _ = _held_in_bf16_and_fp32(make_model)
+    results = compress_model(held, calib_ids, config, forward_dtype=torch.float32, batch_size=4)
+    manifest = save_checkpoint(tmp_path / "ckpt", results, {})
+    fresh = make_model().to(torch.bfloat16)
+    apply_checkpoint(fresh, tmp_path / "ckpt")
+    for key, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, held.state_dict()[key]), key
+    if config.method in ("sparsegpt", "wanda"):
+        name = ALL_LINEARS[0]
+        values = manifest["layers"][name]["bytes"] - (results[name].weight.numel() + 7) // 8
+        assert values == 2 * int(results[name].mask.sum())
+
+
 def _inputs_of(model, module_name, ids):
     captured = []
     module = dict(model.named_modules())[module_name]
@@ -352,20 +443,23 @@ def test_opt_linears_are_compressed_under_their_full_names():
 
 _ALLOCATION_PROBE = """
 import sys, torch
-from calib_assets.compute import reuse_freed_memory
+from calib_assets.compute import release_freed_memory, reuse_freed_memory
 def anon_mb():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon:")) / 1024
-tuned = reuse_freed_memory() if sys.argv[1] == "tuned" else False
+tuned = reuse_freed_memory() if sys.argv[1] != "default" else False
 before = anon_mb()
 block = torch.ones(64 * 2**20)  # 256 MB, touched
 during = anon_mb()
 del block
+if sys.argv[1] == "released":
+    assert release_freed_memory()
 print(tuned, round(during - before), round(anon_mb() - before))
 """
 
 
 def test_reuse_freed_memory_keeps_freed_tensors_resident():
-    """Control: glibc's default unmaps a freed 256 MB tensor at once; tuned, the memory stays for reuse."""
+    """Control: glibc's default unmaps a freed 256 MB tensor at once; tuned, the memory stays for reuse
+    until `release_freed_memory` hands it back."""
     import subprocess
     import sys
     from pathlib import Path
@@ -384,3 +478,5 @@ def test_reuse_freed_memory_keeps_freed_tensors_resident():
     if not tuned:
         pytest.skip("the C library is not glibc")
     assert grown > 200 and kept > 200
+    _, grown, kept = probe("released")
+    assert grown > 200 and kept < 50

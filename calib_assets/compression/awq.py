@@ -271,7 +271,7 @@ def compress_layer_awq(
     """AWQ of one decoder layer; same contract as engine._compress_layer (advances `inputs` in place when
     `rerun`). Returns full linear name -> CompressedLinear, and full parameter name -> ExtraTensor for
     each folded norm weight (and bias)."""
-    from .engine import _load, _on_device, _run_layer, share_result_weights
+    from .engine import _load, _on_device, _run_layer, advance, share_result_weights
 
     if inputs is None:
         raise ValueError("AWQ needs calibration inputs (got None)")
@@ -326,7 +326,7 @@ def compress_layer_awq(
                                                                  info={"awq_folded": True})
         _load(layer, master, device, forward_dtype)
         if rerun:
-            inputs[:] = _run_layer(layer, inputs)
+            advance(layer, inputs)
     share_result_weights(layer, prefix, results)
     return results
 

@@ -9,8 +9,10 @@ writes the linears into a freshly loaded copy of it. Per linear, under its full 
 - quantized with quantized statistics (SpQR), instead of scales/zeros: `<name>.scales.codes` and
   `<name>.zeros.codes` (bit-packed at their own bits) and `<name>.scales.grid`, `<name>.zeros.grid`
   (fp16 [runs, groups, 2]: each second-level grid's scale and zero point);
-- pruned: `<name>.mask` (keep-mask, np.packbits order) and `<name>.values` (the kept weights, fp32);
-- otherwise: `<name>.weight` (fp32).
+- pruned: `<name>.mask` (keep-mask, np.packbits order) and `<name>.values` (the kept weights);
+- otherwise: `<name>.weight`.
+Weights and values are stored in the result's precision: fp32, or the model's bf16/fp16 when the model
+was held in it during compression (its results' weights are then rounded once to it).
 - quantized weights that differ from their codes' grid (SpQR's outliers, counted in `info["outliers"]`),
   in compressed-row form: `<name>.outlier_counts` (per row), `<name>.outlier_cols` (column of each, row-major
   order; both int16 where the width allows, else int32) and `<name>.outlier_values` (fp16 when every value
@@ -18,7 +20,8 @@ writes the linears into a freshly loaded copy of it. Per linear, under its full 
   int32 indices, and fp32 values; they still load.)
 Extra tensors (`ExtraTensor`, keyed by full parameter name: AWQ's folded norm weights) are stored as is
 under `extra/<name>` (fp32) and listed in the manifest's `extra`; `apply_checkpoint` writes them back.
-Loading reconstructs bit for bit the weights the method produced.
+Loading reconstructs bit for bit the weights the method produced (a result held in bf16/fp16: once
+written into a model of that dtype).
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ def _apply_extra(model: nn.Module, name: str, extra: ExtraTensor) -> None:
 
 
 def _encode(name: str, c: CompressedLinear) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    weight = c.weight.detach().cpu().float()
+    weight = _stored_precision(c.weight.detach().cpu())
     rows, cols = weight.shape
     summary: dict[str, Any] = {"shape": [rows, cols], "params": rows * cols, "pruned": 0,
                                "info": dict(c.info)}
@@ -204,11 +207,16 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
                                 info=summary.get("info", {}), second_level=second_level)
     if summary["format"] == "pruned":
         weight = torch.zeros(rows, cols, dtype=torch.float32)
-        weight[mask] = tensors[f"{name}.values"]
+        weight[mask] = tensors[f"{name}.values"].float()
         return CompressedLinear(weight=weight, mask=mask, info=summary.get("info", {}))
     if summary["format"] == "dense":
-        return CompressedLinear(weight=tensors[f"{name}.weight"], info=summary.get("info", {}))
+        return CompressedLinear(weight=tensors[f"{name}.weight"].float(), info=summary.get("info", {}))
     raise ValueError(f"layer {name!r}: unknown stored format {summary['format']!r}")
+
+
+def _stored_precision(weight: torch.Tensor) -> torch.Tensor:
+    """fp32, or the 16-bit dtype a result's weight is held in (a model held in bf16 or fp16)."""
+    return weight if weight.dtype in (torch.float32, torch.bfloat16, torch.float16) else weight.float()
 
 
 def _outliers(name: str, c: CompressedLinear, weight: torch.Tensor, stored: dict[str, torch.Tensor],
@@ -231,7 +239,7 @@ def _outliers(name: str, c: CompressedLinear, weight: torch.Tensor, stored: dict
         return {}
     rows, cols = weight.shape
     index = off_grid.nonzero().squeeze(1)  # row-major order
-    values = weight.reshape(-1)[index].contiguous()
+    values = weight.reshape(-1)[index].float().contiguous()
     as_fp16 = values.half()
     summary["outliers"] = count
     return {f"{name}.outlier_counts": off_grid.view(rows, cols).sum(dim=1).to(_index_dtype(cols + 1)),

@@ -363,8 +363,10 @@ def check_layer_compatible(config: MethodConfig, layer_name: str, in_features: i
 class CompressedLinear:
     """What a compressor produced for one linear.
 
-    `weight` is the dense fp32 effective weight. When quantized, `dequantize(codes, scales, zeros,
-    group_size, g_idx)` reproduces `weight` bit for bit; when pruned, `mask` (True = kept) marks the kept entries.
+    `weight` is the dense effective weight: fp32 as a compressor returns it; the engine rounds it once to
+    the model's dtype when the model is held in bf16 or fp16. When quantized, `dequantize(codes, scales,
+    zeros, group_size, g_idx)`, cast to `weight`'s dtype, reproduces `weight` bit for bit (SpQR: except at
+    its outliers); when pruned, `mask` (True = kept) marks the kept entries.
     """
 
     weight: torch.Tensor

@@ -27,7 +27,7 @@ from .gptq import GPTQ
 from .magnitude import Magnitude
 from .rtn import RTN
 from .sparsegpt import SparseGPT
-from .spqr import SpQR
+from .spqr import SpQR, recount_outliers
 from .wanda import Wanda
 
 COMPRESSORS: dict[str, type] = {"rtn": RTN, "magnitude": Magnitude, "wanda": Wanda, "gptq": GPTQ,
@@ -67,10 +67,14 @@ def compress_model(
 ) -> dict[str, CompressedLinear]:
     """Compress every linear of the decoder layers in place; return full module name -> result.
 
-    Tunes the process's allocator first (`calib_assets.compute.reuse_freed_memory`)."""
-    from calib_assets.compute import reuse_freed_memory
+    The model may be held in fp32 or in a 16-bit dtype: each layer is compressed from an fp32 copy and its
+    results written back once, rounded to the model's dtype (see `share_result_weights`). Tunes the
+    process's allocator first, and hands its freed memory back after each layer
+    (`calib_assets.compute.reuse_freed_memory`, `release_freed_memory`)."""
+    from calib_assets.compute import release_freed_memory, reuse_freed_memory
 
     reuse_freed_memory()
+    release_freed_memory()  # e.g. what loading the model left behind
     linears = compressible_linears(model)
     for name, linear in linears.items():
         check_layer_compatible(config, name, linear.in_features)
@@ -99,6 +103,7 @@ def compress_model(
             results.update(
                 layer_fn(layer, layer_prefix, inputs, config, device, forward_dtype, rerun, groups)
             )
+            release_freed_memory()
             if progress is not None:
                 progress(index + 1, total, layer_prefix)
     return results
@@ -121,7 +126,7 @@ def layerwise_hidden_states(
         inputs = _capture_layer0_inputs(decoder, input_ids, device, forward_dtype, batch_size)
         for layer in decoder.layers:
             with _on_device(layer, device, forward_dtype):
-                inputs = _run_layer(layer, inputs)
+                advance(layer, inputs)
     norm = _final_norm(decoder)
     out_device = norm.weight.device if norm is not None else torch.device("cpu")
     return torch.cat([hidden for hidden, _ in inputs]).to(out_device)
@@ -162,22 +167,33 @@ def _compress_layer(
                 results.update(_compress_group(compressors.pop(group[0]), group, master, prefix))
             _load(layer, master, device, forward_dtype)  # the next stage (or rerun) sees this one compressed
         if inputs is not None and rerun:
-            inputs[:] = _run_layer(layer, inputs)
+            advance(layer, inputs)
     share_result_weights(layer, prefix, results)
     return results
 
 
 def share_result_weights(layer: nn.Module, prefix: str, results: dict) -> None:
-    """Once a layer is back home, each compressed linear's parameter becomes its result's weight where the
-    two hold the same values in the same dtype and place. A CUDA run copies both back to the host, and a
-    model would otherwise end up with every compressed weight twice in host memory."""
+    """Once a layer is back home, each compressed linear and its result hold one weight tensor, not two.
+
+    - The model holds the result's dtype: the parameter becomes the result's weight where the two hold the
+      same values in the same place (a CUDA run copies both back to the host, and the model would otherwise
+      end up with every compressed weight twice in host memory).
+    - The model is held in a lower precision (bf16, fp16): the result takes the parameter, which is its fp32
+      weight rounded once to that dtype, and the fp32 copy is dropped. Its codes stay exact; SpQR's outliers
+      are counted again, since rounding can land an outlier on its grid value.
+    """
     for name, module in layer.named_modules():
-        result = results.get(f"{prefix}.{name}")
-        if isinstance(module, nn.Linear) and isinstance(result, CompressedLinear):
-            weight = module.weight
-            if (weight.data_ptr() != result.weight.data_ptr() and weight.dtype == result.weight.dtype
-                    and weight.device == result.weight.device and torch.equal(weight, result.weight)):
-                weight.data = result.weight
+        key = f"{prefix}.{name}"
+        result = results.get(key)
+        if not isinstance(module, nn.Linear) or not isinstance(result, CompressedLinear):
+            continue
+        weight = module.weight
+        if weight.dtype != result.weight.dtype and weight.element_size() < result.weight.element_size():
+            results[key] = dataclasses.replace(result, weight=weight.detach(), info=dict(result.info))
+            recount_outliers(results[key])
+        elif (weight.data_ptr() != result.weight.data_ptr() and weight.dtype == result.weight.dtype
+                and weight.device == result.weight.device and torch.equal(weight, result.weight)):
+            weight.data = result.weight
 
 
 def _compress_group(compressor, group: list[str], master: dict[str, torch.Tensor], prefix: str):
@@ -283,14 +299,22 @@ def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix
             handle.remove()
 
 
-def _run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
-    outputs = []
+def _run_layer(layer: nn.Module, inputs: LayerInputs) -> None:
+    """Every batch through the layer, keeping no output (for the hooks that watch it)."""
     for hidden, kwargs in inputs:
-        out = layer(hidden, **kwargs)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        outputs.append((out, kwargs))
-    return outputs
+        layer(hidden, **kwargs)
+
+
+def advance(layer: nn.Module, inputs: LayerInputs) -> None:
+    """Replace each batch of `inputs` by the layer's output, batch by batch: a second full set of
+    activations is never held."""
+    for index, (hidden, kwargs) in enumerate(inputs):
+        inputs[index] = (_output(layer, hidden, kwargs), kwargs)
+
+
+def _output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = layer(hidden, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class _StopForward(Exception):

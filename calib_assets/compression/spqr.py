@@ -60,11 +60,27 @@ def spqr_bits_per_param(config: SpQRConfig, outliers: int, numel: int) -> float:
 
 
 def outlier_mask(result: CompressedLinear) -> torch.Tensor:
-    """True where `weight` is not (bitwise) what the codes give: the weights kept in full precision."""
+    """True where `weight` is not (bitwise) what the codes give, rounded to the weight's dtype: the
+    weights kept in full precision."""
     grid = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
     if result.mask is not None:
         grid = torch.where(result.mask, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
-    return result.weight.float().contiguous().view(torch.int32) != grid.contiguous().view(torch.int32)
+    weight = result.weight if result.weight.is_floating_point() and result.weight.element_size() <= 4 \
+        else result.weight.float()
+    as_bits = {2: torch.int16, 4: torch.int32}[weight.element_size()]
+    return weight.contiguous().view(as_bits) != grid.to(weight.dtype).contiguous().view(as_bits)
+
+
+def recount_outliers(result: CompressedLinear) -> None:
+    """Bring `info["outliers"]` and `info["bits_per_param"]` up to date once `weight` was rounded to a
+    lower precision (a model held in bf16): an outlier that rounds to its grid value stops being one."""
+    declared = result.info.get("outliers")
+    if not declared:
+        return
+    count = int(outlier_mask(result).sum())
+    if "bits_per_param" in result.info:
+        result.info["bits_per_param"] += OUTLIER_BITS * (count - declared) / result.weight.numel()
+    result.info["outliers"] = count
 
 
 class SpQR(HessianCompressor):
