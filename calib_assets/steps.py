@@ -98,15 +98,17 @@ def base_model_manifest(root: Path, model_name: str) -> dict[str, Any]:
     return _read_manifest(model_dir(root, model_name), "base_model", model_name)
 
 
-def _load_base(study: Study, root: Path, model_name: str, device: str = "cpu"):
+def _load_base(study: Study, root: Path, model_name: str, device: str = "cpu", dtype: str = "float32"):
     """The base model for a heavy step (compression, evaluation, scoring), the allocator tuned for it."""
+    import torch
+
     from calib_assets.compute import reuse_freed_memory
     from calib_assets.models import load_model, trust_remote_code
 
     reuse_freed_memory()
 
     manifest = base_model_manifest(root, model_name)
-    model, tokenizer = load_model(Path(manifest["folder"]), device=device,
+    model, tokenizer = load_model(Path(manifest["folder"]), dtype=getattr(torch, dtype), device=device,
                                   trust_remote_code=trust_remote_code(study.model(model_name)))
     return model, tokenizer, manifest
 
@@ -428,14 +430,14 @@ def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: 
     inputs, inputs_hash = _inputs(
         "compressed_model", base_fingerprint=base["fingerprint"], method=method.config.to_dict(),
         calibration_fingerprint=calibration["fingerprint"] if calibration else None,
-        forward_dtype=str(forward_dtype), batch_size=study.compute.batch_size)
+        forward_dtype=str(forward_dtype), batch_size=study.compute.batch_size, **_held_in(study))
     if reused := _reusable(directory, inputs_hash):
         return reused
-    model, _, _ = _load_base(study, root, model_spec.name)
+    model, _, _ = _load_base(study, root, model_spec.name, dtype=study.compute.model_dtype)
     ids = load_calibration_set(calibration_dir(root, model_spec.name, calib)).input_ids() if calib else None
     started = time.perf_counter()
     compressed = compress_model(model, ids, method.config, device=device, forward_dtype=forward_dtype,
-                                batch_size=study.compute.batch_size,
+                                batch_size=study.compute.batch_size, release_memory=study.compute.model_dtype != "float32",
                                 progress=lambda done, total, layer: log(f"compressed {layer} ({done}/{total})"))
     seconds = time.perf_counter() - started
     return save_checkpoint(directory, compressed, {
@@ -444,6 +446,13 @@ def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: 
         "calibration_fingerprint": calibration["fingerprint"] if calibration else None,
         "inputs": inputs, "inputs_hash": inputs_hash, "compress_seconds": round(seconds, 2),
         "device": device, "forward_dtype": str(forward_dtype), "library_version": __version__})
+
+
+def _held_in(study: Study) -> dict[str, str]:
+    """The model's dtype during compression, as an input of the checkpoint; left out at the default
+    (float32), so that checkpoints made before the option existed are still reused."""
+    dtype = study.compute.model_dtype
+    return {} if dtype == "float32" else {"model_dtype": dtype}
 
 
 def variant_manifest(study: Study, variant: str, calib: str | None, root: Path) -> dict[str, Any]:

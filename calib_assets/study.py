@@ -192,6 +192,11 @@ class ComputeSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     forward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(8, gt=0, description="calibration windows per forward pass")
+    model_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="the dtype the model is held in while it is compressed: each layer is compressed "
+                               "from an fp32 copy and its results rounded once to this dtype; bfloat16 halves "
+                               "the host memory of the model, and freed memory is then handed back between "
+                               "layers")
 
 
 class Study(_Strict):

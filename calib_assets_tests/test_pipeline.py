@@ -121,6 +121,46 @@ def test_data_versions_are_content_hashes(materialized):
     assert event is not None
 
 
+def test_a_model_held_in_bf16_makes_a_checkpoint_of_its_own(materialized, tmp_path):
+    """compute.model_dtype: bfloat16 is an input of the checkpoint (a new inputs hash, pruned values
+    stored in bf16, loading gives the bf16-held model's weights); at the float32 default the materialized
+    checkpoints keep their inputs hash and are reused, byte for byte."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from calib_assets.calibration import load_calibration_set
+    from calib_assets.compression import compress_model
+    from calib_assets.models import load_model
+
+    study, _, root, _, _ = materialized
+    copy = tmp_path / "artifacts"
+    shutil.copytree(root, copy)
+    variant, calib = next(v for v in study.variant_keys if ".sparsegpt" in v), study.calib_keys[0]
+    directory = steps.checkpoint_dir(copy, variant, calib)
+    tensors_file = next(directory.glob("*.safetensors"))
+    before, before_bytes = json.loads((directory / "manifest.json").read_text()), tensors_file.read_bytes()
+    assert "model_dtype" not in before["inputs"]
+    reused = steps.materialize_checkpoint(study, variant, calib, copy, device="cpu", forward_dtype=torch.float32)
+    assert reused["inputs_hash"] == before["inputs_hash"] and tensors_file.read_bytes() == before_bytes
+
+    held = study.model_copy(update={"compute": study.compute.model_copy(update={"model_dtype": "bfloat16"})})
+    manifest = steps.materialize_checkpoint(held, variant, calib, copy, device="cpu", forward_dtype=torch.float32)
+    assert manifest["inputs"]["model_dtype"] == "bfloat16" and manifest["inputs_hash"] != before["inputs_hash"]
+    values = {k: t for k, t in load_file(str(next(directory.glob("*.safetensors")))).items() if k.endswith(".values")}
+    assert values and all(t.dtype == torch.bfloat16 for t in values.values())
+
+    base = steps.base_model_manifest(copy, study.models[0].name)
+    expected, _ = load_model(Path(base["folder"]), dtype=torch.bfloat16)
+    ids = load_calibration_set(steps.calibration_dir(copy, study.models[0].name, calib)).input_ids()
+    compress_model(expected, ids, study.parse_variant(variant)[1].config, forward_dtype=torch.float32,
+                   batch_size=study.compute.batch_size)
+    loaded, _, _ = steps.load_variant_model(held, variant, calib, copy)
+    for key, tensor in expected.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key].to(torch.bfloat16), tensor), key
+
+
 def test_each_checkpoint_descends_from_exactly_its_calibration_set(materialized):
     study, _, root, instance, _ = materialized
     model = study.models[0].name

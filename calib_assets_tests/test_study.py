@@ -53,6 +53,7 @@ def test_partition_keys_split_calibration_dependent_methods_from_controls():
         ({"evaluation": {"extra_datasets": [{"kind": "hub", "path": "x"}]}}, "hub"),
         ({"evaluation": {"datasets": ["wikipedia"]}}, "wikipedia"),
         ({"colour": "blue"}, "colour"),
+        ({"compute": {"model_dtype": "int8"}}, "model_dtype"),
     ],
 )
 def test_bad_studies_are_rejected_with_the_offending_value(changes, message):

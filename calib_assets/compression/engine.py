@@ -64,17 +64,20 @@ def compress_model(
     forward_dtype: torch.dtype = torch.bfloat16,
     batch_size: int = 8,
     progress: Progress | None = None,
+    release_memory: bool = False,
 ) -> dict[str, CompressedLinear]:
     """Compress every linear of the decoder layers in place; return full module name -> result.
 
     The model may be held in fp32 or in a 16-bit dtype: each layer is compressed from an fp32 copy and its
     results written back once, rounded to the model's dtype (see `share_result_weights`). Tunes the
-    process's allocator first, and hands its freed memory back after each layer
-    (`calib_assets.compute.reuse_freed_memory`, `release_freed_memory`)."""
+    process's allocator first (`calib_assets.compute.reuse_freed_memory`); with `release_memory`, the
+    freed memory goes back to the kernel before the first layer and after each one
+    (`release_freed_memory`): a lower, steadier peak, for one round of page faults per layer."""
     from calib_assets.compute import release_freed_memory, reuse_freed_memory
 
     reuse_freed_memory()
-    release_freed_memory()  # e.g. what loading the model left behind
+    release = release_freed_memory if release_memory else lambda: None
+    release()  # e.g. what loading the model left behind
     linears = compressible_linears(model)
     for name, linear in linears.items():
         check_layer_compatible(config, name, linear.in_features)
@@ -103,7 +106,7 @@ def compress_model(
             results.update(
                 layer_fn(layer, layer_prefix, inputs, config, device, forward_dtype, rerun, groups)
             )
-            release_freed_memory()
+            release()
             if progress is not None:
                 progress(index + 1, total, layer_prefix)
     return results
