@@ -11,8 +11,6 @@ writes the linears into a freshly loaded copy of it. Per linear, under its full 
   (fp16 [runs, groups, 2]: each second-level grid's scale and zero point);
 - pruned: `<name>.mask` (keep-mask, np.packbits order) and `<name>.values` (the kept weights);
 - otherwise: `<name>.weight`.
-Weights and values are stored in the result's precision: fp32, or the model's bf16/fp16 when the model
-was held in it during compression (its results' weights are then rounded once to it).
 - quantized weights that differ from their codes' grid (SpQR's outliers, counted in `info["outliers"]`),
   in compressed-row form: `<name>.outlier_counts` (per row), `<name>.outlier_cols` (column of each, row-major
   order; both int16 where the width allows, else int32) and `<name>.outlier_values` (fp16 when every value
@@ -20,6 +18,8 @@ was held in it during compression (its results' weights are then rounded once to
   int32 indices, and fp32 values; they still load.)
 Extra tensors (`ExtraTensor`, keyed by full parameter name: AWQ's folded norm weights) are stored as is
 under `extra/<name>` (fp32) and listed in the manifest's `extra`; `apply_checkpoint` writes them back.
+Weights and values are stored in the result's precision: fp32, or the model's bf16/fp16 when the model
+was held in it during compression (its results' weights are then rounded once to it).
 Loading reconstructs bit for bit the weights the method produced (a result held in bf16/fp16: once
 written into a model of that dtype).
 """
