@@ -67,8 +67,7 @@ def run_one(args) -> None:
         config = make_method_config(method, params)
         with sampled_peak_rss() as memory:
             started = time.perf_counter()
-            compress_model(model, ids, config, forward_dtype=forward_dtype, batch_size=args.batch_size,
-                           release_memory=args.model_dtype != "float32")
+            compress_model(model, ids, config, forward_dtype=forward_dtype, batch_size=args.batch_size)
             seconds = time.perf_counter() - started
     hidden = model.config.hidden_size
     activations_mb = ids.numel() * hidden * torch.finfo(forward_dtype).bits / 8 / 2**20

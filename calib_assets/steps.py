@@ -437,7 +437,7 @@ def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: 
     ids = load_calibration_set(calibration_dir(root, model_spec.name, calib)).input_ids() if calib else None
     started = time.perf_counter()
     compressed = compress_model(model, ids, method.config, device=device, forward_dtype=forward_dtype,
-                                batch_size=study.compute.batch_size, release_memory=study.compute.model_dtype != "float32",
+                                batch_size=study.compute.batch_size,
                                 progress=lambda done, total, layer: log(f"compressed {layer} ({done}/{total})"))
     seconds = time.perf_counter() - started
     return save_checkpoint(directory, compressed, {

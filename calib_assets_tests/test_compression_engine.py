@@ -229,6 +229,19 @@ def test_a_model_held_in_bf16_gets_its_fp32_results_rounded_once(config, make_mo
         assert torch.equal(tensor, same_values.state_dict()[key].to(torch.bfloat16)), key
 
 
+@pytest.mark.parametrize("dtype, release_memory, calls", [(torch.float32, None, 0), (torch.bfloat16, None, 3),
+                                                           (torch.float32, True, 3), (torch.bfloat16, False, 0)])
+def test_freed_memory_is_released_by_default_only_for_a_16_bit_model(dtype, release_memory, calls, make_model,
+                                                                     monkeypatch):
+    """Before the first layer and after each of the 2 layers, unless told otherwise."""
+    import calib_assets.compute
+
+    released = []
+    monkeypatch.setattr(calib_assets.compute, "release_freed_memory", lambda: released.append(1) or True)
+    compress_model(make_model().to(dtype), None, RTNConfig(bits=3, group_size=32), release_memory=release_memory)
+    assert len(released) == calls
+
+
 def test_bf16_rounding_recounts_spqr_outliers(make_model, calib_ids):
     """Each SpQR result held in bf16 declares exactly the entries off its bf16 grid as outliers, and
     its bits per parameter are the paper's count for that number."""

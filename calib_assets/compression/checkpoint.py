@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..artifacts import atomic_dir, read_json, sha256_files, write_json
-from .config import CompressedLinear, QuantizedStatistic
+from .config import CompressedLinear, QuantizedStatistic, held_precision
 from .magnitude import apply_mask
 from .quantizer import dequantize, pack_codes, unpack_codes
 from .spqr import outlier_mask, spqr_statistics
@@ -146,7 +146,7 @@ def _apply_extra(model: nn.Module, name: str, extra: ExtraTensor) -> None:
 
 
 def _encode(name: str, c: CompressedLinear) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    weight = _stored_precision(c.weight.detach().cpu())
+    weight = held_precision(c.weight.detach().cpu())
     rows, cols = weight.shape
     summary: dict[str, Any] = {"shape": [rows, cols], "params": rows * cols, "pruned": 0,
                                "info": dict(c.info)}
@@ -212,11 +212,6 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
     if summary["format"] == "dense":
         return CompressedLinear(weight=tensors[f"{name}.weight"].float(), info=summary.get("info", {}))
     raise ValueError(f"layer {name!r}: unknown stored format {summary['format']!r}")
-
-
-def _stored_precision(weight: torch.Tensor) -> torch.Tensor:
-    """fp32, or the 16-bit dtype a result's weight is held in (a model held in bf16 or fp16)."""
-    return weight if weight.dtype in (torch.float32, torch.bfloat16, torch.float16) else weight.float()
 
 
 def _outliers(name: str, c: CompressedLinear, weight: torch.Tensor, stored: dict[str, torch.Tensor],

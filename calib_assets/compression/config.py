@@ -406,6 +406,12 @@ class CompressedLinear:
         )
 
 
+def held_precision(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` in the precision a result holds it: as is in fp32, bf16 or fp16 (a model held in a 16-bit
+    dtype), else as fp32."""
+    return weight if weight.dtype in (torch.float32, torch.bfloat16, torch.float16) else weight.float()
+
+
 @dataclass
 class QuantizedStatistic:
     """A per-(row, group) statistic [rows, groups] quantized on its own min/max grids (SpQR's second level).

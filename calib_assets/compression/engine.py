@@ -64,18 +64,22 @@ def compress_model(
     forward_dtype: torch.dtype = torch.bfloat16,
     batch_size: int = 8,
     progress: Progress | None = None,
-    release_memory: bool = False,
+    release_memory: bool | None = None,
 ) -> dict[str, CompressedLinear]:
     """Compress every linear of the decoder layers in place; return full module name -> result.
 
     The model may be held in fp32 or in a 16-bit dtype: each layer is compressed from an fp32 copy and its
     results written back once, rounded to the model's dtype (see `share_result_weights`). Tunes the
-    process's allocator first (`calib_assets.compute.reuse_freed_memory`); with `release_memory`, the
-    freed memory goes back to the kernel before the first layer and after each one
-    (`release_freed_memory`): a lower, steadier peak, for one round of page faults per layer."""
+    process's allocator first (`calib_assets.compute.reuse_freed_memory`); with `release_memory` (by
+    default: when the model is held in a 16-bit dtype, the memory-saving setting), the freed memory goes
+    back to the kernel before the first layer and after each one (`release_freed_memory`): a lower,
+    steadier peak, for one round of page faults per layer."""
     from calib_assets.compute import release_freed_memory, reuse_freed_memory
 
     reuse_freed_memory()
+    decoder = _decoder(model)
+    if release_memory is None:
+        release_memory = any(t.element_size() < 4 for t in _floating_state(decoder.layers[0]).values())
     release = release_freed_memory if release_memory else lambda: None
     release()  # e.g. what loading the model left behind
     linears = compressible_linears(model)
@@ -87,7 +91,6 @@ def compress_model(
         raise ValueError(f"batch_size={batch_size} must be >= 1")
 
     device = torch.device(device)
-    decoder = _decoder(model)
     prefix = _prefix_of(model, decoder)
     results: dict[str, CompressedLinear] = {}
     with _eval_mode(model):

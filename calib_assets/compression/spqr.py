@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .config import CompressedLinear, QuantizedStatistic, SpQRConfig, check_finite
+from .config import CompressedLinear, QuantizedStatistic, SpQRConfig, check_finite, held_precision
 from .gptq import HessianCompressor, inverse_hessian_factor, obs_blocks
 from .quantizer import dequantize, dequantize_statistic
 
@@ -65,8 +65,7 @@ def outlier_mask(result: CompressedLinear) -> torch.Tensor:
     grid = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
     if result.mask is not None:
         grid = torch.where(result.mask, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
-    weight = result.weight if result.weight.is_floating_point() and result.weight.element_size() <= 4 \
-        else result.weight.float()
+    weight = held_precision(result.weight)
     as_bits = {2: torch.int16, 4: torch.int32}[weight.element_size()]
     return weight.contiguous().view(as_bits) != grid.to(weight.dtype).contiguous().view(as_bits)
 
