@@ -1,10 +1,12 @@
 """Quantizer, bit packing and RTN against brute-force truths."""
 
+import numpy as np
 import pytest
 import torch
 
-from calib_assets.compression import RTN, RTNConfig
-from calib_assets.compression.quantizer import dequantize, pack_codes, unpack_codes
+from calib_assets.compression import RTN, Magnitude, MagnitudeConfig, RTNConfig
+from calib_assets.compression.packing import PackedTensor, pack_codes, unpack_codes
+from calib_assets.compression.quantizer import dequantize
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -25,6 +27,41 @@ def test_pack_layout_matches_python_bitstring():
     stream += "0" * (-len(stream) % 8)
     expected = [int(stream[i : i + 8][::-1], 2) for i in range(0, len(stream), 8)]
     assert pack_codes(codes, bits).tolist() == expected
+
+
+@pytest.mark.parametrize("bits", [1, 3, 5, 8])
+def test_pack_matches_numpy_little_endian_packbits_across_chunks(bits):
+    numel = (1 << 20) + 13  # past one chunk of the packer
+    codes = torch.randint(0, 2**bits, (numel,), generator=torch.Generator().manual_seed(bits), dtype=torch.int64)
+    stream = ((codes.numpy()[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    expected = np.packbits(stream, bitorder="little")
+    assert np.array_equal(pack_codes(codes, bits).numpy(), expected)
+    assert torch.equal(unpack_codes(torch.from_numpy(expected), bits, numel), codes.to(torch.uint8))
+
+
+def test_packed_tensor_uses_the_fewest_bits_and_restores_dtype_and_shape():
+    mask = torch.rand(37, 11, generator=torch.Generator().manual_seed(0)) > 0.5
+    packed = PackedTensor.pack(mask)
+    assert (packed.bits, packed.data.numel()) == (1, -(-mask.numel() // 8))
+    assert packed.unpack().dtype == torch.bool and torch.equal(packed.unpack(), mask)
+    codes = torch.tensor([[0, 5], [2, 1]], dtype=torch.uint8)
+    assert PackedTensor.pack(codes).bits == 3 and torch.equal(PackedTensor.pack(codes).unpack(), codes)
+    with pytest.raises(ValueError, match="integer or bool"):
+        PackedTensor.pack(torch.zeros(3))
+
+
+def test_results_hold_codes_and_masks_bit_packed():
+    weight = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
+    quantized = RTN(RTNConfig(bits=3, group_size=16), weight).compress(weight)
+    assert quantized.packed("codes").data.numel() == -(-weight.numel() * 3 // 8)
+    assert quantized.codes.dtype == torch.uint8 and int(quantized.codes.max()) <= 7
+    assert torch.equal(dequantize(quantized.codes, quantized.scales, quantized.zeros, 16), quantized.weight)
+    pruned = Magnitude(MagnitudeConfig(sparsity=0.5), weight).compress(weight)
+    assert pruned.packed("mask").data.numel() == weight.numel() // 8
+    assert torch.equal(pruned.mask, pruned.weight != 0)
+    moved = quantized.to("cpu")
+    assert moved.packed("codes") is not None and torch.equal(moved.codes, quantized.codes)
+    assert pruned.replace(info={}).packed("mask") is pruned.packed("mask")  # handed over, not repacked
 
 
 def test_pack_rejects_out_of_range_codes():

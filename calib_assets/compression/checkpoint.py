@@ -37,7 +37,8 @@ from torch import nn
 from ..artifacts import atomic_dir, read_json, sha256_files, write_json
 from .config import CompressedLinear, QuantizedStatistic, held_precision
 from .magnitude import apply_mask
-from .quantizer import dequantize, pack_codes, unpack_codes
+from .packing import pack_codes, unpack_codes
+from .quantizer import dequantize
 from .spqr import outlier_mask, spqr_statistics
 
 TENSORS_FILE = "tensors.safetensors"

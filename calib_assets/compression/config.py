@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .packing import PackedField, PackedTensor
+
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -366,16 +368,17 @@ class CompressedLinear:
     `weight` is the dense effective weight: fp32 as a compressor returns it; the engine rounds it once to
     the model's dtype when the model is held in bf16 or fp16. When quantized, `dequantize(codes, scales,
     zeros, group_size, g_idx)`, cast to `weight`'s dtype, reproduces `weight` bit for bit (SpQR: except at
-    its outliers); when pruned, `mask` (True = kept) marks the kept entries.
+    its outliers); when pruned, `mask` (True = kept) marks the kept entries. Codes and mask are held
+    bit-packed (`packing.PackedField`): reading either unpacks a fresh tensor.
     """
 
     weight: torch.Tensor
-    codes: torch.Tensor | None = None
+    codes: torch.Tensor | None = PackedField()
     scales: torch.Tensor | None = None
     zeros: torch.Tensor | None = None
     bits: int | None = None
     group_size: int | None = None
-    mask: torch.Tensor | None = None
+    mask: torch.Tensor | None = PackedField()
     g_idx: torch.Tensor | None = None  # int32 [in_features]: column -> group (act-order); None: j // group_size
     info: dict[str, Any] = field(default_factory=dict)
     # SpQR: `scales` and `zeros` are themselves quantized; their codes and grids (see QuantizedStatistic)
@@ -383,23 +386,31 @@ class CompressedLinear:
 
     @property
     def quantized(self) -> bool:
-        return self.codes is not None
+        return self.packed("codes") is not None
 
     @property
     def pruned(self) -> bool:
-        return self.mask is not None
+        return self.packed("mask") is not None
+
+    def packed(self, name: str) -> PackedTensor | None:
+        """The packed form of `codes` or `mask`, without unpacking it."""
+        return type(self).__dict__[name].packed(self)
+
+    def replace(self, **changes: Any) -> CompressedLinear:
+        """`dataclasses.replace` that hands the packed codes and mask over as they are, not unpacked."""
+        kept = {name: self.packed(name) for name in ("codes", "mask") if name not in changes}
+        return dataclasses.replace(self, **kept, **changes)
 
     def to(self, device: torch.device | str) -> CompressedLinear:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+        def move(t: torch.Tensor | PackedTensor | None) -> torch.Tensor | PackedTensor | None:
             return None if t is None else t.to(device)
 
-        return dataclasses.replace(
-            self,
+        return self.replace(
             weight=self.weight.to(device),
-            codes=move(self.codes),
+            codes=move(self.packed("codes")),
             scales=move(self.scales),
             zeros=move(self.zeros),
-            mask=move(self.mask),
+            mask=move(self.packed("mask")),
             g_idx=move(self.g_idx),
             second_level=None if self.second_level is None
             else {key: stat.to(device) for key, stat in self.second_level.items()},

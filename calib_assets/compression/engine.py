@@ -195,7 +195,7 @@ def share_result_weights(layer: nn.Module, prefix: str, results: dict) -> None:
             continue
         weight = module.weight
         if weight.dtype != result.weight.dtype and weight.element_size() < result.weight.element_size():
-            results[key] = dataclasses.replace(result, weight=weight.detach(), info=dict(result.info))
+            results[key] = result.replace(weight=weight.detach(), info=dict(result.info))
             recount_outliers(results[key])
         elif (weight.data_ptr() != result.weight.data_ptr() and weight.dtype == result.weight.dtype
                 and weight.device == result.weight.device and torch.equal(weight, result.weight)):
