@@ -27,8 +27,10 @@ overriding llm-compressor's defaults where they differ:
   8 x 128 calibration tokens (its grid search re-runs whole attention/MLP blocks per grid point).
 
 During calibration llm-compressor forces eager attention (ours runs the model's sdpa); the two agree to
-float rounding, not bit for bit. --dtype is accepted for symmetry with compression.py and ignored: the
-model is calibrated in float32.
+float rounding, not bit for bit. llm-compressor's forward runs in the model's dtype, so the model is
+loaded in --dtype, resolved as compression.py resolves it (auto: bf16 where the CPU has it natively,
+else fp32): both tools then calibrate in the same forward dtype, and llm-compressor's compressed weights
+are held in it, as on a GPU.
 
 lm_head is ignored everywhere (llm-compressor's "Linear" target would otherwise include it, and it is
 tied to the embeddings). Only `oneshot` is timed. Perplexity: the compressed weights are copied into a
@@ -137,8 +139,8 @@ def main() -> None:
     parser.add_argument("--heldout", required=True, help=".npy of the held-out token stream")
     parser.add_argument("--seq-len", type=int, default=512, help="perplexity window")
     parser.add_argument("--dtype", default="float32", choices=["auto", "bfloat16", "float32"],
-                        help="accepted for symmetry with compression.py; llm-compressor always calibrates "
-                             "the float32 model (its forward runs in the model's dtype)")
+                        help="the dtype the model is loaded in, hence llm-compressor's forward dtype during "
+                             "calibration (auto: bf16 where the CPU runs it natively, else fp32)")
     parser.add_argument("--eval-dtype", default="float32", choices=["bfloat16", "float32"])
     parser.add_argument("--batch-size", type=int, default=8, help="calibration batch size (ours: 8)")
     parser.add_argument("--save-weights", help="safetensors file: decoder linear name -> its compressed fp32 weight "
@@ -150,6 +152,7 @@ def main() -> None:
     from llmcompressor import oneshot
 
     from _common import embedded_model_folder, emit, library_baseline_mb, peak_rss_mb, sampled_peak_rss
+    from calib_assets.compute import resolve_forward_dtype
     from calib_assets.evaluation import perplexity
     from calib_assets.models import load_model
 
@@ -157,7 +160,7 @@ def main() -> None:
     runtime_mb = library_baseline_mb(folder)
     ids = np.load(args.calibration)
     stream = np.load(args.heldout).tolist()
-    model, tokenizer = load_model(folder, dtype=torch.float32)
+    model, tokenizer = load_model(folder, dtype=resolve_forward_dtype(args.dtype, "cpu"))
     dataset = calibration_dataset(ids)
     recipe = build_recipe(args.method)
     cpu_workaround()

@@ -229,17 +229,21 @@ def test_a_model_held_in_bf16_gets_its_fp32_results_rounded_once(config, make_mo
         assert torch.equal(tensor, same_values.state_dict()[key].to(torch.bfloat16)), key
 
 
-@pytest.mark.parametrize("dtype, release_memory, calls", [(torch.float32, None, 0), (torch.bfloat16, None, 3),
-                                                           (torch.float32, True, 3), (torch.bfloat16, False, 0)])
-def test_freed_memory_is_released_by_default_only_for_a_16_bit_model(dtype, release_memory, calls, make_model,
+@pytest.mark.parametrize("dtype, release_memory, released", [(torch.float32, None, False), (torch.bfloat16, None, True),
+                                                              (torch.float32, True, True), (torch.bfloat16, False, False)])
+def test_freed_memory_is_released_by_default_only_for_a_16_bit_model(dtype, release_memory, released, make_model,
                                                                      monkeypatch):
-    """Before the first layer and after each of the 2 layers, unless told otherwise."""
+    """Before the first layer, after each linear's compression (RTN: no statistics pass, one linear per
+    group without calibration) and after each layer, unless told otherwise."""
     import calib_assets.compute
 
-    released = []
-    monkeypatch.setattr(calib_assets.compute, "release_freed_memory", lambda: released.append(1) or True)
-    compress_model(make_model().to(dtype), None, RTNConfig(bits=3, group_size=32), release_memory=release_memory)
-    assert len(released) == calls
+    calls = []
+    monkeypatch.setattr(calib_assets.compute, "release_freed_memory", lambda: calls.append(1) or True)
+    model = make_model().to(dtype)
+    layers = model.model.layers
+    linears_per_layer = sum(isinstance(m, torch.nn.Linear) for m in layers[0].modules())
+    compress_model(model, None, RTNConfig(bits=3, group_size=32), release_memory=release_memory)
+    assert len(calls) == (1 + len(layers) * (linears_per_layer + 1) if released else 0)
 
 
 def test_bf16_rounding_recounts_spqr_outliers(make_model, calib_ids):

@@ -53,15 +53,15 @@ def test_packed_tensor_uses_the_fewest_bits_and_restores_dtype_and_shape():
 def test_results_hold_codes_and_masks_bit_packed():
     weight = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
     quantized = RTN(RTNConfig(bits=3, group_size=16), weight).compress(weight)
-    assert quantized.packed("codes").data.numel() == -(-weight.numel() * 3 // 8)
+    assert quantized.held("codes").data.numel() == -(-weight.numel() * 3 // 8)
     assert quantized.codes.dtype == torch.uint8 and int(quantized.codes.max()) <= 7
     assert torch.equal(dequantize(quantized.codes, quantized.scales, quantized.zeros, 16), quantized.weight)
     pruned = Magnitude(MagnitudeConfig(sparsity=0.5), weight).compress(weight)
-    assert pruned.packed("mask").data.numel() == weight.numel() // 8
+    assert pruned.held("mask").data.numel() == weight.numel() // 8
     assert torch.equal(pruned.mask, pruned.weight != 0)
     moved = quantized.to("cpu")
-    assert moved.packed("codes") is not None and torch.equal(moved.codes, quantized.codes)
-    assert pruned.replace(info={}).packed("mask") is pruned.packed("mask")  # handed over, not repacked
+    assert moved.held("codes") is not None and torch.equal(moved.codes, quantized.codes)
+    assert pruned.replace(info={}).held("mask") is pruned.held("mask")  # handed over, not repacked
 
 
 def test_pack_rejects_out_of_range_codes():

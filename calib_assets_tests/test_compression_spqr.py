@@ -109,6 +109,23 @@ def test_bits_per_param_matches_hand_formula(problem):
     assert none.info["bits_per_param"] == pytest.approx(4 + 7 / 32 + 64 / 256)
 
 
+def test_first_level_statistics_are_read_back_from_the_second_level_not_held(problem):
+    """Without outliers, the weight is exactly the codes dequantized with the scales and zeros that the
+    second-level codes and grids give back by hand; the result holds no fp32 copy of them."""
+    w, x = problem
+    result = _spqr(SpQRConfig(bits=3, group_size=16, outlier_threshold=float("inf")), w, x)
+    assert result.held("scales") is None and result.held("zeros") is None
+    levels = result.second_level
+    by_hand = {}
+    for key, stat in levels.items():
+        runs = torch.arange(stat.codes.shape[0]) // stat.groupsize
+        by_hand[key] = (stat.codes.float() - stat.grid[runs, :, 1]) * stat.grid[runs, :, 0]
+    assert torch.equal(result.scales, by_hand["scales"].clamp_min(1e-9)) and torch.equal(result.zeros, by_hand["zeros"])
+    columns = torch.arange(w.shape[1]) // 16 if result.g_idx is None else result.g_idx.long()  # act-order
+    expected = (result.codes.float() - by_hand["zeros"][:, columns]) * by_hand["scales"].clamp_min(1e-9)[:, columns]
+    assert torch.equal(result.weight, expected)
+
+
 def test_lower_threshold_keeps_more_outliers(problem):
     w, x = problem
     results = [_spqr(SpQRConfig(outlier_threshold=t), w, x) for t in (0.05, 0.2, 1.0, 1e6)]

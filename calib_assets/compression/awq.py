@@ -267,10 +267,11 @@ def compress_layer_awq(
     forward_dtype: torch.dtype,
     rerun: bool,
     groups: Any = None,  # the engine's shared-input groups: unused, AWQ has its own `scale_groups`
+    release: Callable[[], object] = lambda: None,
 ) -> dict[str, CompressedLinear]:
     """AWQ of one decoder layer; same contract as engine._compress_layer (advances `inputs` in place when
-    `rerun`). Returns full linear name -> CompressedLinear, and full parameter name -> ExtraTensor for
-    each folded norm weight (and bias)."""
+    `rerun`; `release` after each group's search). Returns full linear name -> CompressedLinear, and full
+    parameter name -> ExtraTensor for each folded norm weight (and bias)."""
     from .engine import _load, _on_device, _run_layer, advance, share_result_weights
 
     if inputs is None:
@@ -295,6 +296,7 @@ def compress_layer_awq(
             except (ValueError, RuntimeError, FloatingPointError) as error:
                 raise type(error)(f"{prefix}.{group.inspect}: {error}") from error
             found.append((group, s, info))
+            release()
         scale_info: dict[str, dict] = {}
         grams = {name: recorder.gram[recorder.source(name)]
                  for name in linears if recorder.source(name) in recorder.gram}

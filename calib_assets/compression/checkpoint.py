@@ -189,12 +189,12 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
         mask = torch.from_numpy(bits.astype(bool)).reshape(rows, cols)
     if summary["format"] == "quantized":
         codes = unpack_codes(tensors[f"{name}.codes"], summary["bits"], rows * cols).reshape(rows, cols)
-        second_level = None
+        second_level = held_scales = held_zeros = None
         if "second_level" in summary:
             second_level = _decode_second_level(name, summary["second_level"], rows, tensors)
-            scales, zeros = spqr_statistics(second_level)
+            scales, zeros = spqr_statistics(second_level)  # the result reads them back from second_level
         else:
-            scales, zeros = tensors[f"{name}.scales"], tensors[f"{name}.zeros"].float()
+            scales, zeros = held_scales, held_zeros = tensors[f"{name}.scales"], tensors[f"{name}.zeros"].float()
         g_idx = tensors.get(f"{name}.g_idx")
         g_idx = None if g_idx is None else g_idx.to(torch.int32)
         weight = dequantize(codes, scales, zeros, summary["group_size"], g_idx)
@@ -203,7 +203,7 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
         index = _outlier_index(name, tensors, cols)
         if index is not None:
             weight = weight.reshape(-1).index_put((index,), tensors[f"{name}.outlier_values"].float()).view(rows, cols)
-        return CompressedLinear(weight=weight, codes=codes, scales=scales, zeros=zeros, bits=summary["bits"],
+        return CompressedLinear(weight=weight, codes=codes, scales=held_scales, zeros=held_zeros, bits=summary["bits"],
                                 group_size=summary["group_size"], mask=mask, g_idx=g_idx,
                                 info=summary.get("info", {}), second_level=second_level)
     if summary["format"] == "pruned":

@@ -361,6 +361,34 @@ def check_layer_compatible(config: MethodConfig, layer_name: str, in_features: i
         )
 
 
+class SecondLevelField:
+    """A result's `scales` or `zeros`: held as given; when not given and the result has SpQR's
+    second-level statistics, dequantized from them on each read. They are exact functions of those codes
+    and grids, and holding them as well would cost 8 bytes per group of 16 weights, half again the codes."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.private = name, f"_{name}_held"
+
+    def __get__(self, obj, owner=None) -> torch.Tensor | None:
+        if obj is None:
+            return None  # class access: the field's default
+        held = obj.__dict__.get(self.private)
+        if held is None and obj.second_level is not None and self.name in obj.second_level:
+            from .spqr import spqr_statistic
+
+            return spqr_statistic(obj.second_level, self.name)
+        return held
+
+    def __set__(self, obj, value: torch.Tensor | None) -> None:
+        obj.__dict__[self.private] = value
+
+    def held(self, obj) -> torch.Tensor | None:
+        return obj.__dict__.get(self.private)
+
+
+HELD_FIELDS = ("codes", "scales", "zeros", "mask")  # held packed or derived: see CompressedLinear.held
+
+
 @dataclass
 class CompressedLinear:
     """What a compressor produced for one linear.
@@ -369,13 +397,14 @@ class CompressedLinear:
     the model's dtype when the model is held in bf16 or fp16. When quantized, `dequantize(codes, scales,
     zeros, group_size, g_idx)`, cast to `weight`'s dtype, reproduces `weight` bit for bit (SpQR: except at
     its outliers); when pruned, `mask` (True = kept) marks the kept entries. Codes and mask are held
-    bit-packed (`packing.PackedField`): reading either unpacks a fresh tensor.
+    bit-packed (`packing.PackedField`): reading either unpacks a fresh tensor. SpQR's `scales` and
+    `zeros` are not held but dequantized from `second_level` on each read (`SecondLevelField`).
     """
 
     weight: torch.Tensor
     codes: torch.Tensor | None = PackedField()
-    scales: torch.Tensor | None = None
-    zeros: torch.Tensor | None = None
+    scales: torch.Tensor | None = SecondLevelField()
+    zeros: torch.Tensor | None = SecondLevelField()
     bits: int | None = None
     group_size: int | None = None
     mask: torch.Tensor | None = PackedField()
@@ -386,19 +415,20 @@ class CompressedLinear:
 
     @property
     def quantized(self) -> bool:
-        return self.packed("codes") is not None
+        return self.held("codes") is not None
 
     @property
     def pruned(self) -> bool:
-        return self.packed("mask") is not None
+        return self.held("mask") is not None
 
-    def packed(self, name: str) -> PackedTensor | None:
-        """The packed form of `codes` or `mask`, without unpacking it."""
-        return type(self).__dict__[name].packed(self)
+    def held(self, name: str) -> Any:
+        """A field as held, without unpacking or deriving it: the `PackedTensor` of `codes` or `mask`;
+        `scales` or `zeros` when given (None when derived from `second_level`)."""
+        return type(self).__dict__[name].held(self)
 
     def replace(self, **changes: Any) -> CompressedLinear:
-        """`dataclasses.replace` that hands the packed codes and mask over as they are, not unpacked."""
-        kept = {name: self.packed(name) for name in ("codes", "mask") if name not in changes}
+        """`dataclasses.replace` that hands the packed and derived fields over as they are held."""
+        kept = {name: self.held(name) for name in HELD_FIELDS if name not in changes}
         return dataclasses.replace(self, **kept, **changes)
 
     def to(self, device: torch.device | str) -> CompressedLinear:
@@ -407,11 +437,8 @@ class CompressedLinear:
 
         return self.replace(
             weight=self.weight.to(device),
-            codes=move(self.packed("codes")),
-            scales=move(self.scales),
-            zeros=move(self.zeros),
-            mask=move(self.packed("mask")),
             g_idx=move(self.g_idx),
+            **{name: move(self.held(name)) for name in HELD_FIELDS},
             second_level=None if self.second_level is None
             else {key: stat.to(device) for key, stat in self.second_level.items()},
         )

@@ -107,7 +107,7 @@ def compress_model(
                 with _on_device(layer, device, forward_dtype):
                     groups = _groups_sharing_input(layer, inputs)
             results.update(
-                layer_fn(layer, layer_prefix, inputs, config, device, forward_dtype, rerun, groups)
+                layer_fn(layer, layer_prefix, inputs, config, device, forward_dtype, rerun, groups, release=release)
             )
             release()
             if progress is not None:
@@ -147,8 +147,11 @@ def _compress_layer(
     forward_dtype: torch.dtype,
     rerun: bool,
     groups: list[list[str]] | None = None,
+    release: Callable[[], object] = lambda: None,
 ) -> dict[str, CompressedLinear]:
     """Compress the linears of one decoder layer; advance `inputs` (in place) to the next layer's inputs.
+    `release` runs after each phase (statistics, each group's compression), so that what one phase freed
+    is handed back before the next allocates: the peak is that of the largest phase, not their sum.
 
     Linears that read the same input (q/k/v, gate/up) share one set of statistics and, for row-wise
     methods, are compressed as one row-stacked matrix: each output row is treated on its own, so the
@@ -169,8 +172,10 @@ def _compress_layer(
             if inputs is not None:
                 hooked = {name: linears[name] for name in compressors}
                 _collect_statistics(layer, hooked, compressors, inputs, prefix)
+                release()
             for group in stage:
                 results.update(_compress_group(compressors.pop(group[0]), group, master, prefix))
+                release()
             _load(layer, master, device, forward_dtype)  # the next stage (or rerun) sees this one compressed
         if inputs is not None and rerun:
             advance(layer, inputs)

@@ -115,5 +115,5 @@ class PackedField:
             value = PackedTensor.pack(value)
         obj.__dict__[self.private] = value
 
-    def packed(self, obj) -> PackedTensor | None:
+    def held(self, obj) -> PackedTensor | None:
         return obj.__dict__.get(self.private)

@@ -19,9 +19,9 @@ The second-level grids' own scale and zero point are rounded to fp16 and the out
 value (their rounding error is fed back like a quantization error), as the paper counts them, so that a
 checkpoint stores exactly what `spqr_bits_per_param` accounts for and still reproduces the weights.
 
-The result holds codes, the fp32 dequantized second-level statistics as `scales`/`zeros` (so that the
-codes reproduce the quantized weights exactly) and their codes and grids as `second_level`, `g_idx` under
-act-order, and `weight`, which holds the outliers' values: the outliers are exactly the entries where
+The result holds codes, the second-level codes and grids as `second_level` (its `scales`/`zeros` are
+their fp32 dequantized values, derived on each read, with which the codes reproduce the quantized
+weights exactly), `g_idx` under act-order, and `weight`, which holds the outliers' values: the outliers are exactly the entries where
 `weight` differs (bitwise) from `dequantize(codes, ...)`; `outlier_mask` finds them and checkpoints store
 them in compressed-row form.
 """
@@ -110,9 +110,9 @@ class SpQR(HessianCompressor):
         codes = codes[:, invperm]
         g_idx = (invperm // cfg.group_size).to(torch.int32) if cfg.act_order else None
         grid = dequantize(codes, scales, zeros, cfg.group_size, g_idx)
-        result = CompressedLinear(
-            weight=torch.where(outliers[:, invperm], kept[:, invperm], grid), codes=codes, scales=scales,
-            zeros=zeros, bits=cfg.bits, group_size=cfg.group_size, g_idx=g_idx, second_level=second_level)
+        result = CompressedLinear(  # scales and zeros: read back from second_level
+            weight=torch.where(outliers[:, invperm], kept[:, invperm], grid), codes=codes, bits=cfg.bits,
+            group_size=cfg.group_size, g_idx=g_idx, second_level=second_level)
         n_outliers = int(outlier_mask(result).sum())
         result.info = {
             "seconds": time.perf_counter() - start, "damping": damping, "damping_retries": retries,
@@ -193,9 +193,14 @@ def _statistics(codes: dict, grids: dict, cfg: SpQRConfig, group: int) -> tuple[
 
 def spqr_statistics(second_level: dict[str, QuantizedStatistic]) -> tuple[torch.Tensor, torch.Tensor]:
     """The first-level (scales, zeros) [rows, groups] that SpQR's second-level codes and grids stand for."""
-    scales, zeros = (dequantize_statistic(second_level[key].codes, second_level[key].grid, second_level[key].groupsize)
-                     for key in STATISTICS)
-    return scales.clamp_min(MIN_SCALE), zeros
+    return spqr_statistic(second_level, "scales"), spqr_statistic(second_level, "zeros")
+
+
+def spqr_statistic(second_level: dict[str, QuantizedStatistic], key: str) -> torch.Tensor:
+    """One of `spqr_statistics`: key "scales" or "zeros"."""
+    stat = second_level[key]
+    values = dequantize_statistic(stat.codes, stat.grid, stat.groupsize)
+    return values.clamp_min(MIN_SCALE) if key == "scales" else values
 
 
 def fit_minmax(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
