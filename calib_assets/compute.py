@@ -75,10 +75,10 @@ def reuse_freed_memory() -> bool:
 
 def release_freed_memory() -> bool:
     """Hand the heap's free pages back to the kernel (glibc `malloc_trim`), where `reuse_freed_memory`
-    holds them. Called between decoder layers: freed blocks then stop piling up in the heap, whose
-    fragments otherwise raised a 30-layer GPTQ run's peak from about 0.8 to 1.5 GB from one run to the
-    next, at the cost of one round of page faults per layer instead of one per batch. Returns whether
-    anything could be done."""
+    holds them. Called between decoder layers and between the phases of one (statistics, each group's
+    compression): freed blocks then stop piling up in the heap, whose fragments otherwise raised a
+    30-layer GPTQ run's peak from about 0.8 to 1.5 GB from one run to the next, at the cost of a round of
+    page faults per phase instead of one per batch. Returns whether anything could be done."""
     if _libc is None:
         return False
     _libc.malloc_trim(0)

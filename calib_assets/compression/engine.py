@@ -72,8 +72,8 @@ def compress_model(
     results written back once, rounded to the model's dtype (see `share_result_weights`). Tunes the
     process's allocator first (`calib_assets.compute.reuse_freed_memory`); with `release_memory` (by
     default: when the model is held in a 16-bit dtype, the memory-saving setting), the freed memory goes
-    back to the kernel before the first layer and after each one (`release_freed_memory`): a lower,
-    steadier peak, for one round of page faults per layer."""
+    back to the kernel before the first layer, after each phase of a layer and after each layer
+    (`release_freed_memory`): a lower, steadier peak, for a round of page faults per phase."""
     from calib_assets.compute import release_freed_memory, reuse_freed_memory
 
     reuse_freed_memory()
