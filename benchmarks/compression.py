@@ -1,7 +1,7 @@
 """Each compression method on the embedded model with one fixed calibration set: wall time, peak memory,
 held-out perplexity; with llm-compressor installed in .venv-llmc, the same runs side by side.
 
-    .venv/bin/python benchmarks/compression.py [--methods gptq,wanda] [--samples 32] [--seq-len 512] [--low-memory]
+    .venv/bin/python benchmarks/compression.py [--methods gptq,wanda] [--samples 32] [--seq-len 512] [--low-memory] [--repeats 2]
 
 Every method runs in its own process. Seconds and peak memory are those of the compression call alone:
 memory is the anonymous RSS sampled every 5 ms while it runs (the memory-mapped weights file is page
@@ -9,10 +9,11 @@ cache and left out), "net" subtracts the interpreter, the libraries, the tokeniz
 (measured before the model is loaded, `_common.library_baseline_mb`), and "budget" is the issue's bound:
 twice the bf16 model plus the calibration activations. With --low-memory our runs hold the model in
 bf16, as on a GPU (each layer compressed from an fp32 copy and calibrated in the forward dtype, its
-results rounded once to bf16), hand freed memory back between layers and calibrate 4 samples per
-forward pass (both tools): that comes within about 0-100 MB of the budget (docs/benchmarks.md), at
-about 10-20% more time on this CPU.
-Perplexity is scored afterwards with the same code for both tools. Targets: at most 0.5x
+results rounded once to bf16), hand freed memory back after each phase of a layer and calibrate 4
+samples per forward pass (both tools): every method then stays within the budget (docs/benchmarks.md).
+llm-compressor's runs load the model in the resolved forward dtype, so both tools calibrate in the
+same dtype. --repeats N alternates the two tools N times and reports the best time and the highest
+memory. Perplexity is scored afterwards with the same code for both tools. Targets: at most 0.5x
 llm-compressor's time at equal or better perplexity. Figures: docs/benchmarks.md.
 """
 
