@@ -189,12 +189,12 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
         mask = torch.from_numpy(bits.astype(bool)).reshape(rows, cols)
     if summary["format"] == "quantized":
         codes = unpack_codes(tensors[f"{name}.codes"], summary["bits"], rows * cols).reshape(rows, cols)
-        second_level = held_scales = held_zeros = None
+        second_level = None
         if "second_level" in summary:
             second_level = _decode_second_level(name, summary["second_level"], rows, tensors)
-            scales, zeros = spqr_statistics(second_level)  # the result reads them back from second_level
+            scales, zeros = spqr_statistics(second_level)
         else:
-            scales, zeros = held_scales, held_zeros = tensors[f"{name}.scales"], tensors[f"{name}.zeros"].float()
+            scales, zeros = tensors[f"{name}.scales"], tensors[f"{name}.zeros"].float()
         g_idx = tensors.get(f"{name}.g_idx")
         g_idx = None if g_idx is None else g_idx.to(torch.int32)
         weight = dequantize(codes, scales, zeros, summary["group_size"], g_idx)
@@ -203,9 +203,10 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
         index = _outlier_index(name, tensors, cols)
         if index is not None:
             weight = weight.reshape(-1).index_put((index,), tensors[f"{name}.outlier_values"].float()).view(rows, cols)
-        return CompressedLinear(weight=weight, codes=codes, scales=held_scales, zeros=held_zeros, bits=summary["bits"],
-                                group_size=summary["group_size"], mask=mask, g_idx=g_idx,
-                                info=summary.get("info", {}), second_level=second_level)
+        held = {} if second_level is not None else {"scales": scales, "zeros": zeros}  # SpQR: read back
+        return CompressedLinear(weight=weight, codes=codes, bits=summary["bits"], group_size=summary["group_size"],
+                                mask=mask, g_idx=g_idx, info=summary.get("info", {}), second_level=second_level,
+                                **held)
     if summary["format"] == "pruned":
         weight = torch.zeros(rows, cols, dtype=torch.float32)
         weight[mask] = tensors[f"{name}.values"].float()
@@ -263,7 +264,8 @@ def _second_level(name: str, c: CompressedLinear, summary: dict[str, Any]) -> di
     """SpQR's quantized statistics: packed codes and fp16 grids; they must give back `c.scales`/`c.zeros`."""
     levels = {key: stat.to("cpu") for key, stat in c.second_level.items()}
     for key, value in zip(("scales", "zeros"), spqr_statistics(levels)):
-        if not torch.equal(value, getattr(c, key).detach().cpu().float()):
+        held = c.held(key)  # None: read back from the second level, which reproduces it by construction
+        if held is not None and not torch.equal(value, held.detach().cpu().float()):
             raise ValueError(f"layer {name!r}: the second-level codes do not reproduce its {key}")
     stored = {}
     for key, stat in levels.items():
