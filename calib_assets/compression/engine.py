@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attention import calibration_attention
 from .awq import compress_layer_awq
 from .config import CompressedLinear, MethodConfig, check_layer_compatible
 from .gptq import GPTQ
@@ -93,10 +94,11 @@ def compress_model(
     device = torch.device(device)
     prefix = _prefix_of(model, decoder)
     results: dict[str, CompressedLinear] = {}
-    with _eval_mode(model):
+    with _eval_mode(model), contextlib.ExitStack() as stack:
         inputs = None
         if config.needs_calibration:
             inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
+            stack.enter_context(calibration_attention(model, device))
         total = len(decoder.layers)
         groups = None  # linears sharing an input: found on layer 0, the same in every decoder layer
         layer_fn = compress_layer_awq if config.method == "awq" else _compress_layer  # AWQ works per block
@@ -130,9 +132,10 @@ def layerwise_hidden_states(
     decoder = _decoder(model)
     with _eval_mode(model):
         inputs = _capture_layer0_inputs(decoder, input_ids, device, forward_dtype, batch_size)
-        for layer in decoder.layers:
-            with _on_device(layer, device, forward_dtype):
-                advance(layer, inputs)
+        with calibration_attention(model, device):
+            for layer in decoder.layers:
+                with _on_device(layer, device, forward_dtype):
+                    advance(layer, inputs)
     norm = _final_norm(decoder)
     out_device = norm.weight.device if norm is not None else torch.device("cpu")
     return torch.cat([hidden for hidden, _ in inputs]).to(out_device)
