@@ -26,8 +26,9 @@ overriding llm-compressor's defaults where they differ:
   and is slow: on the 2 shared cores it had not finished 20 of 30 layers after 10 minutes with only
   8 x 128 calibration tokens (its grid search re-runs whole attention/MLP blocks per grid point).
 
-During calibration llm-compressor forces eager attention (ours runs the model's sdpa); the two agree to
-float rounding, not bit for bit. llm-compressor's forward runs in the model's dtype, so the model is
+During calibration llm-compressor forces eager attention; ours runs the model's sdpa in fp32 and, in bf16,
+the same math as eager by blocks of queries (`compression/attention.py`). The two agree to float rounding,
+not bit for bit. llm-compressor's forward runs in the model's dtype, so the model is
 loaded in --dtype, resolved as compression.py resolves it (auto: bf16 where the CPU has it natively,
 else fp32): both tools then calibrate in the same forward dtype, and llm-compressor's compressed weights
 are held in it, as on a GPU.
