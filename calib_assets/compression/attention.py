@@ -1,12 +1,13 @@
 """Causal self-attention computed by blocks of queries, for the engine's calibration passes on a CPU in bf16.
 
 PyTorch's CPU flash-attention kernel is slow in 16 bits: one SmolLM2 layer's attention over 4 x 512 tokens
-took 23.7 ms in bf16 (20.6 in fp32), about 30% of the layer's forward. As batched matmuls over 8 blocks of
-queries, each block reading only the keys up to its last query (the causal mask hides the rest), it took
-12.9 ms; at 2 x 2,048 tokens 83.5 against 107.1 ms (docs/benchmarks.md). In fp32 PyTorch's kernel was as
-fast or faster at 2,048 tokens, so fp32 passes keep it. The math is eager attention's: scores in the forward
-dtype, softmax in fp32, probabilities cast back to the value dtype for the weighted sum. The query heads
-that share a key/value head (grouped-query attention) are stacked into one matmul instead of repeating keys.
+took 23.3 ms in bf16, about 30% of the layer's forward. As batched matmuls over 8 blocks of queries, each
+block reading only the keys up to its last query (the causal mask hides the rest), it took 10.1 ms; 17.0
+against 41.9 ms at 8 x 512 tokens, 58.8 against 83.0 ms at 2 x 2,048 (best of 6, docs/benchmarks.md). In
+fp32 PyTorch's kernel was as fast or faster at 2,048 tokens, so fp32 passes keep it. The math is eager
+attention's, rounding for rounding: scores and their scaling in the forward dtype, the softmax computed in
+fp32 and rounded once to the forward dtype for the weighted sum. The query heads that share a key/value
+head (grouped-query attention) are stacked into one matmul instead of repeating the keys.
 
 `blocked_causal_attention` is registered with transformers' attention interface under `BLOCKED_CAUSAL`. It takes
 only the plain case: 16-bit causal self-attention on the CPU with no mask tensor, no dropout and no extra
@@ -23,8 +24,7 @@ from torch import nn
 
 BLOCKED_CAUSAL = "calib_assets_blocked_causal"
 QUERY_BLOCKS, MIN_QUERY_BLOCK = 8, 64  # 8 blocks of queries, of at least 64 rows (fastest at 512 and 2,048 tokens)
-_PLAIN_KWARGS = {"position_ids", "cache", "use_cache", "output_attentions", "past_key_values", "cache_position",
-                 "sliding_window"}  # arguments the plain case may receive (a sliding_window of None)
+_PLAIN_KWARGS = {"position_ids", "cache", "use_cache", "past_key_values", "cache_position"}  # set in the plain case
 
 
 def blocked_causal_attention(
@@ -61,14 +61,16 @@ def causal_attention_by_query_blocks(query: torch.Tensor, key: torch.Tensor, val
     keys, values = key.reshape(rows, tokens, dim), value.reshape(rows, tokens, dim)
     out = torch.empty(rows, group, tokens, dim, dtype=query.dtype, device=query.device)
     step = max(MIN_QUERY_BLOCK, -(-tokens // QUERY_BLOCKS))
-    hidden_ahead = torch.full((step, step), float("-inf"), device=query.device).triu_(1)
+    hidden_ahead = torch.full((step, step), float("-inf"), dtype=query.dtype, device=query.device).triu_(1)
     for start in range(0, tokens, step):
         end = min(start + step, tokens)
         size = end - start
         block = queries[:, :, start:end].reshape(rows, group * size, dim)
-        scores = torch.bmm(block, keys[:, :end].transpose(1, 2)).view(rows, group, size, end).float().mul_(scale)
+        scores = torch.bmm(block, keys[:, :end].transpose(1, 2)).view(rows, group, size, end).mul_(scale)
         scores[..., start:end] += hidden_ahead[:size, :size]
-        weights = torch.softmax(scores, dim=-1).to(value.dtype).view(rows, group * size, end)
+        # PyTorch's softmax of 16-bit scores computes in fp32 and rounds its output once: eager's
+        # softmax(dtype=float32).to(dtype) in one pass, without an fp32 copy of the scores
+        weights = torch.softmax(scores, dim=-1).view(rows, group * size, end)
         out[:, :, start:end] = torch.bmm(weights, values[:, :end]).view(rows, group, size, dim)
     return out.view(batch, heads, tokens, dim).transpose(1, 2).contiguous()
 
@@ -85,8 +87,7 @@ def _is_plain_causal(module, query, key, attention_mask, dropout, is_causal, kwa
         and query.shape[2] == key.shape[2] > 1
         and query.shape[1] % key.shape[1] == 0
         and key.shape[-1] == query.shape[-1]
-        and not (extras - _PLAIN_KWARGS)
-        and kwargs.get("sliding_window") is None
+        and not (extras - _PLAIN_KWARGS)  # e.g. a sliding window, a softcap, attention sinks
     )
 
 
