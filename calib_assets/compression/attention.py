@@ -83,7 +83,7 @@ def _is_plain_causal(module, query, key, attention_mask, dropout, is_causal, kwa
         and causal
         and not dropout
         and query.device.type == "cpu"
-        and query.element_size() == 2  # in fp32, PyTorch's kernel was as fast or faster (docs/benchmarks.md)
+        and query.element_size() == 2  # in fp32, PyTorch's kernel was faster at 2,048 tokens (docs/benchmarks.md)
         and query.shape[2] == key.shape[2] > 1
         and query.shape[1] % key.shape[1] == 0
         and key.shape[-1] == query.shape[-1]
