@@ -25,7 +25,8 @@ CODE_VERSIONS = {
     "calibration_pool": "1",
     "calibration_set": "1",
     "calibration_descriptors": "1",
-    "compressed_model": "3",  # 2: SpQR stores quantized statistics; transposed OBS column loop; 3: bf16 attention by query blocks
+    # compressed_model 2: SpQR quantized statistics, transposed OBS column loop; 3: bf16 attention by query blocks
+    "compressed_model": "3",
     "offline_tasks": "1",
     "evaluation": "3",  # 3: task rows carry lm-eval's stderr
     "eval_results": "1",

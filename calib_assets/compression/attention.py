@@ -92,12 +92,13 @@ def _is_plain_causal(module, query, key, attention_mask, dropout, is_causal, kwa
 
 
 @contextlib.contextmanager
-def calibration_attention(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Within the block, a model that runs SDPA attention on a CPU runs `blocked_causal_attention` instead
-    (any other implementation or device is left alone). Switch it only after the decoder's inputs were
-    captured: the attention masks are built under the model's own implementation."""
+def calibration_attention(model: nn.Module) -> Iterator[None]:
+    """Within the block, a model that runs SDPA attention runs `blocked_causal_attention` instead, which
+    hands every call it does not take (another device, fp32, a mask...) back to SDPA; any other
+    implementation is left alone. Switch it only after the decoder's inputs were captured: the attention
+    masks are built under the model's own implementation."""
     config = getattr(model, "config", None)
-    if device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
+    if getattr(config, "_attn_implementation", None) != "sdpa":
         yield
         return
     from transformers import AttentionInterface

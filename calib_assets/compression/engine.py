@@ -98,7 +98,7 @@ def compress_model(
         inputs = None
         if config.needs_calibration:
             inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
-            stack.enter_context(calibration_attention(model, device))
+            stack.enter_context(calibration_attention(model))
         total = len(decoder.layers)
         groups = None  # linears sharing an input: found on layer 0, the same in every decoder layer
         layer_fn = compress_layer_awq if config.method == "awq" else _compress_layer  # AWQ works per block
@@ -132,7 +132,7 @@ def layerwise_hidden_states(
     decoder = _decoder(model)
     with _eval_mode(model):
         inputs = _capture_layer0_inputs(decoder, input_ids, device, forward_dtype, batch_size)
-        with calibration_attention(model, device):
+        with calibration_attention(model):
             for layer in decoder.layers:
                 with _on_device(layer, device, forward_dtype):
                     advance(layer, inputs)
