@@ -3,6 +3,8 @@ it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, 
 
 from __future__ import annotations
 
+import functools
+
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -32,9 +34,11 @@ def resolve_forward_dtype(preference: str, device: str):
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them PyTorch emulates
-    bf16 matmuls, which on an AVX2 machine ran about 8x slower than fp32 (docs/benchmarks.md)."""
+    bf16 matmuls, which on an AVX2 machine ran about 8x slower than fp32 (docs/benchmarks.md). Asked once
+    per process (the probes take about 0.7 ms, and the Hessian accumulation asks per batch)."""
     import torch
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively

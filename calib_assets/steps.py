@@ -25,8 +25,9 @@ CODE_VERSIONS = {
     "calibration_pool": "1",
     "calibration_set": "1",
     "calibration_descriptors": "1",
-    # compressed_model 2: SpQR quantized statistics, transposed OBS column loop; 3: bf16 attention by query blocks
-    "compressed_model": "3",
+    # compressed_model 2: SpQR quantized statistics, transposed OBS column loop; 3: bf16 attention by query
+    # blocks; 4: Hessians of bf16 inputs on the CPU's bf16 units (fp32 sums in another order)
+    "compressed_model": "4",
     "offline_tasks": "1",
     "evaluation": "3",  # 3: task rows carry lm-eval's stderr
     "eval_results": "1",

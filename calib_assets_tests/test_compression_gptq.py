@@ -353,6 +353,31 @@ def test_running_hessian_equals_the_one_shot_gram(columns):
     assert torch.equal(compressor.H, compressor.H.T)
 
 
+@pytest.mark.parametrize("columns", [24, 1100])  # one full matmul, and block rows (BF16_SINGLE_BLOCK = 1024)
+def test_hessian_of_bf16_inputs_is_exact_on_bf16_units(columns, monkeypatch):
+    """Inputs of a bf16 forward pass: H equals 2 X^T X / n of the same bf16 values in fp64 to fp32
+    accuracy (products of bf16 values are exact in fp32), through the bf16 units where the CPU has them,
+    and the matmul precision setting is restored afterwards."""
+    from calib_assets.compression import gptq
+    from calib_assets.compute import cpu_has_native_bf16
+
+    assert (columns > gptq.BF16_SINGLE_BLOCK) == (columns == 1100)
+    seen = []
+    original = gptq._fp32_matmuls_on_bf16_units
+    monkeypatch.setattr(gptq, "_fp32_matmuls_on_bf16_units", lambda on: seen.append(on) or original(on))
+    x = correlated_inputs(columns, 300).bfloat16()
+    precision = torch.backends.mkldnn.matmul.fp32_precision
+    compressor = gptq.HessianCompressor(GPTQConfig(), (5, columns))
+    for part in x.split([7, 100, 193]):
+        compressor.add_batch(part[None])
+    expected = 2 * x.double().T @ x.double() / x.shape[0]
+    assert torch.allclose(compressor.H.double(), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    assert seen == [cpu_has_native_bf16()] * 3
+    assert torch.backends.mkldnn.matmul.fp32_precision == precision
+    compressor.add_batch(x[:5].float())  # fp32 inputs never take the bf16 units
+    assert seen[-1] is False
+
+
 def test_inverse_hessian_factor_is_the_upper_cholesky_of_the_inverse():
     from calib_assets.compression.gptq import inverse_hessian_factor
 

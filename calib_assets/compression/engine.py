@@ -291,7 +291,7 @@ def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix
     def hook(name):
         def feed(module, args):
             try:
-                compressors[name].add_batch(args[0].detach().float())
+                compressors[name].add_batch(args[0].detach())
             except (ValueError, RuntimeError, FloatingPointError) as error:
                 raise type(error)(f"{prefix}.{name}: {error}") from error
             pending.discard(name)

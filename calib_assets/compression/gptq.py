@@ -12,11 +12,14 @@ before the loop, groups being runs of columns in the original order.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from ..compute import cpu_has_native_bf16
 
 from .config import (
     CompressedLinear,
@@ -52,11 +55,14 @@ class HessianCompressor:
         self._gram = None if value is None else value.detach().float().clone()
 
     def add_batch(self, inp: torch.Tensor) -> None:
+        """Add a batch of the linear's inputs (any float dtype; bf16 inputs from a bf16 forward pass take
+        the CPU's bf16 matrix units, see `add_gram`)."""
+        on_bf16_units = inp.dtype == torch.bfloat16 and inp.device.type == "cpu" and cpu_has_native_bf16()
         x = inp.detach().reshape(-1, self.columns).float()
         if self._gram is None:
             self._gram = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=x.device)
         total = self.nsamples + x.shape[0]
-        add_gram(self._gram, x, alpha=2.0 / total, beta=self.nsamples / total)
+        add_gram(self._gram, x, alpha=2.0 / total, beta=self.nsamples / total, bf16_values=on_bf16_units)
         try:
             # a NaN or Inf anywhere in x, or an overflowing product, reaches the diagonal of x^T x
             check_finite_statistic("calibration input", torch.diagonal(self._gram), x)
@@ -81,9 +87,10 @@ class HessianCompressor:
 
 
 GRAM_BLOCK = 384  # most columns per block row of the Hessian update
+BF16_SINGLE_BLOCK = 1024  # on bf16 units, up to this many columns take one full matmul
 
 
-def add_gram(gram: torch.Tensor, x: torch.Tensor, alpha: float, beta: float) -> None:
+def add_gram(gram: torch.Tensor, x: torch.Tensor, alpha: float, beta: float, bf16_values: bool = False) -> None:
     """gram <- beta * gram + alpha * x^T x in the upper triangle (and some blocks below it).
 
     One matmul per block row, from its diagonal block rightwards: (k + 1) / 2k of a full matmul's flops
@@ -92,12 +99,36 @@ def add_gram(gram: torch.Tensor, x: torch.Tensor, alpha: float, beta: float) -> 
     384, 62%, 1.6x faster than the full matmul). It matters because for a down_proj the Hessian costs
     more than the layer's own forward pass. BLAS syrk would halve the flops outright, but on the CPU its
     thread pool fights PyTorch's OpenMP threads and ends up slower.
+
+    `bf16_values`: every entry of x is a bf16 value (the input of a bf16 forward pass, cast to fp32).
+    oneDNN then runs the fp32 matmuls on the CPU's bf16 units (AMX, AVX512-BF16): the casts back to bf16
+    are exact, each product of two bf16 values is exact in fp32 and the sums are accumulated and
+    returned in fp32, so H is as exact as with fp32 units, at a third of the time on an AMX CPU (2,048
+    tokens: 5.7 against 17.2 ms for 1536 inputs, 1.2 against 2.7 ms for 576 in one block). Each call
+    casts its operands again, so up to BF16_SINGLE_BLOCK columns take one full matmul.
     """
     columns = gram.shape[0]
     block = min(GRAM_BLOCK, -(-columns // 3))
-    for r0 in range(0, columns, block):
-        r1 = min(r0 + block, columns)
-        gram[r0:r1, r0:].mul_(beta).addmm_(x[:, r0:r1].T, x[:, r0:], alpha=alpha)
+    if bf16_values and columns <= BF16_SINGLE_BLOCK:
+        block = columns
+    with _fp32_matmuls_on_bf16_units(bf16_values):
+        for r0 in range(0, columns, block):
+            r1 = min(r0 + block, columns)
+            gram[r0:r1, r0:].mul_(beta).addmm_(x[:, r0:r1].T, x[:, r0:], alpha=alpha)
+
+
+@contextlib.contextmanager
+def _fp32_matmuls_on_bf16_units(enabled: bool) -> Iterator[None]:
+    """oneDNN's fp32 matmuls with bf16 operands (exact only where the operands hold bf16 values)."""
+    if not enabled:
+        yield
+        return
+    matmul = torch.backends.mkldnn.matmul
+    previous, matmul.fp32_precision = matmul.fp32_precision, "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
 
 
 def symmetric_from_upper(matrix: torch.Tensor) -> torch.Tensor:
