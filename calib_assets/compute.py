@@ -3,7 +3,9 @@ it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -43,6 +45,33 @@ def cpu_has_native_bf16() -> bool:
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def on_bf16_units(tensor) -> bool:
+    """Whether `tensor` holds bf16 values on a CPU with bf16 matrix units: fp32 matmuls of its values
+    (cast to fp32) can then run on those units exactly (`fp32_matmuls_on_bf16_units`)."""
+    import torch
+
+    return tensor.dtype == torch.bfloat16 and tensor.device.type == "cpu" and cpu_has_native_bf16()
+
+
+@contextlib.contextmanager
+def fp32_matmuls_on_bf16_units(enabled: bool = True) -> Iterator[None]:
+    """oneDNN runs fp32 matmuls on the CPU's bf16 units (AMX, AVX512-BF16): operands cast to bf16,
+    products accumulated and returned in fp32. Exact only where the operands hold bf16 values (the
+    inputs of a bf16 forward pass, cast to fp32): each product of two bf16 values is exact in fp32.
+    A process-wide setting, restored on exit."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    matmul = torch.backends.mkldnn.matmul
+    previous, matmul.fp32_precision = matmul.fp32_precision, "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

@@ -261,3 +261,24 @@ def test_search_on_the_first_samples():
         calls = first_samples(recorder.calls[name], [4, 2], 3)
         (cut_hidden,), (first_hidden,) = hidden_states(calls[0]), hidden_states(recorder.calls[name][0])
         assert len(calls) == 1 and torch.equal(cut_hidden, first_hidden[:3])
+
+
+def test_recorded_gram_of_bf16_inputs_is_exact():
+    """A bf16 forward pass's inputs: G = X^T X equals the float64 product of the same values to fp32
+    accuracy (on a CPU with bf16 units it is computed there), and the matmul setting is restored."""
+    from torch import nn
+
+    from calib_assets.compression.awq import _Recorder
+
+    layer = nn.Sequential(nn.Linear(40, 8)).to(torch.bfloat16)
+    precision = torch.backends.mkldnn.matmul.fp32_precision
+    recorder = _Recorder(layer, [])
+    x = _salient_inputs(40, 300).bfloat16()
+    with torch.no_grad():
+        for part in x.split([100, 200]):
+            layer(part)
+    recorder.remove()
+    expected = x.double().T @ x.double()
+    assert recorder.tokens["0"] == 300
+    assert torch.allclose(recorder.gram["0"].double(), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    assert torch.backends.mkldnn.matmul.fp32_precision == precision

@@ -363,8 +363,8 @@ def test_hessian_of_bf16_inputs_is_exact_on_bf16_units(columns, monkeypatch):
 
     assert (columns > gptq.BF16_SINGLE_BLOCK) == (columns == 1100)
     seen = []
-    original = gptq._fp32_matmuls_on_bf16_units
-    monkeypatch.setattr(gptq, "_fp32_matmuls_on_bf16_units", lambda on: seen.append(on) or original(on))
+    original = gptq.fp32_matmuls_on_bf16_units
+    monkeypatch.setattr(gptq, "fp32_matmuls_on_bf16_units", lambda on: seen.append(on) or original(on))
     x = correlated_inputs(columns, 300).bfloat16()
     precision = torch.backends.mkldnn.matmul.fp32_precision
     compressor = gptq.HessianCompressor(GPTQConfig(), (5, columns))

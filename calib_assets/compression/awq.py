@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compute import fp32_matmuls_on_bf16_units, on_bf16_units
 from .checkpoint import ExtraTensor
 from .config import AWQConfig, CompressedLinear, check_finite
 from .quantizer import fit_params, quantize_grouped, quantized_linear
@@ -221,7 +222,8 @@ class _Recorder:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             check_finite(f"input of {name}", x)
             self.abs_sum[name] = self.abs_sum.get(name, 0) + x.abs().sum(dim=0)
-            self.gram[name] = self.gram.get(name, 0) + x.T @ x
+            with fp32_matmuls_on_bf16_units(on_bf16_units(args[0])):  # exact for a bf16 forward's inputs
+                self.gram[name] = self.gram.get(name, 0) + x.T @ x
             self.tokens[name] = self.tokens.get(name, 0) + x.shape[0]
 
         return hook

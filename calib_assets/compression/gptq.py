@@ -12,14 +12,13 @@ before the loop, groups being runs of columns in the original order.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from ..compute import cpu_has_native_bf16
+from ..compute import fp32_matmuls_on_bf16_units, on_bf16_units
 
 from .config import (
     CompressedLinear,
@@ -57,12 +56,11 @@ class HessianCompressor:
     def add_batch(self, inp: torch.Tensor) -> None:
         """Add a batch of the linear's inputs (any float dtype; bf16 inputs from a bf16 forward pass take
         the CPU's bf16 matrix units, see `add_gram`)."""
-        on_bf16_units = inp.dtype == torch.bfloat16 and inp.device.type == "cpu" and cpu_has_native_bf16()
         x = inp.detach().reshape(-1, self.columns).float()
         if self._gram is None:
             self._gram = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=x.device)
         total = self.nsamples + x.shape[0]
-        add_gram(self._gram, x, alpha=2.0 / total, beta=self.nsamples / total, bf16_values=on_bf16_units)
+        add_gram(self._gram, x, alpha=2.0 / total, beta=self.nsamples / total, bf16_values=on_bf16_units(inp))
         try:
             # a NaN or Inf anywhere in x, or an overflowing product, reaches the diagonal of x^T x
             check_finite_statistic("calibration input", torch.diagonal(self._gram), x)
@@ -111,24 +109,10 @@ def add_gram(gram: torch.Tensor, x: torch.Tensor, alpha: float, beta: float, bf1
     block = min(GRAM_BLOCK, -(-columns // 3))
     if bf16_values and columns <= BF16_SINGLE_BLOCK:
         block = columns
-    with _fp32_matmuls_on_bf16_units(bf16_values):
+    with fp32_matmuls_on_bf16_units(bf16_values):
         for r0 in range(0, columns, block):
             r1 = min(r0 + block, columns)
             gram[r0:r1, r0:].mul_(beta).addmm_(x[:, r0:r1].T, x[:, r0:], alpha=alpha)
-
-
-@contextlib.contextmanager
-def _fp32_matmuls_on_bf16_units(enabled: bool) -> Iterator[None]:
-    """oneDNN's fp32 matmuls with bf16 operands (exact only where the operands hold bf16 values)."""
-    if not enabled:
-        yield
-        return
-    matmul = torch.backends.mkldnn.matmul
-    previous, matmul.fp32_precision = matmul.fp32_precision, "bf16"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision = previous
 
 
 def symmetric_from_upper(matrix: torch.Tensor) -> torch.Tensor:
