@@ -22,13 +22,16 @@ def embedded_model_folder() -> Path:
     return prepare_model_folder(parse_model_spec("smollm2-135m"), artifact_root() / "model-cache")
 
 
-def fixed_inputs(source: str, n_samples: int, seq_len: int, eval_tokens: int, out: Path) -> tuple[Path, Path]:
-    """Calibration ids (set 0 of `source`) and the held-out token stream, saved as .npy files."""
+def fixed_inputs(source: str, n_samples: int, seq_len: int, eval_tokens: int, out: Path,
+                 calibration_set: int = 0) -> tuple[Path, Path]:
+    """Calibration ids (set `calibration_set` of `source`, as a study's seed) and the held-out token stream,
+    saved as .npy files."""
     _, tokenizer = load_model(embedded_model_folder())
     corpus = build_corpus(parse_source_spec(source))
     pool = corpus[corpus["split"] == "calibration"]
     documents = tokenize_documents(dict(zip(pool["doc_id"], pool["text"])), tokenizer)
-    windows = sample_windows(documents, seq_len=seq_len, n_samples=n_samples, seed=0, source=source)
+    windows = sample_windows(documents, seq_len=seq_len, n_samples=n_samples, seed=calibration_set,
+                             source=source)
     heldout = corpus[corpus["split"] == "heldout"]["text"].tolist()
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "calibration.npy", np.array([w.token_ids for w in windows], dtype=np.int64))

@@ -1,7 +1,8 @@
 """Each compression method on the embedded model with one fixed calibration set: wall time, peak memory,
 held-out perplexity; with llm-compressor installed in .venv-llmc, the same runs side by side.
 
-    .venv/bin/python benchmarks/compression.py [--methods gptq,wanda] [--samples 32] [--seq-len 512] [--low-memory] [--repeats 2]
+    .venv/bin/python benchmarks/compression.py [--methods gptq,wanda] [--samples 32] [--seq-len 512] [--low-memory]
+        [--repeats 2] [--sets 0,1,2]
 
 Every method runs in its own process. Seconds and peak memory are those of the compression call alone:
 memory is the anonymous RSS sampled every 5 ms while it runs (the memory-mapped weights file is page
@@ -13,14 +14,18 @@ results rounded once to bf16), hand freed memory back after each phase of a laye
 samples per forward pass (both tools): every method then stays within the budget (docs/benchmarks.md).
 llm-compressor's runs load the model in the resolved forward dtype, so both tools calibrate in the
 same dtype. --repeats N alternates the two tools N times and reports the best time and the highest
-memory. Perplexity is scored afterwards with the same code for both tools. Targets: at most 0.5x
-llm-compressor's time at equal or better perplexity. Figures: docs/benchmarks.md.
+memory. Perplexity is scored afterwards with the same code for both tools. --sets 0,1,2 runs both
+tools on several disjoint calibration sets of the source and compares mean time and mean perplexity:
+one set's perplexity after 3-bit or 2:4 compression moves by up to 10% with a float-level change
+(summation order, attention kernel), more than the tools differ, so one run cannot tell them apart.
+Targets: at most 0.5x llm-compressor's time at equal or better perplexity. Figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +111,9 @@ def main() -> None:
                         help="--model-dtype bfloat16 --batch-size 4: the setting closest to the memory budget")
     parser.add_argument("--eval-dtype", default="float32", choices=["bfloat16", "float32"])
     parser.add_argument("--no-llmcompressor", action="store_true")
+    parser.add_argument("--sets", type=_set_list, default=[0],
+                        help="comma list of calibration sets of the source (disjoint, as a study's seeds); "
+                             "seconds and perplexity are then averaged over them, e.g. 0,1,2")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per tool and method, the tools alternating; the best time is reported")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -125,25 +133,71 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; allowed: {list(METHODS)}")
     from _common import fixed_inputs
 
+    use_llmc = LLMC_PYTHON.exists() and not args.no_llmcompressor
     with tempfile.TemporaryDirectory() as tmp:
-        calibration, heldout = fixed_inputs(args.source, args.samples, args.seq_len, args.eval_tokens, Path(tmp))
-        common = ["--calibration", str(calibration), "--heldout", str(heldout), "--seq-len", str(args.seq_len),
-                  "--dtype", args.dtype, "--eval-dtype", args.eval_dtype, "--batch-size", str(args.batch_size)]
-        ours_only = ["--model-dtype", args.model_dtype]
-        use_llmc = LLMC_PYTHON.exists() and not args.no_llmcompressor
+        inputs = {k: fixed_inputs(args.source, args.samples, args.seq_len, args.eval_tokens, Path(tmp) / f"set{k}",
+                                  calibration_set=k) for k in args.sets}
         for method in ["dense", *methods]:
-            ours_runs, their_runs = [], []
-            for _ in range(1 if method == "dense" else args.repeats):  # the two tools alternate
-                ours_runs.append(_spawn(Path(sys.executable), Path(__file__), ["--child", method, *common, *ours_only]))
-                if use_llmc and method in {"gptq", "sparsegpt", "wanda", "awq"}:
-                    their_runs.append(_spawn(LLMC_PYTHON, HERE / "llmcompressor_run.py", ["--method", method, *common]))
-            _print_row(method, _combined(ours_runs), _combined(their_runs))
-    print(f"\nembedded SmolLM2-135M; calibration: {args.samples} x {args.seq_len} tokens of {args.source} (set 0), "
+            ours_sets, their_sets = [], []
+            for k in args.sets[:1] if method == "dense" else args.sets:
+                calibration, heldout = inputs[k]
+                common = ["--calibration", str(calibration), "--heldout", str(heldout), "--seq-len", str(args.seq_len),
+                          "--dtype", args.dtype, "--eval-dtype", args.eval_dtype, "--batch-size", str(args.batch_size)]
+                ours_runs, their_runs = [], []
+                for _ in range(1 if method == "dense" else args.repeats):  # the two tools alternate
+                    ours_runs.append(_spawn(Path(sys.executable), Path(__file__),
+                                            ["--child", method, *common, "--model-dtype", args.model_dtype]))
+                    if use_llmc and method in {"gptq", "sparsegpt", "wanda", "awq"}:
+                        their_runs.append(_spawn(LLMC_PYTHON, HERE / "llmcompressor_run.py",
+                                                 ["--method", method, *common]))
+                ours_sets.append(_combined(ours_runs))
+                their_sets.append(_combined(their_runs))
+            ours, theirs = _over_sets(ours_sets), _over_sets(their_sets)
+            _print_row(method, ours, theirs)
+            if len(args.sets) > 1 and method != "dense":
+                _print_spread(ours, theirs)
+    sets = f"set {args.sets[0]}" if len(args.sets) == 1 else f"sets {','.join(map(str, args.sets))}"
+    print(f"\nembedded SmolLM2-135M; calibration: {args.samples} x {args.seq_len} tokens of {args.source} ({sets}), "
           f"{args.batch_size} per forward pass; "
           f"perplexity on {args.eval_tokens} held-out {args.source} tokens in {args.eval_dtype}; "
           f"our model held in {args.model_dtype}; "
           f"forward dtype during compression: {_resolved(args.dtype)}" + ("" if use_llmc else "; llm-compressor not run")
-          + (f"; seconds: the best of {args.repeats} alternating runs, memory: the highest" if args.repeats > 1 else ""))
+          + (f"; seconds: the best of {args.repeats} alternating runs, memory: the highest" if args.repeats > 1 else "")
+          + ("; seconds and ppl: means over the sets, memory: the highest" if len(args.sets) > 1 else ""))
+
+
+def _over_sets(records: list[dict | None]) -> dict | None:
+    """One tool's records of one method over several calibration sets: mean seconds and perplexity, the
+    highest net memory, and every set's perplexity (`per_set`) for the spread."""
+    records = [record for record in records if record is not None]
+    if not records:
+        return None
+    combined = dict(max(records, key=lambda record: record["compress_peak_mb"] - record["runtime_mb"]))
+    combined["seconds"] = statistics.fmean(record["seconds"] for record in records)
+    combined["per_set"] = [record["perplexity"] for record in records]
+    combined["perplexity"] = statistics.fmean(combined["per_set"])
+    return combined
+
+
+def _print_spread(ours: dict | None, theirs: dict | None) -> None:
+    def spread(record):
+        if record is None:
+            return "-"
+        values = record["per_set"]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{' '.join(f'{v:.2f}' for v in values)} (sd {sd:.2f})"
+
+    print(f"{'':<10} ppl per set: ours {spread(ours)} | llmc {spread(theirs)}", flush=True)
+
+
+def _set_list(text: str) -> list[int]:
+    try:
+        sets = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of set numbers, e.g. 0,1,2") from None
+    if not sets or min(sets) < 0 or len(set(sets)) != len(sets):
+        raise argparse.ArgumentTypeError(f"{text!r}: need distinct set numbers >= 0, e.g. 0,1,2")
+    return sets
 
 
 def _combined(runs: list[dict | None]) -> dict | None:
