@@ -104,7 +104,7 @@ def test_bf16_pass_leaves_weights_untouched(make_model, base_state, calib_ids):
 
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("cuda_bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_auto_forward_dtype_is_one_rule(monkeypatch, native, cuda_bf16, expected):
+def test_auto_forward_dtype_is_one_rule(monkeypatch, request, native, cuda_bf16, expected):
     """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 on
     older GPUs, fp32 on CPUs that would emulate bf16; an explicit choice is taken as given."""
     from calib_assets import compute
@@ -112,6 +112,8 @@ def test_auto_forward_dtype_is_one_rule(monkeypatch, native, cuda_bf16, expected
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    compute.cpu_has_native_bf16.cache_clear()  # the probe is asked once per process
+    request.addfinalizer(compute.cpu_has_native_bf16.cache_clear)
     assert compute.resolve_forward_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
     assert compute.resolve_forward_dtype("auto", "cuda") == expected
     assert compute.resolve_forward_dtype("float32", "cuda") == torch.float32
