@@ -83,8 +83,14 @@ def run_one(args) -> None:
           "budget_mb": 2 * model_megabytes(model) + activations_mb, "perplexity": ppl.perplexity})
 
 
-def _spawn(python: Path, script: Path, argv: list[str]) -> dict | None:
-    completed = subprocess.run([str(python), str(script), *argv], capture_output=True, text=True)
+def _spawn(python: Path, script: Path, argv: list[str], timeout: float | None = None) -> dict | None:
+    """One child run's RESULT record; None when it failed, {"timed_out": seconds} when it was stopped."""
+    try:
+        completed = subprocess.run([str(python), str(script), *argv], capture_output=True, text=True,
+                                   timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  {script.name} {' '.join(argv[:2])} stopped after {timeout:.0f} s", file=sys.stderr)
+        return {"timed_out": timeout}
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     if completed.returncode != 0 or not lines:
         print(f"  {script.name} {' '.join(argv[:2])} failed:\n{completed.stderr[-2000:]}", file=sys.stderr)
@@ -114,6 +120,9 @@ def main() -> None:
     parser.add_argument("--sets", type=_set_list, default=[0],
                         help="comma list of calibration sets of the source (disjoint, as a study's seeds); "
                              "seconds and perplexity are then averaged over them, e.g. 0,1,2")
+    parser.add_argument("--llmc-timeout", type=float, default=None, metavar="SECONDS",
+                        help="stop an llm-compressor run after this long (its AWQ on a CPU takes hours); the "
+                             "row then shows its time as more than SECONDS and the ratio as less than")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per tool and method, the tools alternating; the best time is reported")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -124,6 +133,8 @@ def main() -> None:
         args.model_dtype, args.batch_size = "bfloat16", 4
     if args.repeats < 1 or args.batch_size < 1:
         parser.error(f"--repeats {args.repeats} and --batch-size {args.batch_size} must both be >= 1")
+    if args.llmc_timeout is not None and args.llmc_timeout <= 0:
+        parser.error(f"--llmc-timeout {args.llmc_timeout} must be a positive number of seconds")
     if args.child:
         return run_one(args)
 
@@ -149,7 +160,7 @@ def main() -> None:
                                             ["--child", method, *common, "--model-dtype", args.model_dtype]))
                     if use_llmc and method in {"gptq", "sparsegpt", "wanda", "awq"}:
                         their_runs.append(_spawn(LLMC_PYTHON, HERE / "llmcompressor_run.py",
-                                                 ["--method", method, *common]))
+                                                 ["--method", method, *common], args.llmc_timeout))
                 ours_sets.append(_combined(ours_runs))
                 their_sets.append(_combined(their_runs))
             ours, theirs = _over_sets(ours_sets), _over_sets(their_sets)
@@ -168,10 +179,12 @@ def main() -> None:
 
 def _over_sets(records: list[dict | None]) -> dict | None:
     """One tool's records of one method over several calibration sets: mean seconds and perplexity, the
-    highest net memory, and every set's perplexity (`per_set`) for the spread."""
+    highest net memory, and every set's perplexity (`per_set`) for the spread; a stopped run stands
+    for the whole method."""
     records = [record for record in records if record is not None]
-    if not records:
-        return None
+    stopped = [record for record in records if _timed_out(record)]
+    if not records or stopped:
+        return next(iter(stopped), None)
     combined = dict(max(records, key=lambda record: record["compress_peak_mb"] - record["runtime_mb"]))
     combined["seconds"] = statistics.fmean(record["seconds"] for record in records)
     combined["per_set"] = [record["perplexity"] for record in records]
@@ -183,6 +196,8 @@ def _print_spread(ours: dict | None, theirs: dict | None) -> None:
     def spread(record):
         if record is None:
             return "-"
+        if _timed_out(record):
+            return f"stopped after {record['timed_out']:.0f} s"
         values = record["per_set"]
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{' '.join(f'{v:.2f}' for v in values)} (sd {sd:.2f})"
@@ -204,13 +219,19 @@ def _combined(runs: list[dict | None]) -> dict | None:
     """Repeated runs of one tool and method as one record: the fastest time (this machine's speed drifts
     by 10-20% within an hour), the highest net memory; a perplexity that moved between runs is flagged."""
     runs = [run for run in runs if run is not None]
-    if not runs:
-        return None
+    finished = [run for run in runs if not _timed_out(run)]
+    if not finished:
+        return next(iter(runs), None)
+    runs = finished
     record = dict(max(runs, key=lambda run: run["compress_peak_mb"] - run["runtime_mb"]))
     record["seconds"] = min(run["seconds"] for run in runs)
     if len({run["perplexity"] for run in runs}) > 1:
         print(f"  perplexity moved between runs: {[round(run['perplexity'], 2) for run in runs]}", file=sys.stderr)
     return record
+
+
+def _timed_out(record: dict | None) -> bool:
+    return record is not None and "timed_out" in record
 
 
 def _resolved(dtype: str) -> str:
@@ -228,12 +249,20 @@ def _print_row(method: str, ours: dict | None, theirs: dict | None) -> None:
               f"{'llmc s':>8} {'llmc MB':>8} {'llmc net':>8} {'llmc ppl':>9} {'time ratio':>10}")
 
     def cell(record, key, fmt):
+        if _timed_out(record):
+            return f">{record['timed_out']:.0f}" if key == "seconds" else "-"
         return format(record[key], fmt) if record and record.get(key) is not None else "-"
 
     def net(record):
-        return {"net": record["compress_peak_mb"] - record["runtime_mb"]} if record else None
+        if record is None or _timed_out(record):
+            return None
+        return {"net": record["compress_peak_mb"] - record["runtime_mb"]}
 
-    ratio = f"{ours['seconds'] / theirs['seconds']:.2f}" if ours and theirs and theirs["seconds"] else "-"
+    ratio = "-"
+    if ours and _timed_out(theirs):
+        ratio = f"<{ours['seconds'] / theirs['timed_out']:.2f}"
+    elif ours and theirs and theirs["seconds"]:
+        ratio = f"{ours['seconds'] / theirs['seconds']:.2f}"
     print(f"{method:<10} {cell(ours, 'seconds', '8.1f'):>8} {cell(ours, 'compress_peak_mb', '8.0f'):>8} "
           f"{cell(net(ours), 'net', '7.0f'):>7} {cell(ours, 'budget_mb', '7.0f'):>7} "
           f"{cell(ours, 'perplexity', '9.2f'):>9} | {cell(theirs, 'seconds', '8.1f'):>8} "
