@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from ..compute import fp32_matmuls_on_bf16_units, on_bf16_units
-
 from .config import (
     CompressedLinear,
     GPTQConfig,
