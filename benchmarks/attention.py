@@ -1,5 +1,6 @@
 """The engine's blocked causal attention against PyTorch's SDPA on this CPU, at SmolLM2-135M's head layout
-(9 query heads, 3 key/value heads, head dim 64): best of 6 interleaved rounds of 10 calls per shape.
+(9 query heads, 3 key/value heads, head dim 64): per shape, the best of 6 rounds of 10 calls, the two
+kernels alternating every 3 rounds.
 
     .venv/bin/python benchmarks/attention.py [--dtype float32|bfloat16]
 
@@ -21,7 +22,7 @@ SHAPES = [(4, 128), (4, 512), (8, 512), (2, 2048)]  # (batch, tokens)
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 
 
-def best_ms(fn, rounds: int = 6, calls: int = 10) -> float:
+def best_ms(fn, rounds: int = 3, calls: int = 10) -> float:
     best = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()
@@ -54,7 +55,7 @@ def main() -> None:
         timings = {"sdpa": float("inf"), "blocked": float("inf")}
         for _ in range(2):  # interleaved, so that a drift of the machine's speed hits both
             for name, fn in (("sdpa", sdpa), ("blocked", blocked)):
-                timings[name] = min(timings[name], best_ms(fn, rounds=3))
+                timings[name] = min(timings[name], best_ms(fn))
         print(f"{batch} x {tokens:<10} {timings['sdpa']:8.1f} {timings['blocked']:10.1f}")
 
 
