@@ -4,9 +4,12 @@ held-out perplexity; with llm-compressor installed in .venv-llmc, the same runs 
     .venv/bin/python benchmarks/compression.py [--methods gptq,wanda] [--samples 32] [--seq-len 512] [--low-memory]
         [--repeats 2] [--sets 0,1,2]
 
-Every method runs in its own process. Seconds and peak memory are those of the compression call alone:
-memory is the anonymous RSS sampled every 5 ms while it runs (the memory-mapped weights file is page
-cache and left out), "net" subtracts the interpreter, the libraries, the tokenizer and the modeling code
+Every method runs in its own process. Seconds and peak memory are those of the compression call alone;
+the dense row's are those of one layer-wise pass of the uncompressed model through the engine (same
+forward dtype and batches), and the "passes" columns give each run's seconds in units of that pass:
+Wanda's floor is about 1.8 (a statistics pass that stops before down_proj, then the rerun). Memory is
+the anonymous RSS sampled every 5 ms while it runs (the memory-mapped weights file is page cache and
+left out), "net" subtracts the interpreter, the libraries, the tokenizer and the modeling code
 (measured before the model is loaded, `_common.library_baseline_mb`), and "budget" is the issue's bound:
 twice the bf16 model plus the calibration activations. With --low-memory our runs hold the model in
 bf16, as on a GPU (each layer compressed from an fp32 copy and calibrated in the forward dtype, its
@@ -54,9 +57,9 @@ def run_one(args) -> None:
     import numpy as np
     import torch
 
-    from _common import (embedded_model_folder, emit, library_baseline_mb, model_megabytes, peak_rss_mb, rss_mb,
+    from _common import (embedded_model_folder, emit, library_baseline_mb, model_megabytes, peak_rss_mb,
                          sampled_peak_rss)
-    from calib_assets.compression import compress_model, make_method_config
+    from calib_assets.compression import compress_model, layerwise_hidden_states, make_method_config
     from calib_assets.compute import resolve_forward_dtype
     from calib_assets.evaluation import perplexity
     from calib_assets.models import load_model
@@ -67,14 +70,15 @@ def run_one(args) -> None:
     ids = torch.from_numpy(np.load(args.calibration))
     stream = np.load(args.heldout).tolist()
     forward_dtype = resolve_forward_dtype(args.dtype, "cpu")
-    seconds, memory = 0.0, {"peak_mb": rss_mb()}
-    if args.child != "dense":
-        method, params = METHODS[args.child]
-        config = make_method_config(method, params)
-        with sampled_peak_rss() as memory:
-            started = time.perf_counter()
-            compress_model(model, ids, config, forward_dtype=forward_dtype, batch_size=args.batch_size)
-            seconds = time.perf_counter() - started
+    with sampled_peak_rss() as memory:
+        started = time.perf_counter()
+        if args.child == "dense":  # one layer-wise pass, the unit of the "passes" columns
+            layerwise_hidden_states(model, ids, forward_dtype=forward_dtype, batch_size=args.batch_size)
+        else:
+            method, params = METHODS[args.child]
+            compress_model(model, ids, make_method_config(method, params), forward_dtype=forward_dtype,
+                           batch_size=args.batch_size)
+        seconds = time.perf_counter() - started
     hidden = model.config.hidden_size
     activations_mb = ids.numel() * hidden * torch.finfo(forward_dtype).bits / 8 / 2**20
     ppl = perplexity(model.to(getattr(torch, args.eval_dtype)), stream, seq_len=args.seq_len, batch_size=8)
@@ -148,6 +152,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         inputs = {k: fixed_inputs(args.source, args.samples, args.seq_len, args.eval_tokens, Path(tmp) / f"set{k}",
                                   calibration_set=k) for k in args.sets}
+        one_pass = None  # seconds of one layer-wise pass of the dense model (the dense row)
         for method in ["dense", *methods]:
             ours_sets, their_sets = [], []
             for k in args.sets[:1] if method == "dense" else args.sets:
@@ -164,7 +169,9 @@ def main() -> None:
                 ours_sets.append(_combined(ours_runs))
                 their_sets.append(_combined(their_runs))
             ours, theirs = _over_sets(ours_sets), _over_sets(their_sets)
-            _print_row(method, ours, theirs)
+            if method == "dense" and ours is not None:
+                one_pass = ours["seconds"]
+            _print_row(method, ours, theirs, one_pass)
             if len(args.sets) > 1 and method != "dense":
                 _print_spread(ours, theirs)
     sets = f"set {args.sets[0]}" if len(args.sets) == 1 else f"sets {','.join(map(str, args.sets))}"
@@ -240,18 +247,26 @@ def _resolved(dtype: str) -> str:
     return str(resolve_forward_dtype(dtype, "cpu")).removeprefix("torch.")
 
 
-def _print_row(method: str, ours: dict | None, theirs: dict | None) -> None:
-    """Seconds and peak RSS of the compression alone (sampled while it runs), perplexity afterwards;
-    "net MB" is that peak less the runtime's RSS before the model was loaded, against the budget
-    (twice the bf16 model plus the calibration activations in the forward dtype)."""
+def _print_row(method: str, ours: dict | None, theirs: dict | None, one_pass: float | None) -> None:
+    """Seconds and peak RSS of the compression alone (sampled while it runs; the dense row: one
+    layer-wise pass of the uncompressed model), perplexity afterwards; "net MB" is that peak less the
+    runtime's RSS before the model was loaded, against the budget (twice the bf16 model plus the
+    calibration activations in the forward dtype); "passes": seconds in units of that one pass."""
     if method == "dense":
-        print(f"{'method':<10} {'seconds':>8} {'peak MB':>8} {'net MB':>7} {'budget':>7} {'ppl':>9} | "
-              f"{'llmc s':>8} {'llmc MB':>8} {'llmc net':>8} {'llmc ppl':>9} {'time ratio':>10}")
+        print(f"{'method':<10} {'seconds':>8} {'passes':>6} {'peak MB':>8} {'net MB':>7} {'budget':>7} {'ppl':>9} | "
+              f"{'llmc s':>8} {'passes':>6} {'llmc MB':>8} {'llmc net':>8} {'llmc ppl':>9} {'time ratio':>10}")
 
     def cell(record, key, fmt):
         if _timed_out(record):
-            return f">{record['timed_out']:.0f}" if key == "seconds" else "-"
+            return f">{record['timed_out']:.{0 if key == 'seconds' else 2}f}" if key in ("seconds", "passes") else "-"
         return format(record[key], fmt) if record and record.get(key) is not None else "-"
+
+    def passes(record):
+        if record is None or not one_pass:
+            return None
+        if _timed_out(record):
+            return {"timed_out": record["timed_out"] / one_pass}
+        return {"passes": record["seconds"] / one_pass}
 
     def net(record):
         if record is None or _timed_out(record):
@@ -263,9 +278,11 @@ def _print_row(method: str, ours: dict | None, theirs: dict | None) -> None:
         ratio = f"<{ours['seconds'] / theirs['timed_out']:.2f}"
     elif ours and theirs and theirs["seconds"]:
         ratio = f"{ours['seconds'] / theirs['seconds']:.2f}"
-    print(f"{method:<10} {cell(ours, 'seconds', '8.1f'):>8} {cell(ours, 'compress_peak_mb', '8.0f'):>8} "
+    print(f"{method:<10} {cell(ours, 'seconds', '8.1f'):>8} {cell(passes(ours), 'passes', '6.2f'):>6} "
+          f"{cell(ours, 'compress_peak_mb', '8.0f'):>8} "
           f"{cell(net(ours), 'net', '7.0f'):>7} {cell(ours, 'budget_mb', '7.0f'):>7} "
           f"{cell(ours, 'perplexity', '9.2f'):>9} | {cell(theirs, 'seconds', '8.1f'):>8} "
+          f"{cell(passes(theirs), 'passes', '6.2f'):>6} "
           f"{cell(theirs, 'compress_peak_mb', '8.0f'):>8} {cell(net(theirs), 'net', '8.0f'):>8} "
           f"{cell(theirs, 'perplexity', '9.2f'):>9} {ratio:>10}", flush=True)
 
