@@ -126,7 +126,11 @@ def layerwise_hidden_states(
     forward_dtype: torch.dtype = torch.float32,
     batch_size: int = 8,
 ) -> torch.Tensor:
-    """The engine's layer-by-layer pass without compression: the last layer's outputs (before the norm)."""
+    """The engine's layer-by-layer pass without compression: the last layer's outputs (before the norm).
+    Tunes the process's allocator as `compress_model` does, so that the two passes cost alike."""
+    from calib_assets.compute import reuse_freed_memory
+
+    reuse_freed_memory()
     _check_ids(input_ids, "input_ids")
     device = torch.device(device)
     decoder = _decoder(model)
