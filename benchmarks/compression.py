@@ -258,7 +258,7 @@ def _print_row(method: str, ours: dict | None, theirs: dict | None, one_pass: fl
 
     def cell(record, key, fmt):
         if _timed_out(record):
-            return f">{record['timed_out']:.{0 if key == 'seconds' else 2}f}" if key in ("seconds", "passes") else "-"
+            return {"seconds": f">{record['timed_out']:.0f}", "passes": f">{record['timed_out']:.2f}"}.get(key, "-")
         return format(record[key], fmt) if record and record.get(key) is not None else "-"
 
     def passes(record):
