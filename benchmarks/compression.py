@@ -258,15 +258,15 @@ def _print_row(method: str, ours: dict | None, theirs: dict | None, one_pass: fl
 
     def cell(record, key, fmt):
         if _timed_out(record):
-            return {"seconds": f">{record['timed_out']:.0f}", "passes": f">{record['timed_out']:.2f}"}.get(key, "-")
+            return f">{record['timed_out']:.0f}" if key == "seconds" else "-"
         return format(record[key], fmt) if record and record.get(key) is not None else "-"
 
     def passes(record):
         if record is None or not one_pass:
-            return None
+            return "-"
         if _timed_out(record):
-            return {"timed_out": record["timed_out"] / one_pass}
-        return {"passes": record["seconds"] / one_pass}
+            return f">{record['timed_out'] / one_pass:.2f}"
+        return f"{record['seconds'] / one_pass:.2f}"
 
     def net(record):
         if record is None or _timed_out(record):
@@ -278,11 +278,11 @@ def _print_row(method: str, ours: dict | None, theirs: dict | None, one_pass: fl
         ratio = f"<{ours['seconds'] / theirs['timed_out']:.2f}"
     elif ours and theirs and theirs["seconds"]:
         ratio = f"{ours['seconds'] / theirs['seconds']:.2f}"
-    print(f"{method:<10} {cell(ours, 'seconds', '8.1f'):>8} {cell(passes(ours), 'passes', '6.2f'):>6} "
+    print(f"{method:<10} {cell(ours, 'seconds', '8.1f'):>8} {passes(ours):>6} "
           f"{cell(ours, 'compress_peak_mb', '8.0f'):>8} "
           f"{cell(net(ours), 'net', '7.0f'):>7} {cell(ours, 'budget_mb', '7.0f'):>7} "
           f"{cell(ours, 'perplexity', '9.2f'):>9} | {cell(theirs, 'seconds', '8.1f'):>8} "
-          f"{cell(passes(theirs), 'passes', '6.2f'):>6} "
+          f"{passes(theirs):>6} "
           f"{cell(theirs, 'compress_peak_mb', '8.0f'):>8} {cell(net(theirs), 'net', '8.0f'):>8} "
           f"{cell(theirs, 'perplexity', '9.2f'):>9} {ratio:>10}", flush=True)
 
