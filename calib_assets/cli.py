@@ -101,7 +101,12 @@ def _findings(study, args) -> int:
     if not path.is_file():
         print(f"error: no warehouse at {path}: run `calib-assets run` first", file=sys.stderr)
         return 1
-    print_findings(path)
+    status = print_findings(path)
+    if not status.ok:
+        print(f"error: the last dbt build had {len(status.failed_tests)} failed test(s) and left "
+              f"{len(status.unbuilt_models)} model(s) unbuilt (listed above); the report and the tables it could "
+              "build were written", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,6 +12,8 @@ import dagster as dg
 
 from calib_assets.defs.jobs import stages
 from calib_assets.findings import findings_summary, report_dir
+from calib_assets.findings.build_status import BuildStatus, build_status
+from calib_assets.findings.tables import read_available_marts
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.study import Study
 
@@ -70,32 +72,42 @@ def _failure_message(result, job_name: str, key: str | None) -> str:
     return f"{job_name} [{key}] failed"
 
 
-def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> None:
-    """Spread across calibration sets per method and source, the baselines; last, the headline table and
-    the report's path (every mart, per evaluation dataset and metric, is in the warehouse and the report)."""
+def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> BuildStatus:
+    """Spread across calibration sets per method and source, the baselines; last, the headline table, the
+    last dbt build's failed tests with their rows, and the report's path (every mart, per evaluation dataset
+    and metric, is in the warehouse and the report). Returns that build's status: a caller exits non-zero
+    when it has problems."""
     import duckdb
 
+    marts, missing = read_available_marts(duckdb_path, ["mart_baselines"])
     with duckdb.connect(str(duckdb_path), read_only=True) as connection:
-        baselines = connection.sql(
-            "select method, eval_dataset, metric, value from mart_baselines order by method, eval_dataset").df()
         results = connection.sql("select * from eval_results where calib is not null").df()
     with _pandas_wide():
         summary = seed_spread_summary(results)
         if not summary.empty:
             echo("\nAcross calibration sets, per method and source: perplexity (mean over the held-out sets) "
                  "next to task accuracy (%); range in the metric's units, cv = std / mean in %:")
-            echo(summary.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+            echo(summary.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
         echo("\nDense model and calibration-free controls (mart_baselines):")
-        echo(baselines.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if "mart_baselines" in marts:
+            baselines = marts["mart_baselines"].sort_values(["method", "eval_dataset"])
+            echo(baselines[["method", "eval_dataset", "metric", "value"]].to_string(
+                index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
+        else:
+            echo(f"not available: {missing['mart_baselines']}")
     echo(f"\nDuckDB warehouse: {duckdb_path} (per-dataset spread: mart_calibration_spread)")
     echo("\n" + findings_summary(duckdb_path, report_dir(duckdb_path.parent) / "index.html"))
+    return build_status(duckdb_path)
 
 
 def seed_spread_summary(results):
     """One row per (method, calibration source): mean, range and coefficient of variation across its
     calibration sets of the held-out perplexity (averaged over evaluation datasets; a task's own perplexity,
-    such as the cloze's, is not text perplexity) and of each task's accuracy."""
+    such as the cloze's, is not text perplexity) and of each task's accuracy. Sets that score the same
+    (within float noise) have range and cv 0; one set, or a mean of 0, has no cv (NaN)."""
     import pandas as pd
+
+    from calib_assets.findings.stats import coefficient_of_variation, spread
 
     tasks = set(results.loc[results["metric"].isin(["acc", "acc_norm"]), "eval_dataset"])
     heldout = results[(results["metric"] == "perplexity") & ~results["eval_dataset"].isin(tasks)]
@@ -109,10 +121,11 @@ def seed_spread_summary(results):
     grouped = table.groupby(level=["method", "calibration_source"])
     columns = {"sets": grouped.size()}
     for name in per_set:
-        stats = grouped[name].agg(["mean", "min", "max", "std"])
-        columns[name] = stats["mean"]
-        columns[f"{name} range"] = stats["max"] - stats["min"]
-        columns[f"{name} cv%"] = 100 * stats["std"] / stats["mean"]
+        stats = grouped[name].apply(spread).unstack()
+        columns[name] = stats["mean"].astype(float)
+        columns[f"{name} range"] = stats["range"].astype(float)
+        columns[f"{name} cv%"] = [100 * coefficient_of_variation(std, mean)
+                                  for std, mean in zip(stats["std"], stats["mean"])]
     return pd.DataFrame(columns).reset_index().rename(columns={"calibration_source": "source"})
 
 

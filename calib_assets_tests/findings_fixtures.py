@@ -1,8 +1,9 @@
 """Synthetic eval_results tables with known answers, and `dbt build` over them in a temporary warehouse.
 
-Two studies: a grid (one model; GPTQ and Wanda on three sources with 8, 3 and 1 calibration sets; three
-tasks; two held-out perplexities; KL and flips; dense and RTN baselines) and a quantity study (no tasks,
-one source, several sample counts with two seeds each).
+Three studies: a grid (one model; GPTQ and Wanda on three sources with 8, 3 and 1 calibration sets; three
+tasks; two held-out perplexities; KL and flips; dense and RTN baselines), a quantity study (no tasks,
+one source, several sample counts with two seeds each) and a degenerate study (scores that do not vary,
+that vary by float noise only, single sets, a single source, a mean of 0; see degenerate_eval_results).
 """
 
 from __future__ import annotations
@@ -81,6 +82,72 @@ def quantity_eval_results(seed: int = 1) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The degenerate study: model m1, Wanda on three sources x three sets, and m2 with GPTQ on one source only
+# and SparseGPT on a single set. Per (eval_dataset, metric), how the scores behave across m1's nine sets:
+DEGENERATE_SOURCES = {"src-a": 3, "src-b": 3, "src-c": 3}
+DEGENERATE_SCORES = {
+    ("cloze", "acc"): "constant",              # 0.025 on every set (the failing row of issue 19)
+    ("cloze", "acc_norm"): "noise",            # 0.3 or 0.1 + 0.2: equal up to float noise
+    ("next", "acc"): "one_constant_source",    # src-b scores the same on its sets, the others vary
+    ("next", "acc_norm"): "constant_within",   # every source scores the same on its sets, sources differ
+    ("zero", "acc"): "zero",                   # 0 everywhere (the dense model too): a mean of 0
+    ("heldout", "perplexity"): "varies",
+}
+# Tasks whose range over the sets of a source is 0.1, computed as two different float subtractions
+TIED_RANGES = {"tie1": (0.25, 0.35), "tie2": (0.35, 0.45)}
+
+
+def _degenerate_value(rng: np.random.Generator, behaviour: str, source: str, seed: int) -> float:
+    source_index = sorted(DEGENERATE_SOURCES).index(source)
+    return {
+        "constant": 0.025,
+        "noise": 0.3 if seed % 2 else 0.1 + 0.2,
+        "one_constant_source": 0.5 if source == "src-b" else float(rng.uniform(0.3, 0.7)),
+        "constant_within": 0.4 + 0.1 * source_index,
+        "zero": 0.0,
+        "varies": float(rng.uniform(20, 40)),
+    }[behaviour]
+
+
+def degenerate_eval_results(seed: int = 2) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model in ["m1", "m2"]:
+        for (dataset, metric) in DEGENERATE_SCORES:
+            dense = 0.0 if dataset == "zero" else 10.0 if metric == "perplexity" else 0.6
+            rows.append({**_row(f"{model}.dense", "dense", None, None, None, None, dataset, metric, dense), "model": model})
+    for source, n_sets in DEGENERATE_SOURCES.items():
+        for set_seed in range(n_sets):
+            calib = f"{source}.s{set_seed}"
+            for (dataset, metric), behaviour in DEGENERATE_SCORES.items():
+                value = _degenerate_value(rng, behaviour, source, set_seed)
+                rows.append(_row("m1.wanda-2of4", "wanda", calib, source, set_seed, 16, dataset, metric, value))
+            for task, (low, high) in TIED_RANGES.items():
+                value = low if set_seed == 0 else high if set_seed == 1 else (low + high) / 2
+                rows.append(_row("m1.wanda-2of4", "wanda", calib, source, set_seed, 16, task, "acc", value))
+    for variant, method, calibs in [("m2.gptq-w3", "gptq", ["src-a.s0", "src-a.s1", "src-a.s2"]),
+                                    ("m2.sparsegpt-2of4", "sparsegpt", ["src-a.s0"])]:
+        for calib in calibs:
+            set_seed = int(calib[-1])
+            for (dataset, metric), behaviour in DEGENERATE_SCORES.items():
+                value = _degenerate_value(rng, behaviour, "src-a", set_seed)
+                rows.append({**_row(variant, method, calib, "src-a", set_seed, 16, dataset, metric, value), "model": "m2"})
+    return pd.DataFrame(rows)
+
+
+def degenerate_descriptors(results: pd.DataFrame) -> pd.DataFrame:
+    """Descriptors of every calibration set of the degenerate study: token_count the same for every set,
+    zipf_exponent the seed (so it varies), the rest of the columns NULL."""
+    sets = results[results["calib"].notna()][["model", "calib", "calibration_source", "seed"]].drop_duplicates()
+    table = pd.DataFrame({name: pd.Series([None] * len(sets), dtype=object) for name in DESCRIPTOR_COLUMNS})
+    for column in ["model", "calib", "calibration_source", "seed"]:
+        table[column] = sets[column].to_numpy()
+    table["token_count"] = 2048
+    table["zipf_exponent"] = 1.0 + sets["seed"].to_numpy() / 10
+    table["n_samples"] = 16
+    return table
+
+
 def dbt_build(duckdb_path: Path, work_dir: Path) -> subprocess.CompletedProcess:
     """`dbt build` of the project's models and tests into `duckdb_path` (target and logs under `work_dir`)."""
     from calib_assets.defs.dbt import DBT_PROJECT_DIR, DUCKDB_ENV, dbt_executable
@@ -93,20 +160,29 @@ def dbt_build(duckdb_path: Path, work_dir: Path) -> subprocess.CompletedProcess:
 
 @functools.cache
 def built_warehouse(study: str) -> tuple[Path, pd.DataFrame, subprocess.CompletedProcess]:
-    """A warehouse with the synthetic `study` ('grid' or 'quantity') as eval_results and every mart built
+    """A warehouse with the synthetic `study` ('grid', 'quantity' or 'degenerate') as eval_results and every mart built
     (once per test process). Returns (DuckDB path, the eval_results table, dbt's completed process)."""
+    results = {"grid": grid_eval_results, "quantity": quantity_eval_results, "degenerate": degenerate_eval_results}[study]()
+    # the descriptors mart's source; empty for the studies that describe no calibration set
+    descriptors = degenerate_descriptors(results) if study == "degenerate" else None
+    path = write_warehouse(Path(tempfile.mkdtemp(prefix=f"calib-findings-{study}-")), results, descriptors)
+    return path, results, dbt_build(path, path.parent)
+
+
+def write_warehouse(work_dir: Path, results: pd.DataFrame, descriptors: pd.DataFrame | None = None) -> Path:
+    """`work_dir`/warehouse.duckdb with the tables dbt reads: eval_results and calibration_descriptors."""
     import duckdb
 
-    results = {"grid": grid_eval_results, "quantity": quantity_eval_results}[study]()
-    work_dir = Path(tempfile.mkdtemp(prefix=f"calib-findings-{study}-"))
     path = work_dir / "warehouse.duckdb"
     with duckdb.connect(str(path)) as connection:
         connection.register("incoming", results)
         connection.execute("CREATE TABLE eval_results AS SELECT * FROM incoming")
-        # the descriptors mart's source, empty: these synthetic studies have no calibration sets on disk
         schema = ", ".join(f"{name} {kind}" for name, kind in DESCRIPTOR_COLUMNS.items())
         connection.execute(f"CREATE TABLE calibration_descriptors ({schema})")
-    return path, results, dbt_build(path, work_dir)
+        if descriptors is not None:
+            connection.register("described", descriptors)
+            connection.execute("INSERT INTO calibration_descriptors SELECT * FROM described")
+    return path
 
 
 def read_table(duckdb_path: Path, sql: str) -> pd.DataFrame:

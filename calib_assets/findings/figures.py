@@ -135,8 +135,10 @@ def retention_figure(retention: pd.DataFrame):
         panel = panel.sort_values(["variant", "calibration_source", "n_samples"])
         labels = [f"{v} / {s}" + ("" if pd.isna(n) else f" / n={int(n)}")
                   for v, s, n in zip(panel["variant"], panel["calibration_source"], panel["n_samples"])]
-        mean = panel["mean_retention"].to_numpy()
-        errors = np.vstack([mean - panel["min_retention"].to_numpy(), panel["max_retention"].to_numpy() - mean])
+        mean = panel["mean_retention"].to_numpy(dtype=float)
+        # a mean of equal retentions can sit an ulp outside [min, max]; matplotlib refuses negative bars
+        errors = np.clip(np.vstack([mean - panel["min_retention"].to_numpy(dtype=float),
+                                    panel["max_retention"].to_numpy(dtype=float) - mean]), 0, None)
         axis.bar(range(len(panel)), mean, yerr=errors, capsize=3, color="tab:blue", alpha=0.7)
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.set_xticks(range(len(panel)), labels, rotation=45, ha="right", fontsize=7)
@@ -196,11 +198,14 @@ FIGURES: dict[str, tuple[str, Callable, str]] = {
 }
 
 
-def render_figures(marts: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, Path]:
-    """Every figure of FIGURES as `<stem>.png` in `out_dir`; returns stem -> path."""
+def render_figures(marts: dict[str, pd.DataFrame], out_dir: Path,
+                   missing: dict[str, str] | None = None) -> dict[str, Path]:
+    """Every figure of FIGURES as `<stem>.png` in `out_dir`; returns stem -> path. A figure whose mart is
+    `missing` ({mart: why}) says why instead."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for stem, (_, build, mart) in FIGURES.items():
+    for stem, (caption, build, mart) in FIGURES.items():
         paths[stem] = out_dir / f"{stem}.png"
-        build(marts[mart]).savefig(paths[stem], dpi=DPI, metadata={"Software": None})
+        figure = build(marts[mart]) if mart in marts else placeholder(caption, f"{mart}: {(missing or {})[mart]}")
+        figure.savefig(paths[stem], dpi=DPI, metadata={"Software": None})
     return paths

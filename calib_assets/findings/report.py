@@ -10,23 +10,26 @@ from pathlib import Path
 import pandas as pd
 
 from calib_assets.artifacts import atomic_dir
+from calib_assets.findings.build_status import BuildStatus, build_status, format_build_status
 from calib_assets.findings.figures import FIGURES, render_figures
-from calib_assets.findings.tables import REPORT_MARTS, format_table, headline_table, read_marts
+from calib_assets.findings.tables import (REPORT_MARTS, format_table, headline_from_marts, read_available_marts)
 
 INDEX = "index.html"
 MAX_TABLE_ROWS = 200
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;font-size:12px;margin-bottom:1em}th,td{padding:2px 8px;border-bottom:1px solid #ddd}
 th{background:#f3f3f3;text-align:left}img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}
-.note{color:#666;font-size:12px}"""
+.note{color:#666;font-size:12px}.problem{color:#a00;font-weight:bold}"""
+HEADLINE_MARTS = ("mart_average_distribution", "mart_baselines")
 
 
 @dataclass(frozen=True)
 class Report:
     index: Path  # the HTML file
     figures: dict[str, Path]  # figure stem -> PNG
-    headline: pd.DataFrame
+    headline: pd.DataFrame | None  # None when a mart it needs was not built
     fingerprint: str  # sha256 over the HTML and the PNGs
+    status: BuildStatus  # what the last dbt build did: failed tests, models it did not build
 
 
 def report_dir(root: Path) -> Path:
@@ -36,43 +39,87 @@ def report_dir(root: Path) -> Path:
 
 def write_report(duckdb_path: Path, directory: Path, title: str = "Calibration-data findings") -> Report:
     """Read the marts, draw the figures and write `directory/index.html` atomically (a failed write leaves the
-    previous report in place)."""
-    marts = read_marts(duckdb_path)
-    headline = headline_table(duckdb_path)
+    previous report in place). The last dbt build's failed tests head the report with their rows and flag
+    the marts they read; a mart the build did not build is left out, never shown stale."""
+    marts, missing = read_available_marts(duckdb_path)
+    status = build_status(duckdb_path)
+    if not marts and not status.recorded:
+        raise LookupError(f"{duckdb_path} holds no mart and no dbt build has run on it: "
+                          + "; ".join(f"{name}: {why}" for name, why in missing.items()))
+    headline = _headline(marts)
     with atomic_dir(directory) as tmp:
-        figures = render_figures(marts, tmp)
-        (tmp / INDEX).write_text(_html(title, headline, marts, figures, duckdb_path))
+        figures = render_figures(marts, tmp, missing)
+        (tmp / INDEX).write_text(_html(title, headline, marts, missing, status, figures, duckdb_path))
         fingerprint = _fingerprint(tmp)
     return Report(index=directory / INDEX, figures={stem: directory / path.name for stem, path in figures.items()},
-                  headline=headline, fingerprint=fingerprint)
+                  headline=headline, fingerprint=fingerprint, status=status)
 
 
 def findings_summary(duckdb_path: Path, report_index: Path | None = None) -> str:
-    """The headline table as text, and where the report is (what `make run` prints last)."""
+    """The headline table as text, the last dbt build's problems, and where the report is (what `make run`
+    prints last)."""
+    marts, missing = read_available_marts(duckdb_path, list(HEADLINE_MARTS))
+    headline = _headline(marts)
     lines = ["Headline: best-worst range over all calibration sets (mart_average_distribution):",
-             format_table(headline_table(duckdb_path))]
+             format_table(headline) if headline is not None else _unavailable(missing)]
+    problems = format_build_status(build_status(duckdb_path))
+    if problems:
+        lines += ["\nThe last dbt build has problems (the tables above that they touch are not to be trusted):",
+                  problems]
     if report_index is not None:
         state = "" if Path(report_index).is_file() else " (not written yet: materialize findings_report)"
         lines.append(f"\nReport: {report_index}{state}")
     return "\n".join(lines)
 
 
-def _html(title: str, headline: pd.DataFrame, marts: dict[str, pd.DataFrame], figures: dict[str, Path],
-          duckdb_path: Path) -> str:
+def _headline(marts: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    return headline_from_marts(marts) if all(name in marts for name in HEADLINE_MARTS) else None
+
+
+def _unavailable(missing: dict[str, str]) -> str:
+    return "not available: " + "; ".join(f"{name} {why}" for name, why in missing.items() if name in HEADLINE_MARTS)
+
+
+def _html(title: str, headline: pd.DataFrame | None, marts: dict[str, pd.DataFrame], missing: dict[str, str],
+          status: BuildStatus, figures: dict[str, Path], duckdb_path: Path) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class='note'>From the dbt marts in {html.escape(str(duckdb_path))}. Task average = mean acc over "
-             "the study's tasks per calibration set; std = sample std over calibration sets; range = max - min.</p>",
-             "<h2>Headline</h2>", _table_html(headline), "<h2>Figures</h2>"]
+             "the study's tasks per calibration set; std = sample std over calibration sets; range = max - min; "
+             "scores within float noise of each other are equal, and a group whose sets score the same names no "
+             "best or worst set.</p>", *_status_html(status), "<h2>Headline</h2>",
+             _table_html(headline) if headline is not None else _problem(_unavailable(missing)), "<h2>Figures</h2>"]
     for stem, path in figures.items():
         caption = html.escape(FIGURES[stem][0])
         parts.append(f"<figure><a href='{path.name}'><img src='{path.name}' alt='{caption}'></a>"
                      f"<figcaption>{caption} (<a href='{path.name}'>{path.name}</a>)</figcaption></figure>")
     parts.append("<h2>Tables</h2>")
     for name, caption in REPORT_MARTS.items():
-        parts += [f"<h3 id='{name}'>{html.escape(caption)} <code>{name}</code></h3>", _table_html(marts[name])]
+        parts.append(f"<h3 id='{name}'>{html.escape(caption)} <code>{name}</code></h3>")
+        parts += [_problem(f"Failed dbt test {test.name}: see Data tests above.") for test in status.tests_on(name)]
+        parts.append(_table_html(marts[name]) if name in marts else _problem(f"Left out: {missing[name]}."))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _status_html(status: BuildStatus) -> list[str]:
+    if not status.recorded:
+        return []
+    if status.ok:
+        return ["<p class='note'>Every dbt test of the last build passed.</p>"]
+    parts = ["<h2>Data tests</h2>",
+             _problem("The last dbt build has problems: the tables they touch are not to be trusted.")]
+    for test in status.failed_tests:
+        count = "" if test.failures is None else f", {test.failures} failing rows"
+        parts.append(f"<h3 id='test-{html.escape(test.name)}'>{html.escape(test.status.upper())} "
+                     f"<code>{html.escape(test.name)}</code> (on {html.escape(', '.join(test.models))}{count})</h3>")
+        parts.append(_table_html(test.rows) if not test.rows.empty else f"<p>{html.escape(test.message)}</p>")
+    parts += [_problem(f"Model {model} was not built ({state}).") for model, state in status.unbuilt_models.items()]
+    return parts
+
+
+def _problem(text: str) -> str:
+    return f"<p class='problem'>{html.escape(text)}</p>"
 
 
 def _table_html(table: pd.DataFrame) -> str:
@@ -81,7 +128,7 @@ def _table_html(table: pd.DataFrame) -> str:
     note = (f"<p class='note'>First {MAX_TABLE_ROWS} of {len(table)} rows; the full table is in DuckDB.</p>"
             if len(table) > MAX_TABLE_ROWS else "")
     shown = table.head(MAX_TABLE_ROWS)
-    return shown.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}") + note
+    return shown.to_html(index=False, border=0, na_rep="-", float_format=lambda v: f"{v:.4g}") + note
 
 
 def _fingerprint(directory: Path) -> str:

@@ -24,19 +24,35 @@ HEADLINE_COLUMNS = ["method", "variant", "score", "n_sets", "n_sources", "mean",
                     "best_calib", "worst_calib", "dense"]
 
 
+NO_DIFFERENCE = "no difference"  # in place of a best or worst set when the sets score the same
+
+
 def read_marts(duckdb_path: Path, names: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """The named marts (default: every report mart) as DataFrames, from a read-only connection.
     A mart that does not exist yet raises with the list of tables that do."""
+    marts, missing = read_available_marts(duckdb_path, names)
+    if missing:
+        raise LookupError(f"{duckdb_path}: {'; '.join(f'{name}: {why}' for name, why in missing.items())}")
+    return marts
+
+
+def read_available_marts(duckdb_path: Path, names: list[str] | None = None
+                         ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """(the named marts that the last dbt build built, {mart: why it is left out} for the others): a
+    mart that does not exist, or that the last build skipped or failed to build, would show stale rows."""
     import duckdb
+
+    from calib_assets.findings.build_status import read_build_status
 
     names = list(names or REPORT_MARTS)
     with duckdb.connect(str(duckdb_path), read_only=True) as connection:
         existing = {row[0] for row in connection.sql("select table_name from information_schema.tables").fetchall()}
-        missing = [name for name in names if name not in existing]
-        if missing:
-            raise LookupError(f"{duckdb_path} has no table {', '.join(missing)} (it has: {', '.join(sorted(existing))});"
-                              " materialize the dbt marts first")
-        return {name: connection.sql(f"select * from {name}").df() for name in names}
+        unbuilt = read_build_status(connection).unbuilt_models
+        missing = {name: f"not built in the last dbt build ({unbuilt[name]})" for name in names if name in unbuilt}
+        missing |= {name: f"no such table (the warehouse has: {', '.join(sorted(existing))}); materialize the dbt "
+                          "marts first" for name in names if name not in existing and name not in missing}
+        marts = {name: connection.sql(f"select * from {name}").df() for name in names if name not in missing}
+    return marts, missing
 
 
 def headline_scores(distribution: pd.DataFrame) -> pd.DataFrame:
@@ -49,17 +65,24 @@ def headline_scores(distribution: pd.DataFrame) -> pd.DataFrame:
 def headline_table(duckdb_path: Path) -> pd.DataFrame:
     """Per (model, method, sample count): the best-worst range over all calibration sets of the task average
     (or, without tasks, of each held-out perplexity), with the dense model's value for reference."""
-    marts = read_marts(duckdb_path, ["mart_average_distribution", "mart_baselines"])
+    return headline_from_marts(read_marts(duckdb_path, ["mart_average_distribution", "mart_baselines"]))
+
+
+def headline_from_marts(marts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The headline table from mart_average_distribution and mart_baselines; best and worst read
+    'no difference' where the calibration sets score the same."""
     scores = headline_scores(marts["mart_average_distribution"])
     dense = (marts["mart_baselines"].query("method == 'dense'")
              [["model", "eval_dataset", "metric", "value"]].rename(columns={"value": "dense"}))
     table = scores.merge(dense, on=["model", "eval_dataset", "metric"], how="left")
     table = table.assign(score=table["eval_dataset"] + " " + table["metric"]).rename(columns={
         "mean_value": "mean", "min_value": "min", "max_value": "max", "range_value": "range"})
+    for column in ("best_calib", "worst_calib"):
+        table[column] = table[column].where(table["sets_differ"].astype(bool), NO_DIFFERENCE)
     return table.sort_values(["model", "method", "variant", "n_samples", "score"])[HEADLINE_COLUMNS].reset_index(drop=True)
 
 
 def format_table(table: pd.DataFrame, digits: int = 3) -> str:
-    """A DataFrame as aligned plain text with rounded floats."""
+    """A DataFrame as aligned plain text with rounded floats; a statistic that is undefined reads '-'."""
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 500):
-        return table.to_string(index=False, float_format=lambda v: f"{v:.{digits}f}")
+        return table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.{digits}f}")

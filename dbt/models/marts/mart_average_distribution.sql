@@ -1,6 +1,20 @@
 -- Distribution of a summary score over ALL calibration sets of all sources, per (model, method) and
 -- sample count (Figure 4): the task average (acc and acc_norm) and each held-out perplexity, with the
--- best-worst range and the calibration sets at both ends (ties broken by calibration key).
+-- best-worst range and the calibration sets at both ends (ties within float noise broken by calibration
+-- key; both NULL when the sets do not differ).
+with scores as (
+    select
+        model, method, variant, n_samples, eval_dataset, metric, kind, calibration_source, calib, value,
+        case when higher_is_better then value else -value end as goodness
+    from {{ ref('int_set_scores') }}
+    where uses_calibration and kind in ('task_average', 'perplexity')
+),
+
+ranked as (
+    select *, max(goodness_tie) over (partition by variant, n_samples, eval_dataset, metric) as top_tie
+    from ({{ tie_groups('scores', 'variant, n_samples, eval_dataset, metric', 'goodness', 'goodness_tie') }})
+)
+
 select
     model,
     method,
@@ -9,20 +23,12 @@ select
     eval_dataset,
     metric,
     kind,
-    count(*) as n_sets,
+    {{ spread_statistics('value') }},
     count(distinct calibration_source) as n_sources,
-    avg(value) as mean_value,
-    stddev_samp(value) as std_value,
-    min(value) as min_value,
     quantile_cont(value, 0.25) as q1_value,
     median(value) as median_value,
     quantile_cont(value, 0.75) as q3_value,
-    max(value) as max_value,
-    max(value) - min(value) as range_value,
-    case when bool_or(higher_is_better) then first(calib order by value desc, calib)
-         else first(calib order by value, calib) end as best_calib,
-    case when bool_or(higher_is_better) then first(calib order by value, calib)
-         else first(calib order by value desc, calib) end as worst_calib
-from {{ ref('int_set_scores') }}
-where uses_calibration and kind in ('task_average', 'perplexity')
+    case when {{ sets_differ('value') }} then min(calib) filter (where goodness_tie = top_tie) end as best_calib,
+    case when {{ sets_differ('value') }} then min(calib) filter (where goodness_tie = 1) end as worst_calib
+from ranked
 group by model, method, variant, n_samples, eval_dataset, metric, kind

@@ -2,7 +2,8 @@
 -- over all calibration sets of all sources (calibration_source '(all)'): each replicate draws n_sets sets
 -- with replacement. Deterministic and reproducible outside SQL: draw d of replicate r takes the set numbered
 -- int(first 15 hex digits of md5('seed:n_sets:r:d')) mod n_sets (sets numbered from 0 by calibration key),
--- so every score of a (variant, source) is resampled with the same sets.
+-- so every score of a (variant, source) is resampled with the same sets. The interval is NULL for a single
+-- set (nothing to resample), [mean, mean] when the sets score the same, and never leaves [min, max].
 -- Vars: bootstrap_replicates, bootstrap_seed, bootstrap_confidence.
 {%- set replicates = var('bootstrap_replicates') | int %}
 {%- set seed = var('bootstrap_seed') | int %}
@@ -68,11 +69,15 @@ select
     any_value(metric) as metric,
     any_value(kind) as kind,
     count(*) as n_sets,
-    avg(value) as mean_value,
+    {{ stable_mean('value') }} as mean_value,
     min(value) as min_value,
     max(value) as max_value,
-    any_value(intervals.ci_low) as ci_low,
-    any_value(intervals.ci_high) as ci_high,
+    case when count(*) < 2 then null
+         when {{ sets_differ('value') }} then greatest(any_value(intervals.ci_low), min(value))
+         else {{ stable_mean('value') }} end as ci_low,
+    case when count(*) < 2 then null
+         when {{ sets_differ('value') }} then least(any_value(intervals.ci_high), max(value))
+         else {{ stable_mean('value') }} end as ci_high,
     {{ replicates }} as replicates,
     {{ var('bootstrap_confidence') }} as confidence
 from sets

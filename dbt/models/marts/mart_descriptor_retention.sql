@@ -3,7 +3,8 @@
 -- evaluated calibration set, between the set's descriptor and the compressed model's retention.
 -- Retention: the mean task accuracy (`acc`) relative to the dense model's, and the dense model's
 -- perplexity relative to the compressed model's, averaged over the evaluation datasets (1 = lossless).
--- Ties get average ranks, so rho is the Pearson correlation of the ranks.
+-- Ties (values within float noise, macros/degenerate.sql) get average ranks, so rho is the Pearson
+-- correlation of the ranks; NULL when either side does not vary.
 with results as (
     select model, method, variant, calib, eval_dataset, metric, value
     from {{ ref('stg_eval_results') }}
@@ -59,36 +60,39 @@ paired as (
     select r.model, r.method, r.variant, r.retention_metric, r.retention, d.descriptor, d.descriptor_value
     from retention as r
     join descriptors as d on d.model = r.model and d.calib = r.calib
+    where r.retention is not null and d.descriptor_value is not null
 ),
 
-ranked as (
+descriptor_ties as (
+    {{ tie_groups('paired', 'variant, retention_metric, descriptor', 'descriptor_value', 'descriptor_tie') }}
+),
+
+both_ties as (
+    {{ tie_groups('descriptor_ties', 'variant, retention_metric, descriptor', 'retention', 'retention_tie') }}
+),
+
+ranked as (  -- average ranks: values within float noise of each other share the mean of their positions
     select
         *,
-        rank() over (partition by variant, retention_metric, descriptor order by descriptor_value)
-            + (count(*) over (partition by variant, retention_metric, descriptor, descriptor_value) - 1) / 2.0
+        rank() over (partition by variant, retention_metric, descriptor order by descriptor_tie)
+            + (count(*) over (partition by variant, retention_metric, descriptor, descriptor_tie) - 1) / 2.0
             as descriptor_rank,
-        rank() over (partition by variant, retention_metric, descriptor order by retention)
-            + (count(*) over (partition by variant, retention_metric, descriptor, retention) - 1) / 2.0
+        rank() over (partition by variant, retention_metric, descriptor order by retention_tie)
+            + (count(*) over (partition by variant, retention_metric, descriptor, retention_tie) - 1) / 2.0
             as retention_rank
-    from paired
-),
-
-correlated as (
-    select
-        model,
-        method,
-        variant,
-        retention_metric,
-        descriptor,
-        count(*) as n_sets,
-        avg(retention) as mean_retention,
-        corr(descriptor_rank, retention_rank) as rho
-    from ranked
-    group by model, method, variant, retention_metric, descriptor
+    from both_ties
 )
 
--- a descriptor (or retention) that does not vary has no rank correlation: NULL, not NaN
+-- a descriptor (or retention) that does not vary has no rank correlation: NULL
 select
-    model, method, variant, retention_metric, descriptor, n_sets, mean_retention,
-    case when isnan(rho) then null else rho end as spearman_rho
-from correlated
+    model,
+    method,
+    variant,
+    retention_metric,
+    descriptor,
+    count(*) as n_sets,
+    {{ stable_mean('retention') }} as mean_retention,
+    case when count(distinct descriptor_tie) > 1 and count(distinct retention_tie) > 1
+         then corr(descriptor_rank, retention_rank) end as spearman_rho
+from ranked
+group by model, method, variant, retention_metric, descriptor

@@ -1,13 +1,14 @@
 -- Perplexity against task-accuracy variation (Table 2): the coefficient of variation (sample std / |mean|)
 -- across the calibration sets of one source, for each held-out perplexity, each task and the task
 -- average; on every row the largest perplexity and task CVs of the same (variant, source, sample count),
--- so that "perplexity hides task variance" reads as task_cv_max >> perplexity_cv_max.
+-- so that "perplexity hides task variance" reads as task_cv_max >> perplexity_cv_max. cv is 0 when the
+-- sets score the same, NULL for a single set or a mean of 0 (an accuracy of 0 on every set).
 with variation as (
     select
         model, method, variant, calibration_source, n_samples, kind, eval_dataset, metric,
         n_sets, mean_value, std_value,
         case when n_sets > 1 and mean_value <> 0 then std_value / abs(mean_value) end as cv
-    from {{ ref('mart_calibration_spread') }}
+    from {{ ref('int_calibration_spread') }}
     where kind in ('perplexity', 'task', 'task_average')
 )
 
