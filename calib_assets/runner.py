@@ -17,6 +17,7 @@ from calib_assets.findings.tables import read_available_marts
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.study import Study
 
+REPORT_ASSET = "findings_report"
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
@@ -55,6 +56,25 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
             reused = _all_reused(result)
             echo(f"{label} {'reused' if reused else 'done'} in {seconds:5.1f}s "
                  f"(elapsed {time.perf_counter() - started:6.1f}s)")
+            if REPORT_ASSET in assets and not _materialized(result, REPORT_ASSET):
+                _write_report_after_skipped_marts(echo)
+
+
+def _materialized(result, asset: str) -> bool:
+    return any(event.asset_key == dg.AssetKey(asset) for event in result.get_asset_materialization_events())
+
+
+def _write_report_after_skipped_marts(echo: Callable[[str], None]) -> None:
+    """Dagster skips the report when dbt skipped a mart it reads (after a failed test upstream of the marts);
+    the report on disk would then be the previous one, so it is written here, naming what failed."""
+    from calib_assets.artifacts import artifact_root
+    from calib_assets.findings import write_report
+    from calib_assets.steps import warehouse_path
+
+    root = artifact_root()
+    report = write_report(warehouse_path(root), report_dir(root))
+    echo(f"      findings_report was skipped (dbt built no {', '.join(report.status.unbuilt_models) or 'mart'}); "
+         f"wrote {report.index} outside Dagster, naming the failed tests")
 
 
 def _all_reused(result) -> bool:

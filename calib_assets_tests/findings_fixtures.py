@@ -148,12 +148,13 @@ def degenerate_descriptors(results: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def dbt_build(duckdb_path: Path, work_dir: Path) -> subprocess.CompletedProcess:
-    """`dbt build` of the project's models and tests into `duckdb_path` (target and logs under `work_dir`)."""
+def dbt_build(duckdb_path: Path, work_dir: Path, command: tuple[str, ...] = ("build",)) -> subprocess.CompletedProcess:
+    """`dbt build` (or another dbt `command`) of the project's models and tests into `duckdb_path` (target and
+    logs under `work_dir`)."""
     from calib_assets.defs.dbt import DBT_PROJECT_DIR, DUCKDB_ENV, dbt_executable
 
     return subprocess.run(
-        [dbt_executable(), "build", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
+        [dbt_executable(), *command, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
          "--target-path", str(work_dir / "target"), "--log-path", str(work_dir / "logs")],
         env={**os.environ, DUCKDB_ENV: str(duckdb_path)}, capture_output=True, text=True, timeout=300)
 
