@@ -34,11 +34,14 @@ def build_findings_assets() -> list[dg.AssetsDefinition]:
         report = write_report(warehouse_path(store.path), report_dir(store.path))
         figures = {f"figure/{stem}": dg.MetadataValue.md(_inline_png(FIGURES[stem][0], path.read_bytes()))
                    for stem, path in report.figures.items()}
+        headline = ("not available: a mart it reads was not built" if report.headline is None
+                    else report.headline.to_markdown(index=False, floatfmt=".4g"))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(report.fingerprint),
             metadata={"report": dg.MetadataValue.path(str(report.index)),
                       "report_url": dg.MetadataValue.url(report.index.as_uri()),
-                      "headline": dg.MetadataValue.md(report.headline.to_markdown(index=False, floatfmt=".4g")),
+                      "headline": dg.MetadataValue.md(headline),
+                      "failed_dbt_tests": [test.name for test in report.status.failed_tests],
                       "fingerprint": report.fingerprint, **figures},
         )
 
