@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 STUDY ?= default
 
 .PHONY: venv run test dev clean snapshots
-.PHONY: bench-env bench crosscheck
+.PHONY: bench-env bench crosscheck gpu-wheels gpu-check gpu-dry-run
 
 venv: $(STAMP)
 
@@ -55,3 +55,30 @@ crosscheck: venv
 bench: venv
 	$(BIN)/python benchmarks/evaluation.py
 	$(BIN)/python benchmarks/compression.py
+
+# The prepared GPU check (benchmarks/gpu_check.py, about 8 minutes on an H200). Here: `make gpu-wheels`
+# fetches what it needs beyond the GPU machine's own packages; there, with .gpu-wheels carried:
+# `make gpu-check GPU_OUT=DIR`. `make gpu-dry-run` runs it on this CPU (a tiny model), in .venv-gpu, a venv
+# holding only the GPU machine's packages, so that a missing import shows here rather than there.
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= .gpu-wheels
+GPU_WHEELS_PYTHON ?= 3.12
+GPU_SITE ?= /tmp/calib-assets-gpu-site
+GPU_OUT ?= gpu-check-results
+GPU_MACHINE_PACKAGES := transformers==5.17.0 accelerate safetensors numpy pandas pyarrow pyyaml pytest xxhash \
+	'fsspec<=2026.2.0' aiohttp requests httpx tqdm psutil py-cpuinfo pillow nvidia-ml-py
+
+gpu-wheels:
+	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_WHEELS_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(GPU_WHEELS) -r benchmarks/gpu_wheels.txt
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) $(GPU_WHEELS)/*.whl
+	PYTHONPATH=$(GPU_SITE) $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_OUT) $(if $(CPU),--cpu) $(GPU_CHECK_ARGS)
+
+gpu-dry-run:
+	test -x .venv-gpu/bin/python || (python3 -m venv .venv-gpu && .venv-gpu/bin/pip install --quiet torch==2.13.0 \
+		&& .venv-gpu/bin/pip install --quiet torch==2.13.0 $(GPU_MACHINE_PACKAGES))
+	$(MAKE) gpu-wheels GPU_WHEELS=.gpu-wheels-py311 GPU_WHEELS_PYTHON=3.11
+	$(MAKE) gpu-check CPU=1 GPU_PYTHON=.venv-gpu/bin/python GPU_WHEELS=.gpu-wheels-py311 GPU_SITE=/tmp/calib-assets-gpu-site-cpu

@@ -54,7 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-METHODS = ("gptq", "sparsegpt", "wanda", "awq")
+METHODS = ("gptq", "sparsegpt", "wanda", "awq", "rtn")
 BITS, GROUP_SIZE = 3, 64  # compression.py METHODS["gptq"] / ["awq"]
 PRUNE_N, PRUNE_M = 2, 4  # compression.py METHODS["sparsegpt"] / ["wanda"]
 DAMPENING = 0.01
@@ -62,20 +62,22 @@ BLOCK_SIZE = 128
 IGNORE = ["re:.*lm_head"]  # pruning modifiers name a linear "<layer>." (trailing dot): a plain "lm_head" misses it
 
 
-def weight_scheme():
-    """W3 g64 asymmetric, no act-order, min/max observer: our GPTQConfig/RTN grid."""
+def weight_scheme(bits: int = BITS, group_size: int = GROUP_SIZE):
+    """Asymmetric integer groups, no act-order, min/max observer: our GPTQConfig/RTN grid."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
-    weights = QuantizationArgs(num_bits=BITS, type="int", symmetric=False, strategy="group",
-                               group_size=GROUP_SIZE, actorder=None, observer="memoryless_minmax")
+    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=False, strategy="group",
+                               group_size=group_size, actorder=None, observer="memoryless_minmax")
     return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
 
 
-def build_recipe(method: str):
+def build_recipe(method: str, bits: int = BITS, group_size: int = GROUP_SIZE):
+    """llm-compressor's modifiers for `method`; `bits`/`group_size` apply to the quantizing ones (gptq, awq,
+    rtn: round-to-nearest on the same grid, llm-compressor's QuantizationModifier alone)."""
     if method == "gptq":
         from llmcompressor.modifiers.gptq import GPTQModifier
 
-        return [GPTQModifier(config_groups=weight_scheme(), ignore=IGNORE, actorder=None,
+        return [GPTQModifier(config_groups=weight_scheme(bits, group_size), ignore=IGNORE, actorder=None,
                              dampening_frac=DAMPENING, block_size=BLOCK_SIZE)]
     if method == "sparsegpt":
         from llmcompressor.modifiers.pruning import SparseGPTModifier
@@ -87,12 +89,15 @@ def build_recipe(method: str):
 
         return [WandaPruningModifier(sparsity=PRUNE_N / PRUNE_M, mask_structure=f"{PRUNE_N}:{PRUNE_M}",
                                      ignore=IGNORE)]
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    rtn = QuantizationModifier(config_groups=weight_scheme(bits, group_size), ignore=IGNORE)
+    if method == "rtn":
+        return [rtn]
     if method == "awq":
-        from llmcompressor.modifiers.quantization import QuantizationModifier
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
-        return [AWQModifier(duo_scaling=False, n_grid=20),
-                QuantizationModifier(config_groups=weight_scheme(), ignore=IGNORE)]
+        return [AWQModifier(duo_scaling=False, n_grid=20), rtn]
     raise ValueError(f"unknown method {method!r}; allowed: {list(METHODS)}")
 
 

@@ -1,5 +1,12 @@
 """The CUDA path, where torch sees a GPU (skipped elsewhere): the layer-wise engine with device="cuda" on
-a tiny random Llama held on the host, against the same run on the CPU and the methods' invariants."""
+a tiny random Llama held on the host, against the same run on the CPU and the methods' invariants.
+
+Imports the library only (no Dagster, DuckDB or lm-eval), so that it runs on a GPU machine holding torch
+and transformers alone (`make gpu-check`). CALIB_ASSETS_CUDA_TEST_DEVICE=cpu runs the same tests with the
+CPU in the GPU's place: the GPU check's `--cpu` dry run, which proves the tests themselves work before
+GPU time is spent on them."""
+
+import os
 
 import pytest
 import torch
@@ -19,7 +26,11 @@ from calib_assets.compression import (
 from calib_assets.compression.quantizer import dequantize
 from helpers import tiny_llama_factory
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
+DEVICE = os.environ.get("CALIB_ASSETS_CUDA_TEST_DEVICE", "cuda")
+if DEVICE not in ("cuda", "cpu"):
+    raise ValueError(f"CALIB_ASSETS_CUDA_TEST_DEVICE={DEVICE!r} is not allowed; allowed: ['cuda', 'cpu']")
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
+                                reason="torch sees no CUDA device")
 
 CONFIGS = [
     RTNConfig(bits=3, group_size=32),
@@ -48,7 +59,7 @@ def test_layerwise_pass_on_cuda_equals_the_full_forward_on_cpu(make_model, calib
     model = make_model()
     with torch.no_grad():
         expected = model(calib_ids).logits
-        hidden = layerwise_hidden_states(model, calib_ids, device="cuda", forward_dtype=torch.float32, batch_size=3)
+        hidden = layerwise_hidden_states(model, calib_ids, device=DEVICE, forward_dtype=torch.float32, batch_size=3)
         logits = model.lm_head(model.model.norm(hidden))
     assert hidden.device.type == "cpu"
     assert torch.allclose(logits, expected, atol=1e-4, rtol=1e-4)
@@ -62,7 +73,7 @@ def test_each_method_on_cuda_matches_its_cpu_run(config, make_model, calib_ids):
     ids = calib_ids if config.needs_calibration else None
     on_cpu = compress_model(make_model(), ids, config, device="cpu", forward_dtype=torch.float32, batch_size=4)
     model = make_model()
-    on_cuda = compress_model(model, ids, config, device="cuda", forward_dtype=torch.float32, batch_size=4)
+    on_cuda = compress_model(model, ids, config, device=DEVICE, forward_dtype=torch.float32, batch_size=4)
     assert sorted(on_cuda) == sorted(on_cpu)
     assert all(p.device.type == "cpu" for p in model.parameters())
     params = dict(model.named_parameters())
@@ -97,7 +108,7 @@ def test_each_method_on_cuda_matches_its_cpu_run(config, make_model, calib_ids):
 def test_bf16_forward_on_cuda(config, make_model, calib_ids):
     """The resource's GPU default: bf16 forward passes, fp32 math, finite results on the host."""
     model = make_model()
-    results = compress_model(model, calib_ids, config, device="cuda", forward_dtype=torch.bfloat16, batch_size=4)
+    results = compress_model(model, calib_ids, config, device=DEVICE, forward_dtype=torch.bfloat16, batch_size=4)
     for name, result in results.items():
         assert result.weight.device.type == "cpu" and result.weight.dtype == torch.float32
         assert torch.isfinite(result.weight).all(), name
