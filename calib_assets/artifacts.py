@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,20 +25,34 @@ def artifact_root() -> Path:
     return Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT)).resolve()
 
 
+def temporary_prefix(name: str, kind: str = "tmp") -> str:
+    """The name prefix of a temporary sibling of `name`: it names the process that owns it (pid@host), so
+    that one left by a killed process is recognized and removed (`remove_stale_temporaries`)."""
+    return f".{name}.{kind}-{os.getpid()}@{socket.gethostname()}."
+
+
+# .NAME.tmp-PID@HOST.XXXXXXXX (a directory from mkdtemp) or .NAME.old-PID@HOST. (a replaced directory)
+_TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9.-]+?)\.[a-z0-9_]{0,8}$")
+# before owners were named: .NAME.tmp-XXXXXXXX; removed only once older than any run can last
+_LEGACY_TEMPORARY = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}$")
+LEGACY_TEMPORARY_AGE_S = 12 * 3600  # dagster.yaml's run_monitoring.max_runtime_seconds
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `final` in one rename.
 
-    A killed or failed write leaves `final` as it was (old content or absent), never half written.
+    A killed or failed write leaves `final` as it was (old content or absent), never half written; the
+    temporary it leaves behind names its process and is removed by the next run.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(final.name), dir=final.parent))
     try:
         yield tmp
         old = None
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            old = final.with_name(temporary_prefix(final.name, "old"))
             os.replace(final, old)
         os.replace(tmp, final)
         if old is not None:
@@ -42,6 +60,82 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def stale_temporaries(root: Path) -> list[Path]:
+    """Temporaries under `root` whose process has ended (on this host), and those of an earlier version
+    that are older than any run can last. A live process's, and another host's, are left alone."""
+    stale, host, now = [], socket.gethostname(), time.time()
+    for directory, names, files in os.walk(root):
+        for name in names + files:
+            path = Path(directory) / name
+            if match := _TEMPORARY.match(name):
+                if match["host"] == host and not process_alive(int(match["pid"])):
+                    stale.append(path)
+            elif _LEGACY_TEMPORARY.match(name) and now - path.lstat().st_mtime > LEGACY_TEMPORARY_AGE_S:
+                stale.append(path)
+        names[:] = [n for n in names if Path(directory) / n not in stale]
+    return stale
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Remove what `stale_temporaries` finds; return it."""
+    stale = stale_temporaries(root)
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+class RootBusy(RuntimeError):
+    pass
+
+
+LOCK_FILE = ".calib-assets-run.lock"
+
+
+@contextlib.contextmanager
+def hold_root(root: Path, study: str) -> Iterator[None]:
+    """Hold the artifact root for this process, or raise RootBusy naming the process that holds it. The
+    lock is the kernel's (flock): it ends with its process, however that ends."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "{}"
+            raise RootBusy(f"artifact root {root} is in use by another `calib-assets run` ({_describe(holder)}); "
+                           "wait for it to finish or stop it, or give this run another --root") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "study": study,
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _describe(holder: str) -> str:
+    try:
+        info = json.loads(holder)
+    except json.JSONDecodeError:
+        return "unknown process"
+    return f"pid {info.get('pid')} on {info.get('host')}, study {info.get('study')!r}, since {info.get('since')}"
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from calib_assets.artifacts import ROOT_ENV
+from calib_assets.artifacts import ROOT_ENV, RootBusy
 from calib_assets.study import STUDY_ENV, StudyError, load_study
 
 
@@ -65,15 +65,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return commands[args.command](study, args)
-    except (LineageError, StudyError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (LineageError, StudyError, RootBusy, ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # between steps; during one, runner.run_study handles it
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(study, args) -> int:
     import dagster as dg
 
+    from calib_assets.artifacts import artifact_root, hold_root
     from calib_assets.defs import build_definitions
+    from calib_assets.recovery import recover
     from calib_assets.runner import StudyRunFailed, run_study
 
     from transformers.utils import logging as transformers_logging
@@ -83,7 +88,10 @@ def _run(study, args) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     defs = build_definitions(study)
-    with dg.DagsterInstance.get() as instance:
+    root = artifact_root()
+    with hold_root(root, study.name), dg.DagsterInstance.get() as instance:
+        for line in recover(instance, root):
+            print(f"recovered: {line}")
         try:
             run_study(defs, study, instance)
         except StudyRunFailed as error:

@@ -4,6 +4,8 @@ showing progress; afterwards `dagster dev` shows every materialization and its l
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from calib_assets.findings import findings_summary, report_dir
 from calib_assets.findings.build_status import BuildStatus, build_status
 from calib_assets.findings.tables import read_available_marts
 from calib_assets.defs.partitions import StudyPartitions
+from calib_assets.recovery import fail_dead_runs, interruptible, process_tags
 from calib_assets.study import Study
 
 REPORT_ASSET = "findings_report"
@@ -46,8 +49,11 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
             done += 1
             step_started = time.perf_counter()
             with open(log_path, "a") as log, contextlib.redirect_stdout(log):
-                result = job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,
-                                                raise_on_error=False, tags={"calib_assets/study": study.name})
+                result = interruptible(
+                    lambda: job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,
+                                                   raise_on_error=False,
+                                                   tags={"calib_assets/study": study.name, **process_tags()}),
+                    on_interrupt=lambda: _interrupted(instance, job_name, key))
             seconds = time.perf_counter() - step_started
             label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
             if not result.success:
@@ -58,6 +64,13 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
                  f"(elapsed {time.perf_counter() - started:6.1f}s)")
             if REPORT_ASSET in assets and not _materialized(result, REPORT_ASSET):
                 _write_report_after_skipped_marts(echo)
+
+
+def _interrupted(instance: dg.DagsterInstance, job_name: str, key: str | None) -> None:
+    """On Ctrl-C or SIGTERM during a step (stdout then goes to the step log, so this goes to stderr)."""
+    lines = fail_dead_runs(instance, only_pid=os.getpid())
+    print(f"\ninterrupted during {job_name} [{key or 'unpartitioned'}]: " + ("; ".join(lines) or "no run was live"),
+          file=sys.stderr)
 
 
 def _materialized(result, asset: str) -> bool:

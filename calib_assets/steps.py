@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from calib_assets import __version__
-from calib_assets.artifacts import atomic_dir, read_json, sha256_bytes, sha256_json, write_json
+from calib_assets.artifacts import atomic_dir, read_json, sha256_bytes, sha256_json, temporary_prefix, write_json
 from calib_assets.study import DENSE, Study
 
 CODE_VERSIONS = {
@@ -403,7 +403,7 @@ def materialize_descriptors(study: Study, model_name: str, calib: str, root: Pat
                            perplexities=perplexities, eval_grams=word_ngram_set(eval_texts))
     descriptors.update(inputs_hash=inputs_hash, model=model_name, calib=calib,
                        fingerprint=calibration_set.fingerprint, forward_dtype=str(dtype))
-    temporary = path.with_name(f".{DESCRIPTORS_FILE}.tmp-{os.getpid()}")
+    temporary = path.with_name(temporary_prefix(DESCRIPTORS_FILE))
     write_json(temporary, descriptors)
     os.replace(temporary, path)
     return descriptors
