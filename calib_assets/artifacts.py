@@ -39,17 +39,21 @@ LEGACY_TEMPORARY_AGE_S = 12 * 3600  # dagster.yaml's run_monitoring.max_runtime_
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path, *, sealed: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `final` in one rename.
 
     A killed or failed write leaves `final` as it was (old content or absent), never half written; the
-    temporary it leaves behind names its process and is removed by the next run.
+    temporary it leaves behind names its process and is removed by the next run. `sealed`: the size and
+    sha256 of every file written are recorded in CONTENTS_FILE (`seal`), so that a later change to any of
+    them, the manifest included, is found (`verify_contents`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(final.name), dir=final.parent))
     try:
         yield tmp
+        if sealed:
+            seal(tmp)
         old = None
         if final.exists():
             old = final.with_name(temporary_prefix(final.name, "old"))
@@ -60,6 +64,67 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+CONTENTS_FILE = "contents.json"
+
+
+class CorruptArtifact(ValueError):
+    """An artifact's files no longer match what was written."""
+
+
+def _content_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CONTENTS_FILE)
+
+
+def seal(directory: Path) -> dict[str, Any]:
+    """Record the size and sha256 of every file under `directory` in its CONTENTS_FILE."""
+    directory = Path(directory)
+    files = {path.relative_to(directory).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256_files([path])}
+             for path in _content_files(directory)}
+    contents = {"version": 1, "files": files}
+    write_json(directory / CONTENTS_FILE, contents)
+    return contents
+
+
+def is_sealed(directory: Path) -> bool:
+    return (Path(directory) / CONTENTS_FILE).is_file()
+
+
+def verify_contents(directory: Path) -> list[str]:
+    """What no longer matches the seal, one line per file (sizes first, so a truncation costs no hashing);
+    [] when all files match. Files added after the seal (e.g. a set's descriptors) are not its business.
+    An unsealed directory (written by an earlier version) gives one line saying so."""
+    directory = Path(directory)
+    try:
+        recorded = read_json(directory / CONTENTS_FILE)["files"]
+    except FileNotFoundError:
+        return [f"{directory / CONTENTS_FILE} is missing (written by an earlier version, or removed)"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{directory / CONTENTS_FILE} is not a valid contents record"]
+    problems = []
+    for name, expected in recorded.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif path.stat().st_size != expected["bytes"]:
+            problems.append(f"{path} has {path.stat().st_size} bytes, {expected['bytes']} were written")
+    for name, expected in recorded.items():
+        path = directory / name
+        if path.is_file() and path.stat().st_size == expected["bytes"] and sha256_files([path]) != expected["sha256"]:
+            problems.append(f"{path} was changed after it was written (sha256 differs)")
+    return problems
+
+
+def check_contents(directory: Path, what: str, *, rebuild_hint: str, allow_unsealed: bool = True) -> None:
+    """Raise CorruptArtifact naming `what` (asset and partition), the files and how to rebuild, unless the
+    directory matches its seal (or, with `allow_unsealed`, has none: an earlier version's artifact, which
+    the caller checks its own way)."""
+    if allow_unsealed and not is_sealed(directory):
+        return
+    problems = verify_contents(directory)
+    if problems:
+        raise CorruptArtifact(f"{what} is corrupt: {'; '.join(problems)}; {rebuild_hint}")
 
 
 def process_alive(pid: int) -> bool:

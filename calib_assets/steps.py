@@ -16,14 +16,15 @@ from typing import Any
 import pandas as pd
 
 from calib_assets import __version__
-from calib_assets.artifacts import atomic_dir, read_json, sha256_bytes, sha256_json, temporary_prefix, write_json
+from calib_assets.artifacts import (atomic_dir, check_contents, read_json, sha256_bytes, sha256_json, temporary_prefix,
+                                    verify_contents, write_json)
 from calib_assets.study import DENSE, Study
 
 CODE_VERSIONS = {
     "base_model": "1",
     "text_corpus": "1",
     "calibration_pool": "1",
-    "calibration_set": "1",
+    "calibration_set": "2",  # 2: the fingerprint covers the exported text, doc ids and offsets too
     "calibration_descriptors": "1",
     # compressed_model 2: SpQR quantized statistics, transposed OBS column loop; 3: bf16 attention by query
     # blocks; 4: Hessians of bf16 inputs on the CPU's bf16 units (fp32 sums in another order)
@@ -66,13 +67,19 @@ def warehouse_path(root: Path) -> Path:
 
 
 # -- reuse ---------------------------------------------------------------------------------------
-def _reusable(directory: Path, inputs_hash: str) -> dict[str, Any] | None:
+def _reusable(directory: Path, inputs_hash: str, what: str, log: Callable[[str], None] = print
+              ) -> dict[str, Any] | None:
+    """The artifact's manifest when it was built from exactly these inputs and its files still match their
+    seal; else None (the caller rebuilds it), saying why when an artifact was there."""
     manifest_path = directory / MANIFEST
-    if manifest_path.is_file():
-        manifest = read_json(manifest_path)
-        if manifest.get("inputs_hash") == inputs_hash:
-            return {**manifest, "reused": True}
-    return None
+    if not manifest_path.is_file():
+        return None
+    problems = verify_contents(directory)
+    if problems:
+        log(f"{what}: rebuilding it, its files do not match what was written: {'; '.join(problems)}")
+        return None
+    manifest = read_json(manifest_path)
+    return {**manifest, "reused": True} if manifest.get("inputs_hash") == inputs_hash else None
 
 
 def _inputs(step: str, **inputs: Any) -> tuple[dict[str, Any], str]:
@@ -89,7 +96,7 @@ def materialize_base_model(study: Study, model_name: str, root: Path) -> dict[st
     manifest = {"model": model_name, "spec": spec.model_dump(), "folder": str(folder),
                 "fingerprint": weights_fingerprint(folder), "code_version": CODE_VERSIONS["base_model"]}
     existing = model_dir(root, model_name) / MANIFEST
-    if existing.is_file() and read_json(existing) == manifest:
+    if existing.is_file() and not verify_contents(existing.parent) and read_json(existing) == manifest:
         return {**manifest, "reused": True}
     with atomic_dir(model_dir(root, model_name)) as tmp:
         write_json(tmp / MANIFEST, manifest)
@@ -123,14 +130,10 @@ def materialize_corpus(study: Study, source_name: str, root: Path) -> dict[str, 
     directory = corpus_dir(root, source_name)
     inputs, inputs_hash = _inputs("text_corpus", spec=spec.corpus_dump(), **_split_of(study, source_name),
                                   **derived_corpus_inputs(study, spec, root))
-    if reused := _reusable(directory, inputs_hash):
+    if reused := _reusable(directory, inputs_hash, f"text_corpus [{source_name}]"):
         return reused
     corpus = build_source_corpus(study, spec, root)
-    save_corpus(corpus, directory)
-    manifest = read_json(directory / MANIFEST)
-    manifest.update(source=source_name, inputs=inputs, inputs_hash=inputs_hash)
-    write_json(directory / MANIFEST, manifest)
-    return manifest
+    return save_corpus(corpus, directory, source=source_name, inputs=inputs, inputs_hash=inputs_hash)
 
 
 GENERATED_MIN_CHARS = 20
@@ -229,7 +232,7 @@ def materialize_calibration_pool(study: Study, model_name: str, source_name: str
     directory = pool_dir(root, model_name, source_name)
     inputs, inputs_hash = _inputs("calibration_pool", model_fingerprint=model_manifest["fingerprint"],
                                   corpus_fingerprint=corpus_manifest["fingerprint"])
-    if not (reused := _reusable(directory, inputs_hash)):
+    if not (reused := _reusable(directory, inputs_hash, f"calibration_pool [{model_name}|{source_name}]")):
         tokenizer = _load_base_tokenizer(study, root, model_name)
         corpus = load_corpus_split(root, source_name, "calibration")
         documents = tokenize_documents(dict(zip(corpus["doc_id"], corpus["text"])), tokenizer)
@@ -264,7 +267,7 @@ def materialize_calibration_set(study: Study, model_name: str, calib: str, root:
     inputs, inputs_hash = _inputs("calibration_set", pool_fingerprint=pool_manifest["fingerprint"], seed=seed,
                                   n_samples=n_samples, seq_len=spec.seq_len, sampler_seed=spec.sampler_seed,
                                   **strategy)
-    if not (manifest := _reusable(directory, inputs_hash)):
+    if not (manifest := _reusable(directory, inputs_hash, f"calibration_set [{model_name}|{calib}]")):
         tokenizer = _load_base_tokenizer(study, root, model_name)
         documents = load_token_pool(pool_dir(root, model_name, source_name))
         if reference:
@@ -433,7 +436,7 @@ def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: 
         "compressed_model", base_fingerprint=base["fingerprint"], method=method.config.to_dict(),
         calibration_fingerprint=calibration["fingerprint"] if calibration else None,
         forward_dtype=str(forward_dtype), batch_size=study.compute.batch_size, **_held_in(study))
-    if reused := _reusable(directory, inputs_hash):
+    if reused := _reusable(directory, inputs_hash, f"compressed_model [{variant}|{calib}]", log):
         return reused
     model, _, _ = _load_base(study, root, model_spec.name, dtype=study.compute.model_dtype)
     ids = load_calibration_set(calibration_dir(root, model_spec.name, calib)).input_ids() if calib else None
@@ -525,7 +528,7 @@ def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
     for task in study.offline_tasks:
         directory = tasks_dir(root, task.name)
         inputs, inputs_hash = _inputs("offline_tasks", corpora=corpora, task=task.model_dump())
-        reused = _reusable(directory, inputs_hash)
+        reused = _reusable(directory, inputs_hash, f"offline_tasks [{task.name}]")
         if reused is None:
             built_any = True
             built = builders[task.kind](corpus, n_examples=task.n_examples, seed=task.seed, **task.builder_options())
@@ -568,7 +571,7 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
     directory = evaluation_dir(root, variant, calib)
     inputs, inputs_hash = _inputs("evaluation", checkpoint_fingerprint=checkpoint["fingerprint"], corpora=corpora,
                                   tasks=tasks, evaluation=study.evaluation.model_dump(), forward_dtype=str(forward_dtype))
-    if reused := _reusable(directory, inputs_hash):
+    if reused := _reusable(directory, inputs_hash, f"evaluation [{variant}|{calib}]"):
         return reused
     model, tokenizer, _ = load_variant_model(study, variant, calib, root, device=device)
     model = model.to(dtype=forward_dtype)
@@ -633,6 +636,7 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
 
 
 def read_evaluation(root: Path, variant: str, calib: str | None) -> pd.DataFrame:
+    _read_manifest(evaluation_dir(root, variant, calib), "evaluation", f"{variant}|{calib}")
     return pd.read_parquet(evaluation_dir(root, variant, calib) / RESULTS_FILE)
 
 
@@ -693,10 +697,17 @@ def write_eval_results(results: pd.DataFrame, duckdb_path: Path, also: Iterable[
 
 
 def _read_manifest(directory: Path, asset: str, partition: str) -> dict[str, Any]:
+    """An upstream artifact's manifest, once its files are checked against their seal."""
     path = directory / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{asset} [{partition}] is not materialized (no {str(path)!r}): materialize it first")
+    check_contents(directory, f"{asset} [{partition}]", allow_unsealed=False, rebuild_hint=rebuild_hint(asset, partition))
     return read_json(path)
+
+
+def rebuild_hint(asset: str, partition: str) -> str:
+    return (f"re-materialize {asset} [{partition}]: its own step rebuilds a corrupt artifact (`calib-assets run` "
+            "does, in order), and the steps that read it then run on the rebuilt one")
 
 
 # -- descriptors table (written by the single DuckDB writer, with eval_results) ---------------------

@@ -46,8 +46,10 @@ def test_lineage_of_a_checkpoint_in_either_key_order(materialized, cli):
                                                  "calibration_pool", "text_corpus", "base_model"]
     assert cli("lineage", f"{calib}|{variant}", "--json")[1] == out
     tokens = np.load(steps.calibration_dir(root, study.models[0].name, calib) / "tokens.npy")
-    assert chain[2]["fingerprint"] == hashlib.sha256(repr(tokens.shape).encode()
-                                                     + tokens.astype("<i8").tobytes()).hexdigest()
+    token_sha = hashlib.sha256(repr(tokens.shape).encode() + tokens.astype("<i8").tobytes()).hexdigest()
+    rows = _samples(root, study.models[0].name, calib)  # what export-calibration publishes as the set
+    assert chain[2]["fingerprint"] == hashlib.sha256(token_sha.encode()
+                                                     + json.dumps(rows, sort_keys=True).encode()).hexdigest()
     assert chain[1]["details"]["calibration_fingerprint"] == chain[2]["fingerprint"]
     assert chain[2]["details"]["doc_ids"] == [s["doc_id"] for s in _samples(root, study.models[0].name, calib)]
     assert all(node["materialized"] and not node["problems"] for node in chain)

@@ -20,9 +20,13 @@ def _sql(database: Path, sql: str) -> pd.DataFrame:
         return connection.sql(sql).df()
 
 
-def _tokens_sha(directory: Path) -> str:
+def _set_sha(directory: Path) -> str:
+    """A calibration set's fingerprint from its files: the token ids' sha256, then the rows of samples.jsonl
+    (document, offset, text) as canonical JSON."""
     tokens = np.load(directory / "tokens.npy")
-    return hashlib.sha256(repr(tokens.shape).encode() + tokens.astype("<i8").tobytes()).hexdigest()
+    token_sha = hashlib.sha256(repr(tokens.shape).encode() + tokens.astype("<i8").tobytes()).hexdigest()
+    rows = [json.loads(line) for line in (directory / "samples.jsonl").read_text().splitlines()]
+    return hashlib.sha256(token_sha.encode() + json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
 def _file_sha(path: Path) -> str:
@@ -56,7 +60,7 @@ def test_eval_lineage_joins_every_result_to_the_artifacts_it_came_from(materiali
         calibration = root / "calibration" / row.model / row.calib
         samples = [json.loads(line) for line in (calibration / "samples.jsonl").read_text().splitlines()]
         assert Path(row.calibration_path) == calibration
-        assert row.calibration_fingerprint == _tokens_sha(calibration)
+        assert row.calibration_fingerprint == _set_sha(calibration)
         assert row.calibration_documents == len({sample["doc_id"] for sample in samples})
         assert row.calibration_n_samples == len(samples) == study.calibration.n_samples
         assert row.source_fingerprint == corpora[row.calibration_source]
@@ -83,7 +87,7 @@ def test_lineage_tables_hold_one_row_per_materialized_partition(materialized):
         assert row.file_bytes == tensors.stat().st_size
         assert json.loads(row.method_config)["method"] == row.method
         if row.calib is not None:
-            assert row.calibration_fingerprint == _tokens_sha(root / "calibration" / row.model / row.calib)
+            assert row.calibration_fingerprint == _set_sha(root / "calibration" / row.model / row.calib)
 
 
 def test_a_stale_evaluation_is_flagged_in_the_view_and_the_chain(materialized, tmp_path):
@@ -120,7 +124,7 @@ def test_the_chain_of_a_checkpoint_names_each_upstream_artifact(materialized):
     model = study.models[0].name
     calibration = root / "calibration" / model / calib
     doc_ids = [json.loads(line)["doc_id"] for line in (calibration / "samples.jsonl").read_text().splitlines()]
-    assert chain[2].fingerprint == _tokens_sha(calibration) and chain[2].details["doc_ids"] == doc_ids
+    assert chain[2].fingerprint == _set_sha(calibration) and chain[2].details["doc_ids"] == doc_ids
     assert chain[1].fingerprint == _file_sha(next(steps.checkpoint_dir(root, variant, calib).glob("*.safetensors")))
     assert chain[5].fingerprint == _manifest(root / "models" / model)["fingerprint"]
     assert not any(node.problems for node in chain)

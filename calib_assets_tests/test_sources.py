@@ -418,7 +418,7 @@ def test_fingerprint_changes_with_content_and_order():
 def test_save_and_load_round_trip(tmp_path):
     df = build_corpus(local_spec(C4_JSONL))
     manifest = save_corpus(df, tmp_path / "corpus", metadata={"source": "c4-fixture"})
-    assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == ["corpus.parquet", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == ["contents.json", "corpus.parquet", "manifest.json"]
     on_disk = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
     assert on_disk["fingerprint"] == manifest["fingerprint"] == corpus_fingerprint(df)
     assert on_disk["summary"] == corpus_summary(df)
@@ -430,7 +430,7 @@ def test_load_detects_a_tampered_corpus(tmp_path):
     df = build_corpus(local_spec(C4_JSONL))
     save_corpus(df, tmp_path / "corpus")
     df.iloc[:2].to_parquet(tmp_path / "corpus" / "corpus.parquet", index=False)
-    with pytest.raises(ValueError, match="fingerprint"):
+    with pytest.raises(ValueError, match="corpus.parquet has .* bytes"):
         load_corpus(tmp_path / "corpus")
     with pytest.raises(ValueError, match="manifest.json"):
         load_corpus(tmp_path / "nowhere")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from calib_assets.artifacts import atomic_dir, read_json, sha256_bytes, write_json
+from calib_assets.artifacts import CorruptArtifact, atomic_dir, check_contents, read_json, sha256_bytes, write_json
 from calib_assets.calibration.sampler import Window, sample_windows
 from calib_assets.calibration.strategies import Sample
 
@@ -18,6 +18,7 @@ TOKENS_FILE = "tokens.npy"
 SAMPLES_FILE = "samples.jsonl"
 MANIFEST_FILE = "manifest.json"
 POOL_FILE = "pool.npz"
+FINGERPRINT_COVERS = ["token_ids", "doc_id", "offset", "text", "segments", "effective_tokens"]
 
 
 @dataclass
@@ -45,6 +46,16 @@ class CalibrationSet:
 
     @property
     def fingerprint(self) -> str:
+        """sha256 over everything exported as the set: token ids, and each row's document, offset and text
+        (and, for packed or padded sets, its segments and real-token count)."""
+        rows = [{"doc_id": d, "offset": o, "text": t} for d, o, t in zip(self.doc_ids, self.offsets, self.texts)]
+        if self.segments is not None:
+            for row, segments, effective in zip(rows, self.segments, self.effective_tokens):
+                row.update(segments=segments, effective_tokens=effective)
+        return sha256_bytes([token_fingerprint(self.token_ids).encode(), json.dumps(rows, sort_keys=True).encode()])
+
+    @property
+    def token_fingerprint(self) -> str:
         return token_fingerprint(self.token_ids)
 
     def input_ids(self):
@@ -123,6 +134,7 @@ def save_calibration_set(calibration_set: CalibrationSet, directory: Path, *, ex
                          **provenance: Any) -> dict[str, Any]:
     """Write tokens, text JSONL, manifest (and `extra_files`, name -> JSON) atomically; return the manifest."""
     manifest = {**calibration_set.manifest, **provenance, "fingerprint": calibration_set.fingerprint,
+                "fingerprint_covers": FINGERPRINT_COVERS, "token_fingerprint": calibration_set.token_fingerprint,
                 "shape": list(calibration_set.token_ids.shape), "doc_ids": calibration_set.documents}
     with atomic_dir(Path(directory)) as tmp:
         np.save(tmp / TOKENS_FILE, calibration_set.token_ids)
@@ -141,9 +153,12 @@ def save_calibration_set(calibration_set: CalibrationSet, directory: Path, *, ex
 
 
 def load_calibration_set(directory: Path) -> CalibrationSet:
+    """Read a saved set, checked against its seal (every file as written) and its manifest's fingerprint."""
     directory = Path(directory)
     if not (directory / MANIFEST_FILE).is_file():
         raise FileNotFoundError(f"no calibration set at {str(directory)!r} (materialize calibration_set first)")
+    check_contents(directory, f"calibration set at {str(directory)!r}",
+                   rebuild_hint="re-materialize its calibration_set partition")
     rows = [json.loads(line) for line in (directory / SAMPLES_FILE).read_text().splitlines()]
     calibration_set = CalibrationSet(
         token_ids=np.load(directory / TOKENS_FILE),
@@ -154,6 +169,11 @@ def load_calibration_set(directory: Path) -> CalibrationSet:
         segments=[row["segments"] for row in rows] if rows and "segments" in rows[0] else None,
         effective_tokens=[row["effective_tokens"] for row in rows] if rows and "segments" in rows[0] else None,
     )
-    if calibration_set.fingerprint != calibration_set.manifest["fingerprint"]:
-        raise ValueError(f"calibration set at {str(directory)!r} does not match its manifest fingerprint")
+    manifest = calibration_set.manifest
+    # sets saved before the fingerprint covered their text: their fingerprint is that of the token ids
+    found = calibration_set.fingerprint if "fingerprint_covers" in manifest else calibration_set.token_fingerprint
+    if found != manifest["fingerprint"]:
+        raise CorruptArtifact(f"calibration set at {str(directory)!r} does not match its manifest fingerprint "
+                              f"(over {', '.join(manifest.get('fingerprint_covers', ['token ids']))}): "
+                              "re-materialize its calibration_set partition")
     return calibration_set

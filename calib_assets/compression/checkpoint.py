@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import atomic_dir, read_json, sha256_files, write_json
+from ..artifacts import atomic_dir, check_contents, read_json, sha256_files, write_json
 from .config import CompressedLinear, QuantizedStatistic, held_precision
 from .magnitude import apply_mask
 from .packing import pack_codes, unpack_codes
@@ -101,6 +101,7 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[dict[str,
     manifest_path, tensors_path = path / MANIFEST_FILE, path / TENSORS_FILE
     if not manifest_path.is_file() or not tensors_path.is_file():
         raise FileNotFoundError(f"{path} is not a compressed checkpoint (needs {MANIFEST_FILE} and {TENSORS_FILE})")
+    check_contents(path, f"checkpoint at {str(path)!r}", rebuild_hint="re-materialize its compressed_model partition")
     manifest = read_json(manifest_path)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version={manifest.get('format_version')!r}; this code reads {FORMAT_VERSION}")

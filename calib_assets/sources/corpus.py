@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from calib_assets.artifacts import atomic_dir, read_json, sha256_bytes, write_json
+from calib_assets.artifacts import atomic_dir, check_contents, read_json, sha256_bytes, write_json
 from calib_assets.sources.embedded import iter_embedded
 from calib_assets.sources.huggingface import iter_huggingface
 from calib_assets.sources.local import iter_local
@@ -135,14 +135,17 @@ def _check_columns(df: pd.DataFrame) -> None:
         raise ValueError(f"corpus frame lacks columns {missing}; a corpus needs {COLUMNS}")
 
 
-def save_corpus(df: pd.DataFrame, directory: Path | str, *, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write corpus.parquet + manifest.json (fingerprint, summary, metadata) atomically; return the manifest."""
+def save_corpus(df: pd.DataFrame, directory: Path | str, *, metadata: dict[str, Any] | None = None,
+                **provenance: Any) -> dict[str, Any]:
+    """Write corpus.parquet + manifest.json (fingerprint, summary, metadata, provenance) atomically; return
+    the manifest."""
     _check_columns(df)
     manifest = {
         "format_version": FORMAT_VERSION,
         "fingerprint": corpus_fingerprint(df),
         "summary": corpus_summary(df),
         "metadata": metadata or {},
+        **provenance,
     }
     with atomic_dir(Path(directory)) as tmp:
         df[COLUMNS].to_parquet(tmp / CORPUS_FILE, index=False)
@@ -158,8 +161,9 @@ def read_corpus_manifest(directory: Path | str) -> dict[str, Any]:
 
 
 def load_corpus(directory: Path | str) -> pd.DataFrame:
-    """Read a saved corpus and check it against its manifest's fingerprint."""
+    """Read a saved corpus, checked against its seal and its manifest's fingerprint."""
     manifest = read_corpus_manifest(directory)
+    check_contents(Path(directory), f"text corpus at {str(directory)!r}", rebuild_hint="re-materialize its text_corpus")
     df = pd.read_parquet(Path(directory) / CORPUS_FILE)
     if corpus_fingerprint(df) != manifest["fingerprint"]:
         raise ValueError(f"corpus in {str(directory)!r} does not match its manifest fingerprint; rebuild it")
