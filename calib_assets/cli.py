@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     lineage.add_argument("--metric", help="show only results of this metric (e.g. perplexity, acc)")
     lineage.add_argument("--dataset", help="show only results on this evaluation dataset or task")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("verify", help="check every artifact of the study against what was written (sizes and "
+                                       "sha256 of its files); exit 1 if any is corrupt")
     export = commands.add_parser(
         "export-calibration", help="write the exact calibration data of a set (text JSONL, token ids, manifest)")
     export.add_argument("model", metavar="MODEL")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ROOT_ENV] = args.root
     warnings.filterwarnings("ignore", module="dagster")
     commands = {"run": _run, "findings": _findings, "lineage": _lineage, "export-calibration": _export,
-                "export-model": _export_model}
+                "export-model": _export_model, "verify": _verify}
     from calib_assets.lineage import LineageError
 
     try:
@@ -116,6 +118,21 @@ def _findings(study, args) -> int:
               "build were written", file=sys.stderr)
         return 1
     return 0
+
+
+def _verify(study, args) -> int:
+    from calib_assets.artifacts import artifact_root
+    from calib_assets.steps import verify_study
+
+    root = artifact_root()
+    problems, checked, missing = verify_study(study, root)
+    for line in problems:
+        print(line)
+    print(f"study {study.name!r} under {root}: {checked} artifact(s) checked, {len(problems)} problem(s), "
+          f"{missing} not materialized")
+    if problems:
+        print("a corrupt artifact is rebuilt by its own step: `calib-assets run` rebuilds them in order", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _lineage(study, args) -> int:

@@ -15,6 +15,7 @@ from calib_assets.study import Study
 
 def calibration_set_problems(study: Study, root: Path, model: str, calib: str) -> list[str]:
     """Shape, distinct documents, disjoint from the source's other sets, never any evaluation text."""
+    from calib_assets.artifacts import CorruptArtifact
     from calib_assets.calibration import load_calibration_set
 
     source, seed = study.parse_calib(calib)
@@ -34,7 +35,10 @@ def calibration_set_problems(study: Study, root: Path, model: str, calib: str) -
     for other_calib in siblings:
         other = steps.calibration_dir(root, model, other_calib)
         if (other / "manifest.json").is_file():
-            shared = documents & set(load_calibration_set(other).documents)
+            try:
+                shared = documents & set(load_calibration_set(other).documents)
+            except CorruptArtifact:  # that set's own step rebuilds it, and checks it against this one then
+                continue
             if shared:
                 problems.append(f"shares {len(shared)} documents with {other_calib}")
     for dataset in study.eval_datasets + study.extra_dataset_names:

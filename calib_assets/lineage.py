@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from calib_assets import steps
-from calib_assets.artifacts import read_json, sha256_files, write_json
+from calib_assets.artifacts import read_json, sha256_files, verify_contents, write_json
 from calib_assets.study import Study
 
 V, I, F = "VARCHAR", "BIGINT", "DOUBLE"
@@ -262,6 +262,9 @@ def _not_materialized(node: Node) -> None:
 def _node(asset: str, partition: str, directory: Path, **details: Any) -> tuple[Node, dict[str, Any]]:
     manifest = _manifest(directory) or {}
     node = Node(asset, partition, manifest.get("fingerprint"), str(directory), details)
+    if manifest:
+        node.problems += [f"corrupt: {problem}; {steps.rebuild_hint(asset, partition)}"
+                          for problem in verify_contents(directory)]
     return node, manifest
 
 
@@ -269,7 +272,9 @@ def _evaluation_node(root: Path, variant: str, calib: str | None, metric: str | 
     directory = steps.evaluation_dir(root, variant, calib)
     node, manifest = _node("evaluation" if calib else "baseline_evaluation",
                            f"{variant}|{calib}" if calib else variant, directory)
-    if not node.materialized:
+    if node.problems and (metric or dataset):
+        raise LineageError(f"{node.asset} [{node.partition}]: {node.problems[0]}")
+    if not node.materialized or node.problems:
         if metric or dataset:
             _not_materialized(node)
         return node

@@ -705,6 +705,38 @@ def _read_manifest(directory: Path, asset: str, partition: str) -> dict[str, Any
     return read_json(path)
 
 
+def study_artifacts(study: Study, root: Path) -> list[tuple[str, str, Path]]:
+    """(asset, partition, directory) of every artifact the study can have under `root`, upstream first."""
+    models = [model.name for model in study.models]
+    found = [("base_model", m, model_dir(root, m)) for m in models]
+    found += [("text_corpus", name, corpus_dir(root, name)) for name in study.corpus_names]
+    found += [("calibration_pool", f"{m}|{source}", pool_dir(root, m, source)) for m in models
+              for source in study.source_names]
+    found += [("calibration_set", f"{m}|{calib}", calibration_dir(root, m, calib)) for m in models
+              for calib in study.calib_keys]
+    found += [("offline_tasks", task.name, tasks_dir(root, task.name)) for task in study.offline_tasks]
+    calibrated = [(variant, calib) for variant in study.variant_keys for calib in study.calib_keys]
+    found += [("compressed_model", f"{variant}|{calib}", checkpoint_dir(root, variant, calib))
+              for variant, calib in calibrated]
+    found += [("compressed_model", variant, checkpoint_dir(root, variant)) for variant in study.baseline_keys
+              if study.parse_variant(variant)[1] is not None]
+    found += [("evaluation", f"{variant}|{calib}", evaluation_dir(root, variant, calib)) for variant, calib in calibrated]
+    found += [("baseline_evaluation", variant, evaluation_dir(root, variant)) for variant in study.baseline_keys]
+    return found + [("findings_report", "(unpartitioned)", root / "report")]
+
+
+def verify_study(study: Study, root: Path) -> tuple[list[str], int, int]:
+    """(one line per problem, artifacts checked, artifacts not materialized) over `study_artifacts`."""
+    problems, checked, missing = [], 0, 0
+    for asset, partition, directory in study_artifacts(study, root):
+        if not directory.is_dir():
+            missing += 1
+            continue
+        checked += 1
+        problems += [f"{asset} [{partition}]: {problem}" for problem in verify_contents(directory)]
+    return problems, checked, missing
+
+
 def rebuild_hint(asset: str, partition: str) -> str:
     return (f"re-materialize {asset} [{partition}]: its own step rebuilds a corrupt artifact (`calib-assets run` "
             "does, in order), and the steps that read it then run on the rebuilt one")
