@@ -138,3 +138,19 @@ def test_damage_is_named_with_its_file_and_partition(copy, damage, monkeypatch, 
     lines = []
     rerun(study, root, lines)  # each damaged artifact is rebuilt by its own step
     assert verify_lines(study, root, monkeypatch, capsys)[0] == 0
+
+
+def test_a_corrupt_model_cache_is_rebuilt_with_the_same_weights(tmp_path):
+    """Before, the cache was trusted whenever config.json existed: the changed weights got a new
+    fingerprint and every downstream artifact was rebuilt on them."""
+    from calib_assets.models import RandomLlama, prepare_model_folder, weights_fingerprint
+
+    spec = RandomLlama(name="tiny")
+    folder = prepare_model_folder(spec, tmp_path)
+    weights = next(folder.glob("*.safetensors"))
+    original, fingerprint = weights.read_bytes(), weights_fingerprint(folder)
+    flip_byte(weights)
+    assert verify_contents(folder)
+    assert prepare_model_folder(spec, tmp_path) == folder
+    assert weights.read_bytes() == original and weights_fingerprint(folder) == fingerprint
+    assert not verify_contents(folder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from calib_assets.artifacts import atomic_dir, sha256_files, write_json
+from calib_assets.artifacts import atomic_dir, sha256_files, verify_contents, write_json
 from calib_assets.models.specs import EMBEDDED_MODELS, EmbeddedModel, HubModel, LocalModel, ModelSpec, RandomLlama
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
@@ -32,7 +32,10 @@ def prepare_model_folder(spec: ModelSpec, models_dir: Path) -> Path:
 
 
 def _cached(folder: Path, build) -> Path:
-    if not (folder / "config.json").is_file():
+    """A folder this project builds from a spec (embedded, random), built again where its files no longer
+    match their seal (or it has none, from an earlier version): the build is deterministic, so a sound
+    cache and its rebuild hold the same weights."""
+    if not (folder / "config.json").is_file() or verify_contents(folder):
         with atomic_dir(folder) as tmp:
             build(tmp)
     return folder
