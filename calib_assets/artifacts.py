@@ -127,6 +127,63 @@ def check_contents(directory: Path, what: str, *, rebuild_hint: str, allow_unsea
         raise CorruptArtifact(f"{what} is corrupt: {'; '.join(problems)}; {rebuild_hint}")
 
 
+class UnsafeOutput(ValueError):
+    """An export's output folder that cannot, or must not, be written."""
+
+
+def check_output_folder(out: Path, *, protected: Iterable[Path] = (), replace: bool = False,
+                        marker: str | None = None, flag: str = "--force") -> Path:
+    """The resolved `out` of an export, checked before any work: not a file, not a protected folder (the
+    artifact root, an export's own inputs), not one that holds or lies inside one, and writable (a
+    temporary folder is made and removed beside it). With `marker`, the export replaces the whole folder,
+    so an existing non-empty `out` is accepted only with `replace` and only if an earlier export wrote it:
+    it holds `marker` and no file the marker's export did not write."""
+    out = Path(out).expanduser().resolve()
+    if out == out.parent:
+        raise UnsafeOutput(f"--out {str(out)!r} is the file system's root; give a folder to write the export to")
+    if out.exists() and not out.is_dir():
+        raise UnsafeOutput(f"--out {str(out)!r} is a file; give a new or empty folder")
+    for folder in (Path(p).resolve() for p in protected):
+        if out == folder or folder.is_relative_to(out) or out.is_relative_to(folder):
+            raise UnsafeOutput(f"--out {str(out)!r} is, holds or lies inside {str(folder)!r}, which calib-assets "
+                               "keeps; give a folder outside it")
+    if marker and Path.cwd().resolve().is_relative_to(out):
+        raise UnsafeOutput(f"--out {str(out)!r} is or holds the current folder, which the export would replace "
+                           "as a whole; give a new folder, e.g. --out ./exported")
+    if marker and out.is_dir() and any(out.iterdir()):
+        _check_replaceable(out, marker, replace, flag)
+    _check_writable(out)
+    return out
+
+
+def _check_replaceable(out: Path, marker: str, replace: bool, flag: str) -> None:
+    if not (out / marker).is_file():
+        foreign = sorted(p.name for p in out.iterdir())[:3]
+        raise UnsafeOutput(f"--out {str(out)!r} holds files calib-assets did not write ({', '.join(foreign)}); "
+                           f"{flag} replaces only a folder of an earlier export: give a new or empty folder")
+    if not is_sealed(out):
+        raise UnsafeOutput(f"--out {str(out)!r} holds an export of an earlier version, which recorded no list of "
+                           "its files: remove it yourself, or give another folder")
+    written = set(read_json(out / CONTENTS_FILE)["files"]) | {CONTENTS_FILE}
+    foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                     if p.is_file() and str(p.relative_to(out)) not in written)
+    if foreign:
+        raise UnsafeOutput(f"--out {str(out)!r} is an earlier export with files added since ({', '.join(foreign[:3])}); "
+                           f"{flag} would delete them: move them out first, or give another folder")
+    if not replace:
+        raise UnsafeOutput(f"--out {str(out)!r} holds an earlier export; pass {flag} to replace it")
+
+
+def _check_writable(out: Path) -> None:
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    if not existing.is_dir():
+        raise UnsafeOutput(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file")
+    try:
+        Path(tempfile.mkdtemp(prefix=temporary_prefix("write-check"), dir=existing)).rmdir()
+    except OSError as error:
+        raise UnsafeOutput(f"--out {str(out)!r} cannot be written: {error.strerror} in {str(existing)!r}") from None
+
+
 def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

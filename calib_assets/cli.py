@@ -168,8 +168,9 @@ def _export_model(study, args) -> int:
     variant = target.keys.get("variant") or target.keys["baseline"]
     manifest = export_variant_model(study, variant, target.keys.get("calib"), artifact_root(), args.out,
                                     dtype=args.dtype, overwrite=args.force)
-    print(f"wrote a Hugging Face folder to {args.out} ({manifest.get('dtype', 'base dtype')}): load it with "
-          f"AutoModelForCausalLM.from_pretrained({str(args.out)!r})")
+    out = args.out.expanduser().resolve()
+    print(f"wrote a Hugging Face folder to {out} ({manifest.get('dtype', 'base dtype')}): load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from calib_assets import steps
-from calib_assets.artifacts import read_json, sha256_files, verify_contents, write_json
+from calib_assets.artifacts import UnsafeOutput, check_output_folder, read_json, sha256_files, verify_contents, write_json
 from calib_assets.study import Study
 
 V, I, F = "VARCHAR", "BIGINT", "DOUBLE"
@@ -407,7 +407,7 @@ def export_calibration(study: Study, root: Path, model: str, calib: str, out: Pa
     if not (directory / steps.MANIFEST).is_file():
         raise LineageError(f"calibration_set [{model}|{calib}] is not materialized yet (no manifest under "
                            f"{directory}); materialize it first")
-    _check_out(out, force)
+    out = _check_out(out, force, Path(root))
     calibration = load_calibration_set(directory)  # checks the tokens against the manifest's fingerprint
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -441,15 +441,16 @@ def _check_member(value: str, allowed: list[str], what: str, study: Study) -> No
         raise LineageError(f"unknown {what} {value!r} in study {study.name!r}; allowed: {_allowed(allowed)}")
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise LineageError(f"--out {str(out)!r} is a file, not a directory")
+def _check_out(out: Path, force: bool, root: Path) -> Path:
+    """The resolved `out`; this export writes its own files into it and leaves any other file alone."""
+    try:
+        out = check_output_folder(out, protected=[root])
+    except UnsafeOutput as error:
+        raise LineageError(str(error)) from None
     if out.is_dir() and any(out.iterdir()) and not force:
         raise LineageError(f"--out {str(out)!r} is not empty; choose an empty or new directory, or pass --force "
-                           f"to replace {', '.join(EXPORT_FILES)} in it")
-    parent = next((p for p in [out, *out.parents] if p.exists()), None)
-    if parent is None or not os.access(parent, os.W_OK):
-        raise LineageError(f"--out {str(out)!r} cannot be written (no write permission on {str(parent)!r})")
+                           f"to replace {', '.join(EXPORT_FILES)} in it (other files are left alone)")
+    return out
 
 
 def _move_into(tmp: Path, out: Path) -> None:

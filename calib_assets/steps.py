@@ -498,7 +498,8 @@ def export_variant_model(study: Study, variant: str, calib: str | None, root: Pa
         raise ValueError(f"{variant!r} is the dense model: its folder is {base_folder!r}")
     variant_manifest(study, variant, calib, root)  # materialized, and from this study's base model
     return export_hf_folder(checkpoint_dir(root, variant, calib), Path(base_folder), out, dtype=dtype,
-                            overwrite=overwrite, trust_remote_code=trust_remote_code(model_spec))
+                            overwrite=overwrite, trust_remote_code=trust_remote_code(model_spec),
+                            protected=(Path(root),), overwrite_flag="--force")
 
 
 # -- evaluation ----------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_export_model_writes_a_folder_with_the_compressed_weights(materialized, 
     for name, tensor in expected.state_dict().items():
         assert torch.equal(exported.state_dict()[name].float(), tensor.float()), name
     code, _, err = cli("export-model", f"{variant}|{calib}", "--out", str(tmp_path / "hf"))
-    assert code == 2 and "exists" in err
+    assert code == 2 and "holds an earlier export; pass --force" in err
 
 
 @pytest.mark.parametrize("target, message", [

@@ -73,9 +73,11 @@ def test_bad_arguments_are_refused_before_writing(tiny_model_folder, awq_checkpo
     with pytest.raises(FileNotFoundError, match="no config.json"):
         export_hf_folder(awq_checkpoint, tmp_path, out)
     assert not out.exists()
-    out.mkdir()
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    out.mkdir()  # an empty folder is as good as a new one
+    export_hf_folder(awq_checkpoint, tiny_model_folder, out)
+    with pytest.raises(ValueError, match="earlier export; pass overwrite=True"):
         export_hf_folder(awq_checkpoint, tiny_model_folder, out)
+    export_hf_folder(awq_checkpoint, tiny_model_folder, out, overwrite=True)
 
 
 def test_a_checkpoint_of_another_base_model_is_refused(tiny_model_folder, tmp_path):

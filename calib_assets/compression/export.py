@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_dir, read_json, write_json
+from ..artifacts import atomic_dir, check_output_folder, read_json, write_json
 from .checkpoint import MANIFEST_FILE, apply_checkpoint
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
@@ -27,11 +27,15 @@ def export_hf_folder(
     dtype: str | None = None,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    protected: tuple[Path, ...] = (),
+    overwrite_flag: str = "overwrite=True",
 ) -> dict[str, Any]:
     """Write `out` (atomically): the Hugging Face model folder `base_model` with `checkpoint` applied.
 
     `dtype` is one of EXPORT_DTYPES; None keeps the base model's own dtype (its config's), float32 when
-    the config names none. Checks every argument (and, where the checkpoint's manifest records it, that
+    the config names none. `overwrite` replaces only an earlier export (`check_output_folder`), never a
+    folder in `protected` or one holding other files; `overwrite_flag` is how the caller's user asks for it.
+    Checks every argument (and, where the checkpoint's manifest records it, that
     `base_model` is the model it was compressed from) before loading anything. Returns the export's manifest.
     """
     import torch
@@ -44,10 +48,8 @@ def export_hf_folder(
         raise FileNotFoundError(f"base_model={str(base_model)!r} is not a Hugging Face model folder (no config.json)")
     if dtype is not None and dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {list(EXPORT_DTYPES)} or None (the base's)")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"out={str(out)!r} exists; pass overwrite=True to replace it")
-    if out.resolve() in (checkpoint.resolve(), base_model.resolve()):
-        raise ValueError(f"out={str(out)!r} would replace its own input")
+    out = check_output_folder(out, protected=[checkpoint, base_model, *protected], replace=overwrite,
+                              marker=EXPORT_MANIFEST, flag=overwrite_flag)
     expected = manifest.get("base_fingerprint")
     if expected is not None and weights_fingerprint(base_model) != expected:
         raise ValueError(f"checkpoint {str(checkpoint)!r} was compressed from another base model than "
