@@ -12,6 +12,7 @@ from pathlib import Path
 
 from calib_assets.artifacts import ROOT_ENV, RootBusy
 from calib_assets.study import STUDY_ENV, StudyError, load_study
+from calib_assets.warehouse import WarehouseBusy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return commands[args.command](study, args)
-    except (LineageError, StudyError, RootBusy, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (LineageError, StudyError, RootBusy, WarehouseBusy, ValueError, FileNotFoundError,
+            FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # between steps; during one, runner.run_study handles it

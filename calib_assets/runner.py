@@ -110,10 +110,10 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> Bu
     last dbt build's failed tests with their rows, and the report's path (every mart, per evaluation dataset
     and metric, is in the warehouse and the report). Returns that build's status: a caller exits non-zero
     when it has problems."""
-    import duckdb
+    from calib_assets.warehouse import connect as connect_warehouse
 
     marts, missing = read_available_marts(duckdb_path, ["mart_baselines"])
-    with duckdb.connect(str(duckdb_path), read_only=True) as connection:
+    with connect_warehouse(duckdb_path, read_only=True) as connection:
         results = connection.sql("select * from eval_results where calib is not null").df()
     with _pandas_wide():
         summary = seed_spread_summary(results)

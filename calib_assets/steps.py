@@ -682,10 +682,10 @@ def write_eval_results(results: pd.DataFrame, duckdb_path: Path, also: Iterable[
     """Replace the DuckDB table eval_results in one transaction; return the table's content hash.
     `also`: writers of tables that belong with it (e.g. lineage), each called with the open connection
     inside the same transaction."""
-    import duckdb
+    from calib_assets.warehouse import connect as connect_warehouse
 
     duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(duckdb_path)) as connection:
+    with connect_warehouse(duckdb_path, read_only=False) as connection:
         connection.execute("BEGIN TRANSACTION")
         connection.register("incoming", results)
         connection.execute("CREATE OR REPLACE TABLE eval_results AS SELECT * FROM incoming")
@@ -803,12 +803,12 @@ def inspect_calibration_set(study: Study, model_name: str, calib: str, root: Pat
 
 def materialize_descriptor_table(study: Study, root: Path) -> dict[str, Any]:
     """Write calibration_descriptors into the study's DuckDB file; its content hash is the data version."""
-    import duckdb
+    from calib_assets.warehouse import connect as connect_warehouse
 
     path = warehouse_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = collect_descriptors(study, root)
-    with duckdb.connect(str(path)) as connection:
+    with connect_warehouse(path, read_only=False) as connection:
         rows = _write_descriptors(table, connection)
     ordered = table.sort_values(["model", "calib"])
     return {"fingerprint": sha256_bytes([ordered.to_json(orient="records").encode()]), "rows": rows}

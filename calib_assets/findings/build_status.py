@@ -57,9 +57,9 @@ def read_build_status(connection) -> BuildStatus:
 
 
 def build_status(duckdb_path: Path) -> BuildStatus:
-    import duckdb
+    from calib_assets.warehouse import connect as connect_warehouse
 
-    with duckdb.connect(str(duckdb_path), read_only=True) as connection:
+    with connect_warehouse(duckdb_path, read_only=True) as connection:
         return read_build_status(connection)
 
 

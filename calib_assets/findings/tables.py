@@ -40,12 +40,12 @@ def read_available_marts(duckdb_path: Path, names: list[str] | None = None
                          ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """(the named marts that the last dbt build built, {mart: why it is left out} for the others): a
     mart that does not exist, or that the last build skipped or failed to build, would show stale rows."""
-    import duckdb
+    from calib_assets.warehouse import connect as connect_warehouse
 
     from calib_assets.findings.build_status import read_build_status
 
     names = list(names or REPORT_MARTS)
-    with duckdb.connect(str(duckdb_path), read_only=True) as connection:
+    with connect_warehouse(duckdb_path, read_only=True) as connection:
         existing = {row[0] for row in connection.sql("select table_name from information_schema.tables").fetchall()}
         unbuilt = read_build_status(connection).unbuilt_models
         missing = {name: f"not built in the last dbt build ({unbuilt[name]})" for name in names if name in unbuilt}
