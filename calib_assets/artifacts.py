@@ -225,6 +225,28 @@ class RootBusy(RuntimeError):
     pass
 
 
+STUDY_FILE = "study.json"
+
+
+class RootOfAnotherStudy(ValueError):
+    pass
+
+
+def check_root_study(root: Path, study: str, *, claim: bool) -> None:
+    """One study per artifact root: its tasks, baselines, warehouse and report are the study's own. Raise
+    RootOfAnotherStudy if `root` holds another study; with `claim`, record `study` in a root that holds
+    none yet (a writer's first run)."""
+    path = Path(root) / STUDY_FILE
+    if path.is_file():
+        holder = read_json(path).get("study")
+        if holder != study:
+            raise RootOfAnotherStudy(f"artifact root {root} holds study {holder!r}; give study {study!r} a root of "
+                                     "its own (--root DIR, or CALIB_ASSETS_ROOT)")
+    elif claim:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"study": study, "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
 LOCK_FILE = ".calib-assets-run.lock"
 
 

@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from calib_assets.artifacts import ROOT_ENV, RootBusy
+from calib_assets.artifacts import ROOT_ENV, RootBusy, artifact_root, check_root_study
 from calib_assets.study import STUDY_ENV, StudyError, load_study
 from calib_assets.warehouse import WarehouseBusy
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from calib_assets.lineage import LineageError
 
     try:
+        check_root_study(artifact_root(), study.name, claim=args.command == "run")
         return commands[args.command](study, args)
     except (LineageError, StudyError, RootBusy, WarehouseBusy, ValueError, FileNotFoundError,
             FileExistsError) as error:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(study, args) -> int:
     import dagster as dg
 
-    from calib_assets.artifacts import artifact_root, hold_root
+    from calib_assets.artifacts import hold_root
     from calib_assets.defs import build_definitions
     from calib_assets.recovery import recover
     from calib_assets.runner import StudyRunFailed, run_study
@@ -105,7 +106,6 @@ def _run(study, args) -> int:
 
 
 def _findings(study, args) -> int:
-    from calib_assets.artifacts import artifact_root
     from calib_assets.runner import print_findings
     from calib_assets.steps import warehouse_path
 
@@ -123,7 +123,6 @@ def _findings(study, args) -> int:
 
 
 def _verify(study, args) -> int:
-    from calib_assets.artifacts import artifact_root
     from calib_assets.steps import verify_study
 
     root = artifact_root()
@@ -138,7 +137,6 @@ def _verify(study, args) -> int:
 
 
 def _lineage(study, args) -> int:
-    from calib_assets.artifacts import artifact_root
     from calib_assets.lineage import chain_as_dicts, format_chain, trace
 
     chain = trace(study, artifact_root(), args.target, metric=args.metric, dataset=args.dataset)
@@ -147,7 +145,6 @@ def _lineage(study, args) -> int:
 
 
 def _export(study, args) -> int:
-    from calib_assets.artifacts import artifact_root
     from calib_assets.lineage import EXPORT_FILES, export_calibration
 
     manifest = export_calibration(study, artifact_root(), args.model, args.calib, args.out, force=args.force)
@@ -158,7 +155,6 @@ def _export(study, args) -> int:
 
 
 def _export_model(study, args) -> int:
-    from calib_assets.artifacts import artifact_root
     from calib_assets.lineage import parse_target
     from calib_assets.steps import export_variant_model
 

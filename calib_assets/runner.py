@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
         for key in keys:
             done += 1
             step_started = time.perf_counter()
-            with open(log_path, "a") as log, contextlib.redirect_stdout(log):
+            with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 result = interruptible(
                     lambda: job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,
                                                    raise_on_error=False,
@@ -58,7 +59,8 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
             label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
             if not result.success:
                 echo(f"{label} FAILED after {seconds:.1f}s")
-                raise StudyRunFailed(_failure_message(result, job_name, key))
+                raise StudyRunFailed(f"{_failure_message(result, job_name, key)} (full trace: {log_path}; run "
+                                     f"{result.run_id[:8]} in the Dagster UI)")
             reused = _all_reused(result)
             echo(f"{label} {'reused' if reused else 'done'} in {seconds:5.1f}s "
                  f"(elapsed {time.perf_counter() - started:6.1f}s)")
@@ -67,10 +69,11 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
 
 
 def _interrupted(instance: dg.DagsterInstance, job_name: str, key: str | None) -> None:
-    """On Ctrl-C or SIGTERM during a step (stdout then goes to the step log, so this goes to stderr)."""
+    """On Ctrl-C or SIGTERM during a step (stdout and stderr then go to the step log: this goes to the
+    terminal's stderr)."""
     lines = fail_dead_runs(instance, only_pid=os.getpid())
     print(f"\ninterrupted during {job_name} [{key or 'unpartitioned'}]: " + ("; ".join(lines) or "no run was live"),
-          file=sys.stderr)
+          file=sys.__stderr__)
 
 
 def _materialized(result, asset: str) -> bool:
@@ -101,7 +104,10 @@ def _failure_message(result, job_name: str, key: str | None) -> str:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
             cause = error.cause or error
-            return f"{job_name} [{key}] failed in step {event.step_key}: {cause.cls_name}: {cause.message.strip()}"
+            first, *more = cause.message.strip().splitlines() or [""]
+            first = re.sub(rf"^[\w.]*{cause.cls_name}: ", "", first)  # the message repeats the qualified class
+            return (f"{job_name} [{key}] failed in step {event.step_key}: {cause.cls_name}: {first}"
+                    + (" (...)" if more else ""))
     return f"{job_name} [{key}] failed"
 
 

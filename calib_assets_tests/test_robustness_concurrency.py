@@ -82,3 +82,31 @@ def test_findings_on_a_held_warehouse_prints_one_line(warehouse):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: the warehouse") and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_a_failed_step_gives_one_line_and_the_trace_goes_to_the_log(tmp_path, monkeypatch, capsys):
+    """Failures after validation used to print 60-190 lines of Dagster stack trace to the terminal."""
+    import dagster as dg
+
+    from calib_assets import steps
+    from calib_assets.defs import build_definitions
+    from calib_assets.runner import StudyRunFailed, run_study
+    from calib_assets.study import load_study
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the corpus server is down\nretry later, or check the source spec")
+
+    monkeypatch.setattr(steps, "materialize_corpus", broken)
+    study, log = load_study("ci"), tmp_path / "steps.log"
+    lines = []
+    with dg.instance_for_test() as instance, pytest.raises(StudyRunFailed) as error:
+        run_study(build_definitions(study, root=str(tmp_path / "root")), study, instance, echo=lines.append,
+                  log_path=log)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"prepare_corpora [{study.source_names[0]}] failed in step text_corpus: RuntimeError: "
+                              "the corpus server is down (...)")
+    assert f"full trace: {log}" in message
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out and "retry later" not in captured.err
+    assert "in broken" in log.read_text() and "retry later" in log.read_text()  # the stack trace, in full

@@ -143,3 +143,38 @@ def test_stale_temporaries_are_those_of_ended_processes_only(tmp_path):
     day_ago = time.time() - 24 * 3600
     os.utime(legacy_old, (day_ago, day_ago))
     assert sorted(stale_temporaries(tmp_path)) == sorted([ended, replaced, legacy_old])
+
+
+def test_a_second_study_on_a_root_is_refused_before_any_work(home_and_root):
+    """Two studies in one root used to overwrite each other's tasks, baselines, warehouse and report."""
+    _, root, env = home_and_root
+    root.mkdir()
+    (root / "study.json").write_text('{"study": "default"}')
+    before = sorted(p.name for p in root.iterdir())
+    for command in (["run"], ["findings"], ["verify"]):
+        result = subprocess.run([*CLI, *command], env=env, capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (f"error: artifact root {root} holds study 'default'; give study 'ci' a root of its "
+                                 "own (--root DIR, or CALIB_ASSETS_ROOT)\n")
+    assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_a_ui_run_of_another_study_on_the_root_fails_its_first_step(tmp_path):
+    import dagster as dg
+
+    from calib_assets.defs import build_definitions
+    from calib_assets.defs.jobs import stages
+    from calib_assets.defs.partitions import StudyPartitions
+    from calib_assets.study import load_study
+
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    (root / "study.json").write_text('{"study": "default"}')
+    study = load_study("ci")
+    defs = build_definitions(study, root=str(root))
+    job_name, _, partitions = stages(StudyPartitions.from_study(study))[0]
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, partition_key=partitions.get_partition_keys()[0], raise_on_error=False)
+    assert not result.success
+    assert sorted(p.name for p in root.iterdir()) == ["study.json"]

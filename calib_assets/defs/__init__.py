@@ -30,7 +30,7 @@ def build_definitions(study: Study, root: str | None = None) -> dg.Definitions:
         # each step process loads its own model copy: cap how many run at once (pools cap GPU/DuckDB steps)
         executor=dg.multiprocess_executor.configured({"max_concurrent": EXECUTOR_MAX_CONCURRENT}),
         resources={
-            "store": ArtifactStore(root=root or default_root()),
+            "store": ArtifactStore(root=root or default_root(), study=study.name),
             "compute": Compute(device=study.compute.device, forward_dtype=study.compute.forward_dtype),
             "dbt": dbt_resource(),
         },

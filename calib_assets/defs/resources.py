@@ -4,17 +4,21 @@ from pathlib import Path
 
 import dagster as dg
 
-from calib_assets.artifacts import artifact_root
+from calib_assets.artifacts import artifact_root, check_root_study
 
 
 class ArtifactStore(dg.ConfigurableResource):
     """The artifact root: corpora, calibration sets, checkpoints, evaluations, the DuckDB file."""
 
     root: str
+    study: str
 
     @property
     def path(self) -> Path:
         return Path(self.root).resolve()
+
+    def setup_for_execution(self, context) -> None:
+        check_root_study(self.path, self.study, claim=True)  # a run from the UI too
 
 
 class Compute(dg.ConfigurableResource):
