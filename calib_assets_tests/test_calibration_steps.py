@@ -144,7 +144,8 @@ def test_inspection_asset_shows_random_samples_with_flags(built):
     assets = build_calibration_data_assets(StudyPartitions.from_study(study))
     key = dg.MultiPartitionKey({"model": model, "calib": "abc-padded.s1"})
     inspection = [asset for asset in assets if asset.key.path == ["calibration_inspection"]]
-    result = dg.materialize(inspection, partition_key=key, resources={"store": ArtifactStore(root=str(root))})
+    store = ArtifactStore(root=str(root), study=study.name)
+    result = dg.materialize(inspection, partition_key=key, resources={"store": store})
     metadata = result.asset_materializations_for_node("calibration_inspection")[0].metadata
     markdown = metadata["samples"].value
     assert markdown.count("**sample ") == 4 and "flags:" in markdown and "**flagged samples**" in markdown
@@ -163,7 +164,7 @@ def test_descriptor_table_asset_writes_every_set(built):
     study, root, _, _ = built
     assets = [asset for asset in build_calibration_data_assets(StudyPartitions.from_study(study))
               if asset.key.path == ["calibration_descriptors"]]
-    result = dg.materialize(assets, resources={"store": ArtifactStore(root=str(root))})
+    result = dg.materialize(assets, resources={"store": ArtifactStore(root=str(root), study=study.name)})
     metadata = result.asset_materializations_for_node("calibration_descriptors")[0].metadata
     assert metadata["rows"].value == metadata["expected_rows"].value == len(study.calib_keys)
     with duckdb.connect(str(steps.warehouse_path(root)), read_only=True) as connection:

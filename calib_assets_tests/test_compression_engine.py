@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from calib_assets.artifacts import CorruptArtifact
 from calib_assets.compression import (
     AWQConfig,
     CompressedLinear,
@@ -358,7 +359,11 @@ def test_checkpoint_round_trip_is_bit_exact(config, make_model, calib_ids, tmp_p
     results = compress_model(model, calib_ids if config.needs_calibration else None, config, batch_size=4)
     path = tmp_path / "ckpt"
     manifest = save_checkpoint(path, results, {"base_model": "tiny-llama@abc", "method": config.to_dict()})
-    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "tensors.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["contents.json", "manifest.json", "tensors.safetensors"]
+    sealed = json.loads((path / "contents.json").read_text())["files"]
+    assert sealed == {name: {"bytes": (path / name).stat().st_size,
+                             "sha256": hashlib.sha256((path / name).read_bytes()).hexdigest()}
+                      for name in ("manifest.json", "tensors.safetensors")}
     assert manifest == json.loads((path / "manifest.json").read_text())
     assert manifest["base_model"] == "tiny-llama@abc"
     assert manifest["fingerprint"] == hashlib.sha256((path / "tensors.safetensors").read_bytes()).hexdigest()
@@ -421,6 +426,9 @@ def test_corrupt_or_mismatched_checkpoint_is_rejected(make_model, tmp_path):
     data = bytearray(tensors.read_bytes())
     data[-1] ^= 0xFF
     tensors.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifact, match=r"tensors\.safetensors was changed.*re-materialize its compressed_model"):
+        load_checkpoint(path)
+    (path / "contents.json").unlink()  # an unsealed checkpoint of an earlier version: the manifest still guards it
     with pytest.raises(ValueError, match="fingerprint"):
         load_checkpoint(path)
 

@@ -22,7 +22,7 @@ def test_report_asset_writes_the_report_and_attaches_every_figure():
     (findings_report,) = build_findings_assets()
     with dg.instance_for_test() as instance:
         result = dg.materialize([findings_report], instance=instance,
-                                resources={"store": ArtifactStore(root=str(path.parent))})
+                                resources={"store": ArtifactStore(root=str(path.parent), study="grid")})
         assert result.success
         (event,) = result.get_asset_materialization_events()
         materialization = event.materialization

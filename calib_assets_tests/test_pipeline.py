@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from calib_assets.artifacts import CorruptArtifact, seal
 from calib_assets import steps
 from calib_assets.runner import run_study
 
@@ -161,6 +162,14 @@ def test_a_model_held_in_bf16_makes_a_checkpoint_of_its_own(materialized, tmp_pa
         assert torch.equal(loaded.state_dict()[key].to(torch.bfloat16), tensor), key
 
 
+def _calibration_fingerprint(directory: Path) -> str:
+    """A set's fingerprint computed from its files: what is exported, token ids and every samples.jsonl row."""
+    tokens = np.load(directory / "tokens.npy")
+    token_digest = hashlib.sha256(repr(tokens.shape).encode() + tokens.astype("<i8").tobytes()).hexdigest()
+    rows = [json.loads(line) for line in (directory / "samples.jsonl").read_text().splitlines()]
+    return hashlib.sha256(token_digest.encode() + json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
 def test_each_checkpoint_descends_from_exactly_its_calibration_set(materialized):
     study, _, root, instance, _ = materialized
     model = study.models[0].name
@@ -171,8 +180,7 @@ def test_each_checkpoint_descends_from_exactly_its_calibration_set(materialized)
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey("compressed_model"), asset_partitions=[key]),
                 limit=1).records[0]
             tags = record.event_log_entry.asset_materialization.tags
-            tokens = np.load(steps.calibration_dir(root, model, calib) / "tokens.npy")
-            digest = hashlib.sha256(repr(tokens.shape).encode() + tokens.astype("<i8").tobytes()).hexdigest()
+            digest = _calibration_fingerprint(steps.calibration_dir(root, model, calib))
             # Dagster records sha256 over the data versions of the upstream partitions a step read:
             # for a single partition, the hash of that one calibration set's fingerprint.
             assert tags["dagster/input_data_version/calibration_set"] == hashlib.sha256(digest.encode()).hexdigest()
@@ -248,6 +256,13 @@ def test_calibration_check_catches_a_leak_into_evaluation_text(materialized, tmp
     rows[0]["doc_id"] = leaked
     rows[1]["doc_id"] = rows[2]["doc_id"]
     samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(CorruptArtifact, match=r"samples\.jsonl was changed after it was written"):
+        calibration_set_problems(study, copy, model, calib)
+    # as if a faulty sampler had written these rows, manifest and seal included: the invariants still catch them
+    manifest = json.loads((samples.parent / "manifest.json").read_text())
+    manifest["fingerprint"] = _calibration_fingerprint(samples.parent)
+    (samples.parent / "manifest.json").write_text(json.dumps(manifest))
+    seal(samples.parent)
     problems = calibration_set_problems(study, copy, model, calib)
     assert any("held-out evaluation text" in p for p in problems)
     assert any("more than one window" in p for p in problems)
