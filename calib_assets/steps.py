@@ -89,10 +89,13 @@ def _inputs(step: str, **inputs: Any) -> tuple[dict[str, Any], str]:
 
 # -- base model ----------------------------------------------------------------------------------
 def materialize_base_model(study: Study, model_name: str, root: Path) -> dict[str, Any]:
-    from calib_assets.models import prepare_model_folder, weights_fingerprint
+    from calib_assets.models import context_length, prepare_model_folder, weights_fingerprint
 
     spec = study.model(model_name)
     folder = prepare_model_folder(spec, root / "model-cache")
+    context = context_length(folder)
+    if context is not None:
+        study.check_context_length(model_name, context)  # hub and local models: known only from their config
     manifest = {"model": model_name, "spec": spec.model_dump(), "folder": str(folder),
                 "fingerprint": weights_fingerprint(folder), "code_version": CODE_VERSIONS["base_model"]}
     existing = model_dir(root, model_name) / MANIFEST

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from calib_assets.compression import check_layer_compatible, make_method_config
-from calib_assets.models import EmbeddedModel, ModelSpec, RandomLlama, parse_model_spec
+from calib_assets.models import EmbeddedModel, ModelSpec, RandomLlama, known_context_length, parse_model_spec
 from calib_assets.calibration.specs import (
     ConcatChunk,
     Padding,
@@ -28,7 +28,14 @@ from calib_assets.calibration.specs import (
     parse_selection,
 )
 from calib_assets.calibration.strategies import pool_size
-from calib_assets.sources import DERIVED_KINDS, EMBEDDED_SOURCES, GeneratedSource, MixtureSource, parse_source_spec
+from calib_assets.sources import (
+    DERIVED_KINDS,
+    EMBEDDED_SOURCES,
+    GeneratedSource,
+    MixtureSource,
+    SourceSpec,
+    parse_source_spec,
+)
 
 STUDY_ENV = "CALIB_ASSETS_STUDY"
 DEFAULT_STUDY = "default"
@@ -163,6 +170,13 @@ class LmEvalTaskEntry(_Strict):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     data_files: str | list[str] | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _known_to_lm_eval(cls, name: str) -> str:
+        from calib_assets.evaluation.harness import check_lm_eval_task_name
+
+        return check_lm_eval_task_name(name)
+
 
 class EvaluationSpec(_Strict):
     datasets: list[str] | None = Field(None, description="sources whose held-out text is scored; default: all; "
@@ -235,11 +249,30 @@ class Study(_Strict):
                              f"allowed: {self.source_names} (evaluation-only text goes in evaluation.extra_datasets)")
         _unique(self.sources + self.evaluation.extra_datasets, "source or evaluation dataset label", lambda s: s.label)
         check_calibration_sources(self)
+        evaluation = self.evaluation
+        if evaluation.max_tokens < evaluation.seq_len:
+            raise ValueError(f"evaluation.max_tokens={evaluation.max_tokens} holds no window of evaluation.seq_len="
+                             f"{evaluation.seq_len}; allowed: at least {evaluation.seq_len}")
+        if 0 < evaluation.kl_tokens < evaluation.seq_len:
+            raise ValueError(f"evaluation.kl_tokens={evaluation.kl_tokens} holds no window of evaluation.seq_len="
+                             f"{evaluation.seq_len}; allowed: 0 (no KL) or at least {evaluation.seq_len}")
+        for model in self.models:
+            context = known_context_length(model)
+            if context is not None:
+                self.check_context_length(model.name, context)
         for model in self.models:
             for width in sorted(known_linear_in_features(model)):
                 for method in self.methods:
                     check_layer_compatible(method.config, f"{model.name} (linears of width {width})", width)
         return self
+
+    def check_context_length(self, model_name: str, context: int) -> None:
+        """ValueError unless every window (calibration and evaluation) fits the model's context."""
+        for name, seq_len in [("calibration.seq_len", self.calibration.seq_len),
+                              ("evaluation.seq_len", self.evaluation.seq_len)]:
+            if seq_len > context:
+                raise ValueError(f"{name}={seq_len} is longer than the context of model {model_name!r} "
+                                 f"({context} tokens); allowed: 1..{context}")
 
     # -- the grid --------------------------------------------------------------------------------
     @property
@@ -464,7 +497,53 @@ def load_study(name_or_path: str | None = None) -> Study:
     try:
         return Study.model_validate(raw)
     except ValidationError as error:
-        raise StudyError(f"study file {str(path)!r} is invalid:\n{error}") from error
+        problems = "\n".join(f"- {problem}" for problem in describe_errors(error, Study))
+        raise StudyError(f"study file {str(path)!r} is invalid:\n{problems}") from None
+
+
+def describe_errors(error: ValidationError, root: type[BaseModel]) -> list[str]:
+    """One line per problem, in the study file's terms: where, what, and for an unknown key the allowed ones."""
+    lines = []
+    for item in error.errors(include_url=False):
+        where = _place(item["loc"])
+        if item["type"] == "extra_forbidden":
+            *parents, key = item["loc"]
+            allowed = _allowed_keys(root, parents)
+            place = _place(parents) or "the study"
+            lines.append(f"unknown key {key!r} in {place}" + (f"; allowed: {allowed}" if allowed else ""))
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {message}" if where else message)
+    return lines
+
+
+def _place(loc) -> str:
+    """evaluation.tasks[0].lm_eval: keys joined by dots, list indexes in brackets."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _allowed_keys(model: type[BaseModel], loc: list) -> list[str]:
+    """The keys of the model found at `loc` below `model`, following list indexes and union tags ([] where
+    the place holds no single model, e.g. a spec parsed by its own validator)."""
+    candidates = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        below = [inner for m in candidates if part in m.model_fields
+                 for inner in _models_in(_PARSED_FIELDS.get(part, m.model_fields[part].annotation))]
+        tagged = [m for m in candidates if "kind" in m.model_fields and m.model_fields["kind"].default == part]
+        candidates = below or tagged
+    return sorted(candidates[0].model_fields) if len(candidates) == 1 else []
+
+
+# fields given as plain values and parsed by a validator of their own, into these specs
+_PARSED_FIELDS = {"models": ModelSpec, "sources": SourceSpec, "extra_datasets": SourceSpec}
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in get_args(annotation) for model in _models_in(argument)]
 
 
 __all__ = ["DENSE", "EMBEDDED_SOURCES", "Study", "StudyError", "calib_key", "load_study", "variant_key"]

@@ -45,6 +45,18 @@ def live_runs_and_slots(home: Path):
         return [r.dagster_run for r in runs], instance.event_log_storage.get_concurrency_run_ids()
 
 
+def kill_while_a_slot_is_held(process: subprocess.Popen, home: Path, timeout_s: float) -> None:
+    """SIGKILL `process` as soon as one of its steps holds a pool slot: polled on one open instance, so
+    the kill follows within milliseconds (a tiny model's step holds its slot for about a second)."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        wait_for(instance.event_log_storage.get_concurrency_run_ids, timeout_s, "a step holding a pool slot")
+        process.kill()
+    process.wait()
+
+
 def wait_for(condition, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -78,9 +90,7 @@ def test_a_run_killed_in_a_gpu_step_no_longer_wedges_the_next(home_and_root):
     first = start_run(env)
     try:
         # reproduce: SIGKILL while a step holds its pool slot leaves a STARTED run holding the slot
-        wait_for(lambda: live_runs_and_slots(home)[1], 240, "a step holding a pool slot")
-        first.kill()
-        first.wait()
+        kill_while_a_slot_is_held(first, home, 240)
     finally:
         first.kill()
     runs, slots = live_runs_and_slots(home)

@@ -88,6 +88,14 @@ def _as_spec(task: TaskSpec | str) -> TaskSpec:
     return task if isinstance(task, TaskSpec) else TaskSpec(name=task)
 
 
+def check_lm_eval_task_name(name: str) -> str:
+    """`name` if the installed lm-eval has a task of that name (the paper's ten without indexing lm-eval's
+    registry, which takes seconds); else ValueError with the paper's task names."""
+    if name not in _UPSTREAM_YAML:
+        upstream_yaml(name)
+    return name
+
+
 def upstream_yaml(name: str) -> Path:
     """Path of lm-eval's own YAML for a task name."""
     import lm_eval.tasks
@@ -101,7 +109,8 @@ def upstream_yaml(name: str) -> Path:
     entry = TaskManager().task_index.get(name)
     path = getattr(entry, "yaml_path", None)
     if path is None:
-        raise ValueError(f"lm-eval has no YAML task named {name!r}; paper tasks: {PAPER_TASKS}")
+        raise ValueError(f"the installed lm-eval has no task named {name!r}; the paper's tasks: {PAPER_TASKS} "
+                         "(any task of `lm_eval --tasks list` is allowed)")
     return Path(path)
 
 

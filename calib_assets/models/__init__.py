@@ -3,6 +3,8 @@
 from calib_assets.models.loading import (
     ModelNotAvailableError,
     byte_level_tokenizer,
+    cache_folder_name,
+    context_length,
     load_model,
     prepare_model_folder,
     trust_remote_code,
@@ -15,6 +17,7 @@ from calib_assets.models.specs import (
     LocalModel,
     ModelSpec,
     RandomLlama,
+    known_context_length,
     parse_model_spec,
 )
 
@@ -27,6 +30,9 @@ __all__ = [
     "ModelSpec",
     "RandomLlama",
     "byte_level_tokenizer",
+    "cache_folder_name",
+    "context_length",
+    "known_context_length",
     "load_model",
     "parse_model_spec",
     "prepare_model_folder",

@@ -5,8 +5,16 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from calib_assets.artifacts import atomic_dir, sha256_files, verify_contents, write_json
-from calib_assets.models.specs import EMBEDDED_MODELS, EmbeddedModel, HubModel, LocalModel, ModelSpec, RandomLlama
+from calib_assets.artifacts import atomic_dir, read_json, sha256_files, sha256_json, short, verify_contents, write_json
+from calib_assets.models.specs import (
+    EMBEDDED_MODELS,
+    RANDOM_LLAMA_CONTEXT_LENGTH,
+    EmbeddedModel,
+    HubModel,
+    LocalModel,
+    ModelSpec,
+    RandomLlama,
+)
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
@@ -18,9 +26,9 @@ class ModelNotAvailableError(RuntimeError):
 def prepare_model_folder(spec: ModelSpec, models_dir: Path) -> Path:
     """Return a folder holding the model in Hugging Face format, building it once where needed."""
     if isinstance(spec, EmbeddedModel):
-        return _cached(models_dir / spec.name, lambda out: _convert_gguf(spec.name, out))
+        return _cached(models_dir / cache_folder_name(spec), lambda out: _convert_gguf(spec.name, out))
     if isinstance(spec, RandomLlama):
-        return _cached(models_dir / spec.name, lambda out: _build_random_llama(spec, out))
+        return _cached(models_dir / cache_folder_name(spec), lambda out: _build_random_llama(spec, out))
     if isinstance(spec, LocalModel):
         folder = Path(spec.path).expanduser().resolve()
         if not (folder / "config.json").is_file():
@@ -29,6 +37,19 @@ def prepare_model_folder(spec: ModelSpec, models_dir: Path) -> Path:
             )
         return folder
     return _hub_snapshot(spec)
+
+
+def cache_folder_name(spec: ModelSpec) -> str:
+    """The model's name and a hash of its whole spec: two studies that give one name to different specs
+    never share a cached folder."""
+    return f"{spec.name}-{short(sha256_json(spec.model_dump()), 10)}"
+
+
+def context_length(folder: Path) -> int | None:
+    """max_position_embeddings of a Hugging Face folder's config (None where the config has none)."""
+    config = read_json(Path(folder) / "config.json")
+    value = config.get("max_position_embeddings") or config.get("n_positions")
+    return int(value) if value else None
 
 
 def _cached(folder: Path, build) -> Path:
@@ -90,7 +111,7 @@ def _build_random_llama(spec: RandomLlama, out: Path) -> None:
         num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=RANDOM_LLAMA_CONTEXT_LENGTH,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.eos_token_id,

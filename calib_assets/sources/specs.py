@@ -10,6 +10,8 @@ Every spec has a `label`, which becomes the source's Dagster partition key.
 
 from __future__ import annotations
 
+import codecs
+
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator, model_validator
@@ -171,6 +173,17 @@ class LocalFilesSource(_LabelledSpec):
     path: str
     text_field: str = "text"
     pattern: str | None = None
+    encoding: str = "utf-8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}; allowed: a Python codec name, e.g. 'utf-8', "
+                             "'latin-1', 'cp1252'") from None
+        return value
 
     @field_validator("path", "text_field")
     @classmethod
