@@ -11,7 +11,6 @@ Every spec has a `label`, which becomes the source's Dagster partition key.
 from __future__ import annotations
 
 import codecs
-
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator, model_validator
