@@ -20,7 +20,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--study", help=f"study name or YAML path (default: ${STUDY_ENV} or 'default')")
     parser.add_argument("--root", help=f"artifact root directory (default: ${ROOT_ENV} or ./artifacts)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="materialize every partition of the study, then print its findings")
+    run = commands.add_parser(
+        "run", help="materialize every partition of the study, then print its findings",
+        description="By default every step runs in this process, one after another. With --ray, each partition "
+                    "is a run in Dagster's run queue and each step a Ray job on the cluster (one GPU per "
+                    "compression or evaluation step), as many at once as the cluster has GPUs.")
+    run.add_argument("--ray", metavar="ADDRESS", help="run on the Ray cluster at ADDRESS: 'auto' (the one started on "
+                                                     "this machine with `ray start --head`) or HOST:PORT of its head")
+    run.add_argument("--jobs", metavar="JOB[,JOB...]", type=lambda text: [job for job in text.split(",") if job],
+                     help="run only these stages, in the study's order (e.g. compress_and_evaluate,findings); "
+                          "what they read must be materialized already")
     commands.add_parser("findings", help="print the study's findings from the DuckDB warehouse")
     lineage = commands.add_parser(
         "lineage", help="print the chain result -> checkpoint -> calibration set -> pool -> corpus -> base model",
@@ -57,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.study:
-        os.environ[STUDY_ENV] = args.study
+    if args.study:  # for the processes that load the definitions: run workers, steps on other machines
+        os.environ[STUDY_ENV] = str(Path(args.study).resolve()) if Path(args.study).suffix else args.study
     if args.root:
-        os.environ[ROOT_ENV] = args.root
+        os.environ[ROOT_ENV] = str(Path(args.root).resolve())
     warnings.filterwarnings("ignore", module="dagster")
     commands = {"run": _run, "findings": _findings, "lineage": _lineage, "export-calibration": _export,
                 "export-model": _export_model, "verify": _verify}
@@ -82,9 +91,16 @@ def _run(study, args) -> int:
     import dagster as dg
 
     from calib_assets.artifacts import hold_root
-    from calib_assets.defs import build_definitions
     from calib_assets.recovery import recover
-    from calib_assets.runner import StudyRunFailed, run_study
+    from calib_assets.runner import StudyRunFailed, run_study, stage_plan
+    from calib_assets.scale_out import check_cluster_fits, connect_cluster
+
+    only = dict.fromkeys(args.jobs) if args.jobs else None
+    stage_plan(study, only)  # unknown job names fail here, before any work
+    cluster = None
+    if args.ray:  # before any work: the cluster is there and can run the study's steps
+        cluster = connect_cluster(args.ray)
+        check_cluster_fits(cluster, study.compute.device)
 
     from transformers.utils import logging as transformers_logging
 
@@ -92,17 +108,23 @@ def _run(study, args) -> int:
     transformers_logging.set_verbosity_error()
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    defs = build_definitions(study)
     root = artifact_root()
     with hold_root(root, study.name), dg.DagsterInstance.get() as instance:
         for line in recover(instance, root):
             print(f"recovered: {line}")
         try:
-            run_study(defs, study, instance)
+            if cluster is None:
+                from calib_assets.defs import build_definitions
+
+                run_study(build_definitions(study, executor="local"), study, instance, only=only)
+            else:
+                from calib_assets.queue_runner import run_study_on_ray
+
+                run_study_on_ray(study, instance, cluster, only=only)
         except StudyRunFailed as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    return _findings(study, args)
+    return _findings(study, args) if only is None or "findings" in only else 0
 
 
 def _findings(study, args) -> int:

@@ -8,8 +8,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 
@@ -29,22 +30,49 @@ class StudyRunFailed(RuntimeError):
     pass
 
 
+class Stage(NamedTuple):
+    job: str
+    assets: list[str]
+    keys: list[str | None]  # [None]: the job is unpartitioned
+    partitions_def: dg.PartitionsDefinition | None
+
+
+def stage_plan(study: Study, only: Mapping[str, Sequence[str] | None] | None = None) -> list[Stage]:
+    """The study's stages in dependency order, each with the partitions to run: all of them, or with `only`
+    (job name -> its partition keys, None for all) those jobs' alone, each name and key checked first."""
+    plan = [Stage(name, assets, partitions_def.get_partition_keys() if partitions_def else [None], partitions_def)
+            for name, assets, partitions_def in stages(StudyPartitions.from_study(study))]
+    if only is None:
+        return plan
+    unknown = sorted(set(only) - {stage.job for stage in plan})
+    if unknown:
+        raise ValueError(f"unknown job(s) {unknown}; a study's jobs, in order: {[stage.job for stage in plan]}")
+    selected = []
+    for stage in (stage for stage in plan if stage.job in only):
+        keys = list(only[stage.job] or stage.keys)
+        if stray := [key for key in keys if key not in stage.keys]:
+            raise ValueError(f"{stage.job} has no partition {stray[0]!r} in study {study.name!r}")
+        selected.append(stage._replace(keys=keys))
+    return selected
+
+
 def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
-              echo: Callable[[str], None] = print, log_path: Path | None = None) -> None:
-    """Materialize every partition in dependency order; stop at the first failure.
+              echo: Callable[[str], None] = print, log_path: Path | None = None,
+              only: Mapping[str, Sequence[str] | None] | None = None) -> None:
+    """Materialize every partition in dependency order (or the stages and partitions `only` names); stop at
+    the first failure.
 
     What the steps print themselves (dbt's output among it) goes to `log_path` (default: a file in the
     instance's directory) so that the progress lines stay readable.
     """
-    plan = [(name, assets, partitions_def.get_partition_keys() if partitions_def else [None])
-            for name, assets, partitions_def in stages(StudyPartitions.from_study(study))]
-    total = sum(len(keys) for _, _, keys in plan)
+    plan = stage_plan(study, only)
+    total = sum(len(stage.keys) for stage in plan)
     done, started = 0, time.perf_counter()
     log_path = Path(log_path or Path(instance.root_directory or ".") / f"calib-assets-{study.name}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     echo(f"study {study.name!r}: {total} runs in {len(plan)} stages (Dagster home: {instance.root_directory}; "
          f"step output: {log_path})")
-    for job_name, assets, keys in plan:
+    for job_name, assets, keys, _ in plan:
         job = defs.resolve_job_def(job_name)
         for key in keys:
             done += 1
@@ -59,7 +87,7 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
             label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
             if not result.success:
                 echo(f"{label} FAILED after {seconds:.1f}s")
-                raise StudyRunFailed(f"{_failure_message(result, job_name, key)} (full trace: {log_path}; run "
+                raise StudyRunFailed(f"{failure_message(result.all_events, job_name, key)} (full trace: {log_path}; run "
                                      f"{result.run_id[:8]} in the Dagster UI)")
             reused = _all_reused(result)
             echo(f"{label} {'reused' if reused else 'done'} in {seconds:5.1f}s "
@@ -99,8 +127,9 @@ def _all_reused(result) -> bool:
     return bool(flags) and all(flags)
 
 
-def _failure_message(result, job_name: str, key: str | None) -> str:
-    for event in result.all_events:
+def failure_message(events, job_name: str, key: str | None) -> str:
+    """The first failed step's error, in one line, from a run's events."""
+    for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
             cause = error.cause or error

@@ -8,6 +8,7 @@ import dagster as dg
 from calib_assets import invariants, lineage, steps
 from calib_assets.defs import metadata
 from calib_assets.defs.automation import FINDINGS_CONDITION
+from calib_assets.defs.executors import accelerator_placement
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.defs.resources import ArtifactStore, Compute
 from calib_assets.steps import CODE_VERSIONS
@@ -39,8 +40,9 @@ def _keys(context: dg.AssetExecutionContext) -> dict[str, str]:
     return dict(context.partition_key.keys_by_dimension)
 
 
-def build_assets(parts: StudyPartitions) -> list:
+def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
     study = parts.study
+    on_accelerator = accelerator_placement(study, executor)
 
     @dg.asset(
         partitions_def=parts.models, group_name="inputs", code_version=CODE_VERSIONS["base_model"],
@@ -100,7 +102,7 @@ def build_assets(parts: StudyPartitions) -> list:
 
     @dg.asset(
         partitions_def=parts.compressed, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
-        kinds={"pytorch", "safetensors"}, owners=OWNERS, pool="gpu",
+        kinds={"pytorch", "safetensors"}, owners=OWNERS, **on_accelerator,
         ins={"calibration_set": dg.AssetIn(partition_mapping=parts.calibration_to_compressed(),
                                            dagster_type=dg.Nothing)},
         check_specs=_check("checkpoint_invariants", "compressed_model", parts.compressed, CHECKPOINT_CHECK),
@@ -113,11 +115,12 @@ def build_assets(parts: StudyPartitions) -> list:
         manifest = steps.materialize_checkpoint(study, keys["variant"], keys["calib"], store.path, device=device,
                                                 forward_dtype=dtype, log=context.log.info)
         return _checkpoint_result(manifest, steps.checkpoint_dir(store.path, keys["variant"], keys["calib"]),
-                                  invariants.checkpoint_problems(study, store.path, keys["variant"], keys["calib"]))
+                                  invariants.checkpoint_problems(study, store.path, keys["variant"], keys["calib"]),
+                                  device)
 
     @dg.asset(
         partitions_def=parts.baselines, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
-        kinds={"pytorch", "safetensors"}, owners=OWNERS, pool="gpu",
+        kinds={"pytorch", "safetensors"}, owners=OWNERS, **on_accelerator,
         ins={"base_model": dg.AssetIn(partition_mapping=parts.model_to_baselines(), dagster_type=dg.Nothing)},
         check_specs=_check("checkpoint_invariants", "baseline_model", parts.baselines, CHECKPOINT_CHECK),
         description="Controls that use no calibration data, once per model: the dense model itself and "
@@ -134,7 +137,8 @@ def build_assets(parts: StudyPartitions) -> list:
         manifest = steps.materialize_checkpoint(study, context.partition_key, None, store.path, device=device,
                                                 forward_dtype=dtype, log=context.log.info)
         return _checkpoint_result(manifest, steps.checkpoint_dir(store.path, context.partition_key),
-                                  invariants.checkpoint_problems(study, store.path, context.partition_key, None))
+                                  invariants.checkpoint_problems(study, store.path, context.partition_key, None),
+                                  device)
 
     @dg.asset(
         group_name="evaluation", code_version=CODE_VERSIONS["offline_tasks"], kinds={"json"}, owners=OWNERS,
@@ -157,7 +161,7 @@ def build_assets(parts: StudyPartitions) -> list:
     def _evaluation_asset(name: str, upstream: str, partitions_def, description: str):
         @dg.asset(
             name=name, partitions_def=partitions_def, group_name="evaluation",
-            code_version=CODE_VERSIONS["evaluation"], kinds={"pytorch", "parquet"}, owners=OWNERS, pool="gpu",
+            code_version=CODE_VERSIONS["evaluation"], kinds={"pytorch", "parquet"}, owners=OWNERS, **on_accelerator,
             ins={upstream: dg.AssetIn(dagster_type=dg.Nothing),
                  "text_corpus": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing),
                  "offline_tasks": dg.AssetIn(dagster_type=dg.Nothing)},
@@ -176,7 +180,7 @@ def build_assets(parts: StudyPartitions) -> list:
                                               forward_dtype=dtype, run_id=context.run_id)
             table = steps.read_evaluation(store.path, variant, calib)
             return _result(manifest, {"evaluation_complete": invariants.evaluation_problems(study, table)},
-                           rows=manifest["rows"], results=metadata.results_table(table),
+                           rows=manifest["rows"], results=metadata.results_table(table), **metadata.placement(device),
                            path=dg.MetadataValue.path(str(steps.evaluation_dir(store.path, variant, calib))))
 
         return _evaluate
@@ -214,5 +218,6 @@ CHECKPOINT_CHECK = ("Finite weights, at most 2^bits levels per quantization grou
                     "pattern (N:M in every group, or the unstructured share).")
 
 
-def _checkpoint_result(manifest: dict[str, Any], directory, problems: list[str]) -> dg.MaterializeResult:
-    return _result(manifest, {"checkpoint_invariants": problems}, **metadata.checkpoint_metadata(manifest, directory))
+def _checkpoint_result(manifest: dict[str, Any], directory, problems: list[str], device: str) -> dg.MaterializeResult:
+    return _result(manifest, {"checkpoint_invariants": problems}, **metadata.checkpoint_metadata(manifest, directory),
+                   **metadata.placement(device))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,12 @@ PREVIEW_CHARS = 240
 PREVIEW_ROWS = 20
 EVALUATION_COLUMNS = ["eval_dataset", "metric", "value", "stderr", "token_count", "n_examples"]
 RESULT_KEY_COLUMNS = ["variant", "calib", "eval_dataset", "metric", "value"]
+
+
+def placement(device: str) -> dict[str, Any]:
+    """Where an accelerator step ran: device, host, and the GPUs it was given (Ray sets CUDA_VISIBLE_DEVICES)."""
+    return {"device": device, "host": socket.gethostname(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def _cell(value: Any) -> str:

@@ -1,0 +1,35 @@
+"""The code location's executor: Dagster's multiprocess executor (local, the default) or dagster-ray's
+`ray_executor` ($CALIB_ASSETS_EXECUTOR=ray), and where accelerator steps are placed under each."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import dagster as dg
+
+from calib_assets.scale_out import FORWARDED_ENV, RAY_ADDRESS_ENV, accelerator_resources
+from calib_assets.study import Study
+
+EXECUTOR_MAX_CONCURRENT = 2
+RAY_CONFIG_TAG = "dagster-ray/config"  # dagster_ray.configs.USER_DEFINED_RAY_KEY
+
+
+def study_executor(executor: str) -> dg.ExecutorDefinition:
+    if executor == "ray":
+        from dagster_ray import ray_executor
+
+        return ray_executor.configured({"ray": {
+            "address": os.environ.get(RAY_ADDRESS_ENV, "auto"), "num_cpus": 1, "env_vars": list(FORWARDED_ENV)}})
+    # each step process loads its own model copy: cap how many run at once (pools cap GPU/DuckDB steps)
+    return dg.multiprocess_executor.configured({"max_concurrent": EXECUTOR_MAX_CONCURRENT})
+
+
+def accelerator_placement(study: Study, executor: str) -> dict[str, Any]:
+    """Decorator arguments of a compression or evaluation asset. Locally the `gpu` pool lets one such step
+    run at a time; on Ray each asks Ray for a GPU instead, and no pool throttles what Ray schedules."""
+    if executor == "ray":
+        resources = accelerator_resources(study.compute.device)
+        return {"op_tags": {RAY_CONFIG_TAG: json.dumps(resources)}} if resources else {}
+    return {"pool": "gpu"}
