@@ -9,6 +9,13 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 STUDY ?= default
+# EXECUTOR=ray: every partition a queued run, every step a Ray job on the cluster at RAY_ADDRESS (docs/scale-out.md)
+EXECUTOR ?= local
+RAY_ADDRESS ?= auto
+ifeq ($(filter $(EXECUTOR),local ray),)
+$(error EXECUTOR=$(EXECUTOR) is not an executor; allowed: local, ray)
+endif
+ON_RAY := $(filter ray,$(EXECUTOR))
 
 .PHONY: venv run test dev clean snapshots
 .PHONY: bench-env bench crosscheck gpu-wheels gpu-check gpu-dry-run
@@ -28,7 +35,7 @@ $(STAMP): pyproject.toml Makefile
 run: venv
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/calib-assets run
+	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/calib-assets run $(if $(ON_RAY),--ray $(RAY_ADDRESS))
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
@@ -39,6 +46,7 @@ snapshots: venv  # accept an intended change of the asset graph (review the diff
 dev: venv
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(if $(ON_RAY),CALIB_ASSETS_EXECUTOR=ray RAY_ADDRESS=$(RAY_ADDRESS) DAGSTER_USE_PYTHON_ENVIRONMENT_ENTRY_POINT=1) \
 	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 clean:

@@ -38,17 +38,75 @@ _LEGACY_TEMPORARY = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}$")
 LEGACY_TEMPORARY_AGE_S = 12 * 3600  # dagster.yaml's run_monitoring.max_runtime_seconds
 
 
+LOCK_SUFFIX = ".lock"
+
+
+class ArtifactBeingWritten(RuntimeError):
+    """Another process is writing the same artifact."""
+
+
 @contextlib.contextmanager
-def atomic_dir(final: Path, *, sealed: bool = True) -> Iterator[Path]:
+def sole_writer(final: Path) -> Iterator[None]:
+    """Hold the right to write `final`, or raise ArtifactBeingWritten naming the process that holds it: two
+    workers (on any nodes of a shared file system with locks: NFSv4, Lustre -o flock, CephFS, GPFS) never
+    write one partition at once. The lock is the kernel's, so it ends with its process, however that ends.
+    Its file, `.NAME.lock` beside the artifact, is removed on release; one left by a killed process is
+    taken over by the next writer, or removed by `remove_stale_temporaries`."""
+    path = final.parent / f".{final.name}{LOCK_SUFFIX}"
+    handle = _locked(path)
+    try:
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a waiter then finds its file gone and starts over
+        handle.close()
+
+
+def _locked(path: Path):
+    """An open, flock-ed handle on `path` that is still the file at `path` (another writer may have removed
+    the one this process opened, on release)."""
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read()
+            handle.close()
+            raise ArtifactBeingWritten(f"{path.parent / path.name[1:-len(LOCK_SUFFIX)]} is being written by another "
+                                       f"process ({_describe(holder)}); a partition has one writer at a time: "
+                                       "wait for that run to end") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                handle.seek(0)
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, sealed: bool = True, exclusive: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `final` in one rename.
 
     A killed or failed write leaves `final` as it was (old content or absent), never half written; the
     temporary it leaves behind names its process and is removed by the next run. `sealed`: the size and
     sha256 of every file written are recorded in CONTENTS_FILE (`seal`), so that a later change to any of
-    them, the manifest included, is found (`verify_contents`).
+    them, the manifest included, is found (`verify_contents`). `exclusive`: one writer at a time
+    (`sole_writer`); off for folders outside the artifact root, where no lock file should appear.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    with sole_writer(final) if exclusive else contextlib.nullcontext():
+        with _replacing(final, sealed) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _replacing(final: Path, sealed: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(final.name), dir=final.parent))
     try:
         yield tmp
@@ -204,10 +262,21 @@ def stale_temporaries(root: Path) -> list[Path]:
             if match := _TEMPORARY.match(name):
                 if match["host"] == host and not process_alive(int(match["pid"])):
                     stale.append(path)
+            elif name.startswith(".") and name.endswith(LOCK_SUFFIX) and name != LOCK_FILE and _writer_gone(path, host):
+                stale.append(path)
             elif _LEGACY_TEMPORARY.match(name) and now - path.lstat().st_mtime > LEGACY_TEMPORARY_AGE_S:
                 stale.append(path)
         names[:] = [n for n in names if Path(directory) / n not in stale]
     return stale
+
+
+def _writer_gone(lock: Path, host: str) -> bool:
+    """Whether the `sole_writer` lock file names a process of this host that has ended."""
+    try:
+        holder = json.loads(lock.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return False
+    return holder.get("host") == host and isinstance(holder.get("pid"), int) and not process_alive(holder["pid"])
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
@@ -276,10 +345,11 @@ def hold_root(root: Path, study: str) -> Iterator[None]:
 
 def _describe(holder: str) -> str:
     try:
-        info = json.loads(holder)
+        info = json.loads(holder or "{}")
     except json.JSONDecodeError:
         return "unknown process"
-    return f"pid {info.get('pid')} on {info.get('host')}, study {info.get('study')!r}, since {info.get('since')}"
+    study = f", study {info['study']!r}" if "study" in info else ""
+    return f"pid {info.get('pid')} on {info.get('host')}{study}, since {info.get('since')}"
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -20,12 +20,13 @@ import dagster as dg
 
 from calib_assets.runner import StudyRunFailed, failure_message, stage_plan
 from calib_assets.scale_out import Cluster, ray_location_env
-from calib_assets.study import Study
+from calib_assets.study import STUDY_ENV, Study, load_study
 
 WORKSPACE_FILE = Path(__file__).resolve().parents[1] / "workspace.yaml"
 STUDY_TAG, EXECUTOR_TAG = "calib_assets/study", "calib_assets/executor"
 DAEMON_START_TIMEOUT_S = 120
 POLL_S = 0.5
+HEARTBEAT_TOLERANCE_S = 10
 
 
 def run_study_on_ray(study: Study, instance: dg.DagsterInstance, cluster: Cluster,
@@ -33,6 +34,10 @@ def run_study_on_ray(study: Study, instance: dg.DagsterInstance, cluster: Cluste
                      only: Mapping[str, Sequence[str] | None] | None = None) -> None:
     """Materialize every partition (or those `only` names, as in runner.run_study), stage by stage, on
     `cluster`; stop submitting at the first failed run."""
+    if instance.is_ephemeral:
+        raise ValueError("running on Ray needs a persistent Dagster instance (DAGSTER_HOME): the daemon, the run "
+                         "workers and the steps on Ray all read and write it")
+    _check_location_loads(study)
     slots = cluster.run_slots(study.compute.device)
     queue_limit = _run_queue_limit(instance)
     plan = stage_plan(study, only)
@@ -44,13 +49,22 @@ def run_study_on_ray(study: Study, instance: dg.DagsterInstance, cluster: Cluste
     if queue_limit is not None and queue_limit < slots:
         echo(f"note: the instance's run queue starts at most {queue_limit} runs at once "
              f"(concurrency.runs.max_concurrent_runs in dagster.yaml), fewer than the cluster's {slots}")
-    os.environ.update(ray_location_env(cluster.address))  # the daemon and the code servers inherit it
-    env = dict(os.environ)
+    location_env = {**ray_location_env(cluster.address), "DAGSTER_HOME": instance.root_directory}
     tags = {STUDY_TAG: study.name, EXECUTOR_TAG: "ray"}
-    with _daemon(instance, env, log_path), _workspace(instance) as workspace:
+    with _environment(location_env), _daemon(instance, dict(os.environ), log_path), _workspace(instance) as workspace:
         progress = _Progress(total, echo)
         for stage in plan:
             _run_stage(instance, workspace, stage.job, stage.keys, stage.partitions_def, tags, slots, progress)
+
+
+def _check_location_loads(study: Study) -> None:
+    """The runs execute the code location's definitions, which load the study named by $CALIB_ASSETS_STUDY:
+    refuse to submit anything if that is not the study given here."""
+    located = load_study()
+    if located.model_dump() != study.model_dump():
+        raise ValueError(f"the code location loads study {located.name!r} (${STUDY_ENV}="
+                         f"{os.environ.get(STUDY_ENV, '(unset)')!r}), not the study {study.name!r} given to run: "
+                         f"set ${STUDY_ENV} to its name or YAML path")
 
 
 def _run_stage(instance, workspace, job_name: str, keys: list, partitions_def, tags: dict[str, str],
@@ -102,6 +116,22 @@ def _submit(instance: dg.DagsterInstance, workspace, job_name: str, tags: dict[s
 
 
 @contextmanager
+def _environment(updates: Mapping[str, str]):
+    """`updates` in os.environ while the runner works (its daemon and code servers inherit them), then the
+    caller's environment as it was."""
+    saved = {name: os.environ.get(name) for name in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
 def _workspace(instance: dg.DagsterInstance):
     from dagster import __version__
     from dagster._cli.workspace.cli_target import get_workspace_from_cli_opts
@@ -138,12 +168,15 @@ def _daemon(instance: dg.DagsterInstance, env: dict[str, str], log_path: Path):
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+        instance.wipe_daemon_heartbeats()  # ours, which would read as live for a while: none other was live
 
 
 def _live_daemon(instance: dg.DagsterInstance) -> bool:
     from dagster._daemon.controller import get_daemon_statuses
 
-    statuses = get_daemon_statuses(instance, ["QUEUED_RUN_COORDINATOR"], ignore_errors=True)
+    # a live daemon heartbeats every 30 s; Dagster's own tolerance (30 min) would count one stopped minutes ago
+    statuses = get_daemon_statuses(instance, ["QUEUED_RUN_COORDINATOR"], ignore_errors=True,
+                                   heartbeat_tolerance_seconds=HEARTBEAT_TOLERANCE_S)
     return any(status.healthy for status in statuses.values())
 
 

@@ -7,11 +7,13 @@ calib_assets/queue_runner.py launches a whole study through Dagster's run queue.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 EXECUTOR_ENV = "CALIB_ASSETS_EXECUTOR"
 EXECUTORS = ("local", "ray")
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
+PROBE_TIMEOUT_S = 5
 
 # What a step started on a Ray worker needs from the process that launched its run: the study, the
 # artifact root, the instance (Postgres settings included) and the offline switches. Unset names are skipped.
@@ -70,6 +72,7 @@ def connect_cluster(address: str) -> Cluster:
     or a ScaleOutError saying how to start one."""
     import ray
 
+    _check_reachable(address)
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -82,6 +85,29 @@ def connect_cluster(address: str) -> Cluster:
         ray.shutdown()
     return Cluster(address=address, gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)),
                    nodes=nodes)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds where nothing listens at the head's address: ray.init would retry for minutes."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        resolved = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as error:
+        resolved, reason = None, str(error).splitlines()[0]
+    else:
+        reason = "no cluster started on this machine" if resolved is None else ""
+    host, _, port = (resolved or "").rpartition(":")
+    if resolved and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+            return
+        except OSError as error:
+            reason = f"nothing answers at {resolved}: {error.strerror or error}"
+    elif resolved:
+        return  # another scheme (e.g. ray://): ray.init judges it
+    raise ScaleOutError(f"no Ray cluster at {address!r} ({reason}); start one with `ray start --head --num-gpus=N` "
+                        "(docs/scale-out.md)")
 
 
 def check_cluster_fits(cluster: Cluster, device: str) -> None:

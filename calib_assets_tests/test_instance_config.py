@@ -24,3 +24,14 @@ def test_jobs_run_on_a_capped_multiprocess_executor(tmp_path):
     executor = defs.resolve_job_def("compress_and_evaluate").executor_def
     resolved = executor.apply_config_mapping({}).value["config"]
     assert executor.name == "multiprocess" and resolved["max_concurrent"] == 2
+
+
+def test_the_cluster_instance_differs_from_the_local_one_only_in_its_storage():
+    """deploy/cluster/dagster.yaml copies the local settings (pools, queue, monitoring): a change to one file
+    alone would make a study behave differently on a cluster."""
+    import yaml
+
+    local = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
+    cluster = yaml.safe_load((PROJECT / "deploy" / "cluster" / "dagster.yaml").read_text())
+    assert set(cluster.pop("storage")) == {"postgres"} and "storage" not in local
+    assert cluster == local

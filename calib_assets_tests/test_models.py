@@ -82,3 +82,44 @@ def test_embedded_model_converts_faithfully(tmp_path):
         torch.testing.assert_close(model(ids).logits, reference(ids).logits)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+
+
+def _hub_cache_with(folder, cache, repo_id: str, commit: str):
+    """`folder` laid out as huggingface_hub caches a download: blobs named by content, a snapshot of links."""
+    storage = cache / f"models--{repo_id.replace('/', '--')}"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(commit)
+    (storage / "blobs").mkdir()
+    snapshot = storage / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue
+        blob = storage / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        blob.write_bytes(path.read_bytes())
+        (snapshot / path.name).symlink_to(blob)
+    return snapshot
+
+
+def test_a_hub_model_is_copied_from_the_node_local_cache_onto_the_artifact_root(tiny_model_folder, tmp_path,
+                                                                                monkeypatch):
+    """On a cluster only the artifact root is seen by every node: the base model's folder must live there."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = _hub_cache_with(tiny_model_folder, tmp_path / "hf-cache", "someone/tiny", commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    spec = parse_model_spec({"kind": "hub", "name": "tiny-hub", "id": "someone/tiny"})
+    models_dir = tmp_path / "root" / "model-cache"
+    folder = prepare_model_folder(spec, models_dir)
+    assert folder.parent == models_dir and folder.name.startswith("tiny-hub-") and folder.name.endswith(commit[:10])
+    assert not any(path.is_symlink() for path in folder.iterdir())
+    assert weights_fingerprint(folder) == weights_fingerprint(snapshot) == weights_fingerprint(tiny_model_folder)
+    load_model(folder)
+    weights = next(folder.glob("*.safetensors"))
+    copied_at = weights.stat().st_mtime_ns
+    assert prepare_model_folder(spec, models_dir) == folder and weights.stat().st_mtime_ns == copied_at
+    weights.write_bytes(b"damaged")  # a damaged copy is found by its seal and copied again
+    assert prepare_model_folder(spec, models_dir) == folder
+    assert weights_fingerprint(folder) == weights_fingerprint(tiny_model_folder)

@@ -73,8 +73,7 @@ def ray_runs(tmp_path_factory):
 def _instance(home: Path):
     import dagster as dg
 
-    os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def _partitions(study_file: Path) -> list[tuple[str, str]]:
@@ -178,13 +177,12 @@ def test_eval_results_holds_every_row_once(ray_runs):
     pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
 
 
-def _kill_when_step_starts(instance, known_runs: set[str], step_key: str, killed: dict, timeout_s: float = 300):
+def _kill_when_step_starts(instance, known_runs: set[str], step_key: str, killed: dict, stop: threading.Event):
     """SIGKILL the Ray job process executing `step_key` of a new run as soon as the step has started."""
     import dagster as dg
     import psutil
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while not stop.is_set():
         for run in instance.get_runs(dg.RunsFilter(job_name="compress_and_evaluate")):
             started = run.run_id not in known_runs and any(
                 entry.dagster_event.step_key == step_key
@@ -199,7 +197,7 @@ def _kill_when_step_starts(instance, known_runs: set[str], step_key: str, killed
         time.sleep(0.05)
 
 
-def test_a_ray_worker_killed_mid_step_fails_the_run_and_a_rerun_completes_it(ray_runs):
+def test_a_ray_worker_killed_mid_step_fails_the_run_and_a_rerun_completes_it(ray_runs, monkeypatch):
     """The checkpoint of one partition is set aside (the test's own copy), so that its step computes again;
     its Ray job process is killed once the step has started."""
     import dagster as dg
@@ -208,7 +206,7 @@ def test_a_ray_worker_killed_mid_step_fails_the_run_and_a_rerun_completes_it(ray
     from calib_assets.artifacts import stale_temporaries
     from calib_assets.queue_runner import run_study_on_ray
     from calib_assets.runner import StudyRunFailed
-    from calib_assets.scale_out import connect_cluster
+    from calib_assets.scale_out import Cluster, connect_cluster
     from calib_assets.study import load_study
 
     study, root = load_study(str(ray_runs["study"])), ray_runs["root"]
@@ -217,15 +215,23 @@ def test_a_ray_worker_killed_mid_step_fails_the_run_and_a_rerun_completes_it(ray
     kept = checkpoint.with_name(checkpoint.name + ".kept-by-test")
     checkpoint.rename(kept)
     instance = _instance(ray_runs["home"])
-    known_runs, killed = {run.run_id for run in instance.get_runs()}, {}
-    killer = threading.Thread(target=_kill_when_step_starts, args=(instance, known_runs, "compressed_model", killed))
+    known_runs, killed, stop = {run.run_id for run in instance.get_runs()}, {}, threading.Event()
+    killer = threading.Thread(target=_kill_when_step_starts,
+                              args=(instance, known_runs, "compressed_model", killed, stop))
     killer.start()
-    os.environ["CALIB_ASSETS_ROOT"] = str(root)
+    monkeypatch.setenv("CALIB_ASSETS_ROOT", str(root))
+    monkeypatch.delenv("CALIB_ASSETS_STUDY", raising=False)
+    with pytest.raises(ValueError, match=r"loads study 'default'.*not the study 'ci'"):
+        run_study_on_ray(study, instance, Cluster(ray_runs["address"], gpus=2, cpus=2, nodes=1))
+    monkeypatch.setenv("CALIB_ASSETS_STUDY", str(ray_runs["study"]))  # what the CLI sets for the code location
     cluster = connect_cluster(ray_runs["address"])
     only = {"compress_and_evaluate": [f"{calib}|{variant}"]}
-    with pytest.raises(StudyRunFailed) as failure:
-        run_study_on_ray(study, instance, cluster, echo=lambda line: None, only=only)
-    killer.join()
+    try:
+        with pytest.raises(StudyRunFailed) as failure:
+            run_study_on_ray(study, instance, cluster, echo=print, only=only)
+    finally:
+        stop.set()
+        killer.join()
     assert killed.get("pids"), "the step's Ray job process was never found"
     message = str(failure.value)
     assert "compressed_model" in message and "Ray job" in message and "failed" in message, message

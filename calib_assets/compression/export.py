@@ -61,7 +61,7 @@ def export_hf_folder(
     model = model.to(getattr(torch, dtype))
     export = {"checkpoint": str(checkpoint.resolve()), "checkpoint_fingerprint": manifest["fingerprint"],
               "base_model": str(base_model.resolve()), "dtype": dtype, "checkpoint_manifest": manifest}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, exclusive=False) as tmp:  # a folder of the user's, outside the artifact root
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / EXPORT_MANIFEST, export)

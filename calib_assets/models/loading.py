@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 from calib_assets.artifacts import atomic_dir, read_json, sha256_files, sha256_json, short, verify_contents, write_json
@@ -36,7 +37,7 @@ def prepare_model_folder(spec: ModelSpec, models_dir: Path) -> Path:
                 f"local model {spec.name!r}: {str(folder)!r} is not a Hugging Face model folder (no config.json)"
             )
         return folder
-    return _hub_snapshot(spec)
+    return _shared_copy_of_hub_snapshot(spec, models_dir)
 
 
 def cache_folder_name(spec: ModelSpec) -> str:
@@ -120,6 +121,14 @@ def _build_random_llama(spec: RandomLlama, out: Path) -> None:
     torch.manual_seed(spec.seed)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def _shared_copy_of_hub_snapshot(spec: HubModel, models_dir: Path) -> Path:
+    """The hub snapshot copied under the artifact root, named by its spec and commit: on a cluster the root is
+    the storage every node sees, while the Hugging Face cache it came from is this node's alone."""
+    snapshot = _hub_snapshot(spec)
+    return _cached(models_dir / f"{cache_folder_name(spec)}-{snapshot.name[:10]}",
+                   lambda out: shutil.copytree(snapshot, out, dirs_exist_ok=True))  # the cache's links followed
 
 
 def _hub_snapshot(spec: HubModel) -> Path:
