@@ -145,17 +145,17 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> Bu
     last dbt build's failed tests with their rows, and the report's path (every mart, per evaluation dataset
     and metric, is in the warehouse and the report). Returns that build's status: a caller exits non-zero
     when it has problems."""
-    from calib_assets.warehouse import connect as connect_warehouse
-
-    marts, missing = read_available_marts(duckdb_path, ["mart_baselines"])
-    with connect_warehouse(duckdb_path, read_only=True) as connection:
-        results = connection.sql("select * from eval_results where calib is not null").df()
+    marts, missing = read_available_marts(duckdb_path, ["mart_source_spread", "mart_baselines"])
     with _pandas_wide():
-        summary = seed_spread_summary(results)
-        if not summary.empty:
-            echo("\nAcross calibration sets, per method and source: perplexity (mean over the held-out sets) "
-                 "next to task accuracy (%); range in the metric's units, cv = std / mean in %:")
-            echo(summary.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
+        if "mart_source_spread" in marts:
+            summary = seed_spread_summary(marts["mart_source_spread"])
+            if not summary.empty:
+                echo("\nAcross calibration sets, per method and source: perplexity (mean over the held-out sets) "
+                     "next to task accuracy (%); range in the metric's units, cv = std / mean in %:")
+                echo(summary.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
+        else:
+            echo(f"\nAcross calibration sets, per method and source (mart_source_spread): not available: "
+                 f"{missing['mart_source_spread']}")
         echo("\nDense model and calibration-free controls (mart_baselines):")
         if "mart_baselines" in marts:
             baselines = marts["mart_baselines"].sort_values(["method", "eval_dataset"])
@@ -168,32 +168,30 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> Bu
     return build_status(duckdb_path)
 
 
-def seed_spread_summary(results):
-    """One row per (method, calibration source): mean, range and coefficient of variation across its
-    calibration sets of the held-out perplexity (averaged over evaluation datasets; a task's own perplexity,
-    such as the cloze's, is not text perplexity) and of each task's accuracy. Sets that score the same
-    (within float noise) have range and cv 0; one set, or a mean of 0, has no cv (NaN)."""
+def seed_spread_summary(spread):
+    """The rows of mart_source_spread (a DataFrame) as one row per (method, calibration source), or per
+    (method, variant, source) when a method has several variants (models, settings): the mean, range and
+    coefficient of variation across the source's calibration sets of the held-out perplexity averaged over
+    the evaluation datasets ("ppl") and of each task's accuracy (in %). The statistics are the mart's (dbt
+    defines tasks and the spread); this only lays them out. Sets that score the same (within float noise)
+    have range and cv 0; one set, or a mean of 0, has no cv (NaN). Empty without held-out perplexity."""
     import pandas as pd
 
-    from calib_assets.findings.stats import coefficient_of_variation, spread
-
-    tasks = set(results.loc[results["metric"].isin(["acc", "acc_norm"]), "eval_dataset"])
-    heldout = results[(results["metric"] == "perplexity") & ~results["eval_dataset"].isin(tasks)]
-    ppl = heldout.groupby(["method", "calibration_source", "calib"])["value"].mean()
-    per_set = {"ppl": ppl}
-    for task, rows in results[results["metric"] == "acc"].groupby("eval_dataset"):
-        per_set[f"{task} acc"] = rows.set_index(["method", "calibration_source", "calib"])["value"] * 100
-    if ppl.empty:
+    if not (spread["kind"] == "perplexity_average").any():
         return pd.DataFrame()
-    table = pd.DataFrame(per_set)
-    grouped = table.groupby(level=["method", "calibration_source"])
-    columns = {"sets": grouped.size()}
-    for name in per_set:
-        stats = grouped[name].apply(spread).unstack()
-        columns[name] = stats["mean"].astype(float)
-        columns[f"{name} range"] = stats["range"].astype(float)
-        columns[f"{name} cv%"] = [100 * coefficient_of_variation(std, mean)
-                                  for std, mean in zip(stats["std"], stats["mean"])]
+    several = spread.groupby(["method", "calibration_source"])["variant"].nunique().max() > 1
+    keys = ["method", "variant", "calibration_source"] if several else ["method", "calibration_source"]
+    groups = spread.drop_duplicates(keys).sort_values(keys).set_index(keys)
+    tasks = sorted(set(spread.loc[spread["kind"] == "task", "eval_dataset"]))
+    columns = {"sets": groups["source_sets"].astype(int)}
+    for name, kind, dataset, scale in [("ppl", "perplexity_average", "perplexity_average", 1),
+                                       *[(f"{task} acc", "task", task, 100) for task in tasks]]:
+        score = spread[(spread["kind"] == kind) & (spread["eval_dataset"] == dataset)]
+        score = score.set_index(keys).reindex(groups.index)
+        columns[name] = scale * score["mean_value"].astype(float)
+        # a score the source has no sets for: no mean, range 0 (as the summary has always shown it)
+        columns[f"{name} range"] = (scale * score["range_value"].astype(float)).fillna(0.0)
+        columns[f"{name} cv%"] = 100 * score["cv"].astype(float)
     return pd.DataFrame(columns).reset_index().rename(columns={"calibration_source": "source"})
 
 

@@ -136,6 +136,7 @@ def test_average_distribution_matches_pandas(warehouse):
     for column, truth in [("mean_value", "mean"), ("min_value", "min"), ("q1_value", "q1"),
                           ("median_value", "median"), ("q3_value", "q3"), ("max_value", "max")]:
         assert_close(both[column], both[truth])
+    assert_close(both["std_value"].fillna(-1), both["std"].fillna(-1))  # the sample std (ddof 1), NULL for one set
     assert (both["n_sources"] == both["sources"]).all()
     assert (both["best_calib"] == both["best"]).all() and (both["worst_calib"] == both["worst"]).all()
 
@@ -330,3 +331,43 @@ def test_custom_data_tests_catch_inconsistent_rows(grid, tmp_path, test_name, ta
         assert connection.sql(compiled.read_text()).fetchall() == []
         connection.execute(tamper)
         assert len(connection.sql(compiled.read_text()).fetchall()) > 0
+
+
+def test_source_spread_matches_pandas(warehouse):
+    """mart_source_spread: per (variant, source), over every set of the source (sample counts pooled), the
+    held-out perplexity averaged over the evaluation datasets of each set and each task's acc."""
+    path, results = warehouse
+    scores = set_scores(results)
+    keys = ["variant", "calibration_source"]
+    perplexity = (scores[scores["kind"] == "perplexity"].groupby([*keys, "calib"])["value"].mean().reset_index()
+                  .assign(eval_dataset="perplexity_average", metric="perplexity"))
+    tasks = scores[(scores["kind"] == "task") & (scores["metric"] == "acc")]
+    per_set = pd.concat([perplexity, tasks[[*keys, "calib", "eval_dataset", "metric", "value"]]], ignore_index=True)
+    expected = spread_stats(per_set, [*keys, "eval_dataset", "metric"])
+    expected["sources_sets"] = expected.merge(per_set.groupby(keys)["calib"].nunique().rename("n").reset_index(),
+                                              on=keys)["n"].to_numpy()
+    both = merged(read_table(path, "select * from mart_source_spread"), expected, [*keys, "eval_dataset", "metric"])
+    assert (both["n_sets"] == both["count"]).all() and (both["source_sets"] == both["sources_sets"]).all()
+    assert_close(both["mean_value"], both["mean"])
+    assert_close(both["std_value"].fillna(-1), both["std"].fillna(-1))
+    assert_close(both["range_value"], both["max"] - both["min"])
+    assert_close(both["cv"].fillna(-1), (both["std"] / both["mean"].abs()).fillna(-1))
+    if results["n_samples"].nunique() > 1:  # the quantity study: one group holds every sample count
+        assert set(both["n_sets"]) == {2 * len(QUANTITY_COUNTS)}
+
+
+def test_every_model_and_every_column_is_described(grid):
+    """Every model of the manifest, and every column of each relation the build made, has a description
+    (schema.yml files; shared ones in models/docs.md)."""
+    import json
+
+    path, _ = grid
+    manifest = json.loads((path.parent / "target" / "manifest.json").read_text())  # written by that dbt build
+    models = {node["name"]: node for node in manifest["nodes"].values() if node["resource_type"] == "model"}
+    columns = read_table(path, "select table_name, column_name from information_schema.columns")
+    built = columns[columns["table_name"].isin(models)]
+    assert set(built["table_name"]) == set(models)  # every model was built (the views too)
+    undescribed = [name for name, node in models.items() if not node["description"].strip()]
+    undescribed += [f"{table}.{column}" for table, column in built.itertuples(index=False)
+                    if not models[table]["columns"].get(column, {}).get("description", "").strip()]
+    assert undescribed == []

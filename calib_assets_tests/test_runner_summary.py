@@ -1,30 +1,40 @@
+"""The summary `calib-assets run` and `findings` print first: mart_source_spread (dbt) laid out per method
+and source by runner.seed_spread_summary."""
+
 import math
 
 import pandas as pd
 import pytest
 
 from calib_assets.runner import seed_spread_summary
+from calib_assets_tests.findings_fixtures import _row, dbt_build, read_table, write_warehouse
+
+pytestmark = pytest.mark.xdist_group("dbt_marts")
 
 
 def _rows():
     rows = []
-    for calib, (ppl_a, ppl_b, acc) in {"web.s0": (10.0, 20.0, 0.50), "web.s1": (12.0, 22.0, 0.60),
-                                       "web.s2": (14.0, 24.0, 0.40)}.items():
-        rows += [{"method": "gptq", "calibration_source": "web", "calib": calib, "eval_dataset": "a-heldout",
-                  "metric": "perplexity", "value": ppl_a},
-                 {"method": "gptq", "calibration_source": "web", "calib": calib, "eval_dataset": "b-heldout",
-                  "metric": "perplexity", "value": ppl_b},
-                 {"method": "gptq", "calibration_source": "web", "calib": calib, "eval_dataset": "cloze",
-                  "metric": "acc", "value": acc},
-                 {"method": "gptq", "calibration_source": "web", "calib": calib, "eval_dataset": "cloze",
-                  "metric": "acc_flip_share", "value": 0.1},
-                 {"method": "gptq", "calibration_source": "web", "calib": calib, "eval_dataset": "cloze",
-                  "metric": "perplexity", "value": 5000.0}]  # the task's own perplexity: not held-out text
+    for seed, (ppl_a, ppl_b, acc) in enumerate([(10.0, 20.0, 0.50), (12.0, 22.0, 0.60), (14.0, 24.0, 0.40)]):
+        calib = f"web.s{seed}"
+        scores = [("a-heldout", "perplexity", ppl_a), ("b-heldout", "perplexity", ppl_b), ("cloze", "acc", acc),
+                  ("cloze", "acc_flip_share", 0.1),
+                  ("cloze", "perplexity", 5000.0)]  # the task's own perplexity: not held-out text
+        rows += [_row("m1.gptq-w3", "gptq", calib, "web", seed, 16, dataset, metric, value)
+                 for dataset, metric, value in scores]
     return pd.DataFrame(rows)
 
 
-def test_seed_spread_puts_task_accuracy_spread_next_to_perplexity_spread():
-    row = seed_spread_summary(_rows()).iloc[0]
+@pytest.fixture(scope="module")
+def mart(tmp_path_factory):
+    work = tmp_path_factory.mktemp("runner-summary")
+    path = write_warehouse(work, _rows())
+    completed = dbt_build(path, work)
+    assert completed.returncode == 0, completed.stdout[-5000:]
+    return read_table(path, "select * from mart_source_spread")
+
+
+def test_seed_spread_puts_task_accuracy_spread_next_to_perplexity_spread(mart):
+    row = seed_spread_summary(mart).iloc[0]
     assert (row["method"], row["source"], row["sets"]) == ("gptq", "web", 3)
     ppl = [15.0, 17.0, 19.0]  # per set: mean of the two held-out perplexities
     assert row["ppl"] == pytest.approx(17.0) and row["ppl range"] == pytest.approx(4.0)
@@ -34,8 +44,24 @@ def test_seed_spread_puts_task_accuracy_spread_next_to_perplexity_spread():
     assert not any("flip" in column for column in row.index)
 
 
-def test_seed_spread_without_tasks_or_results():
-    rows = _rows()
-    only_ppl = seed_spread_summary(rows[(rows["metric"] == "perplexity") & (rows["eval_dataset"] != "cloze")])
+def test_seed_spread_without_tasks_or_results(mart):
+    only_ppl = seed_spread_summary(mart[mart["kind"] == "perplexity_average"])
     assert list(only_ppl.columns) == ["method", "source", "sets", "ppl", "ppl range", "ppl cv%"]
-    assert seed_spread_summary(rows.iloc[0:0]).empty
+    assert seed_spread_summary(mart.iloc[0:0]).empty
+    assert seed_spread_summary(mart[mart["kind"] == "task"]).empty  # no held-out perplexity: no summary
+
+
+def test_a_method_on_several_models_gets_a_row_per_variant(mart):
+    """Before the mart, two models compressed with one method made the pandas summary raise."""
+    second = mart.assign(model="m2", variant="m2.gptq-w3", mean_value=mart["mean_value"] * 2)
+    summary = seed_spread_summary(pd.concat([second, mart], ignore_index=True))
+    assert list(summary.columns[:4]) == ["method", "variant", "source", "sets"]
+    assert list(summary["variant"]) == ["m1.gptq-w3", "m2.gptq-w3"]
+    assert list(summary["ppl"]) == pytest.approx([17.0, 34.0])
+
+
+def test_a_task_a_source_lacks_has_no_mean_and_a_range_of_0(mart):
+    other = mart[mart["kind"] == "perplexity_average"].assign(calibration_source="news")
+    summary = seed_spread_summary(pd.concat([mart, other], ignore_index=True)).set_index("source")
+    assert math.isnan(summary.loc["news", "cloze acc"]) and summary.loc["news", "cloze acc range"] == 0
+    assert math.isnan(summary.loc["news", "cloze acc cv%"])

@@ -31,6 +31,12 @@
     case when {{ sets_differ(value) }} then max({{ value }}) - min({{ value }}) else 0 end as range_value
 {%- endmacro %}
 
+{% macro coefficient_of_variation(std, mean, n_sets) -%}
+    {#- std / |mean| of a spread_statistics group: 0 when its sets do not differ, NULL for a single set or a
+        mean of 0. -#}
+    case when {{ n_sets }} > 1 and {{ mean }} <> 0 then {{ std }} / abs({{ mean }}) end
+{%- endmacro %}
+
 {% macro tie_groups(relation, partition_by, value, name) -%}
     {#- `relation` plus column `name`: within each partition, values in ascending order numbered 1, 2, ...,
         a value within float noise of the one before it keeping that one's number. Ranks computed on it

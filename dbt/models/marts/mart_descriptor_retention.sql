@@ -1,55 +1,32 @@
 -- Which properties of the calibration data go with better compressed models? One row per
 -- (model, method, variant, retention metric, descriptor): the Spearman rank correlation, over every
 -- evaluated calibration set, between the set's descriptor and the compressed model's retention.
--- Retention: the mean task accuracy (`acc`) relative to the dense model's, and the dense model's
--- perplexity relative to the compressed model's, averaged over the evaluation datasets (1 = lossless).
+-- Retention (int_retention): the task average (mean acc over the tasks) relative to the dense model's, and
+-- the dense model's perplexity relative to the compressed model's averaged over the held-out datasets
+-- (1 = lossless).
 -- Ties (values within float noise, macros/degenerate.sql) get average ranks, so rho is the Pearson
 -- correlation of the ranks; NULL when either side does not vary.
-with results as (
-    select model, method, variant, calib, eval_dataset, metric, value
-    from {{ ref('stg_eval_results') }}
-),
-
-task_means as (
-    select model, method, variant, calib, avg(value) as value
-    from results
-    where metric = 'acc'
-    group by model, method, variant, calib
-),
-
-retention as (
-    select t.model, t.method, t.variant, t.calib, 'task_accuracy' as retention_metric,
-           t.value / dense.value as retention
-    from task_means as t
-    join task_means as dense on dense.model = t.model and dense.method = 'dense'
-    where t.calib is not null and dense.value > 0
+with retention as (
+    select model, method, variant, calib, 'task_accuracy' as retention_metric, retention
+    from {{ ref('int_retention') }}
+    where calib is not null and kind = 'task_average' and metric = 'acc' and dense_value > 0
     union all
-    select p.model, p.method, p.variant, p.calib, 'perplexity' as retention_metric,
-           avg(dense.value / p.value) as retention
-    from results as p
-    join results as dense
-        on dense.model = p.model and dense.method = 'dense' and dense.eval_dataset = p.eval_dataset
-        and dense.metric = 'perplexity'
-    where p.metric = 'perplexity' and p.calib is not null
-        -- held-out text only: a task's own perplexity (e.g. the cloze's) is not a perplexity of text
-        and p.eval_dataset not in (select eval_dataset from results where metric in ('acc', 'acc_norm'))
-    group by p.model, p.method, p.variant, p.calib
+    -- held-out text only (kind 'perplexity'): a task's own perplexity (e.g. the cloze's) is not a
+    -- perplexity of text
+    select model, method, variant, calib, 'perplexity' as retention_metric, avg(retention) as retention
+    from {{ ref('int_retention') }}
+    where calib is not null and kind = 'perplexity'
+    group by model, method, variant, calib
 ),
 
 descriptors as (
     unpivot (
         select
             model, calib, calibration_source,
-            cast(token_count as double) as token_count,
-            cast(unique_tokens as double) as unique_tokens,
-            cast(type_token_ratio as double) as type_token_ratio,
-            cast(zipf_exponent as double) as zipf_exponent,
-            cast(ngram4_duplication as double) as ngram4_duplication,
-            cast(perplexity_mean as double) as perplexity_mean,
-            cast(perplexity_std as double) as perplexity_std,
-            cast(eval_ngram4_overlap as double) as eval_ngram4_overlap,
+            token_count, unique_tokens, type_token_ratio, zipf_exponent, ngram4_duplication, perplexity_mean,
+            perplexity_std, eval_ngram4_overlap,
             cast(n_short + n_boilerplate + n_non_english + n_duplicate as double) as flagged_samples
-        from {{ source('calib_descriptors', 'calibration_descriptors') }}
+        from {{ ref('stg_calibration_descriptors') }}
     )
     on token_count, unique_tokens, type_token_ratio, zipf_exponent, ngram4_duplication, perplexity_mean,
        perplexity_std, eval_ngram4_overlap, flagged_samples

@@ -7,7 +7,7 @@ with variation as (
     select
         model, method, variant, calibration_source, n_samples, kind, eval_dataset, metric,
         n_sets, mean_value, std_value,
-        case when n_sets > 1 and mean_value <> 0 then std_value / abs(mean_value) end as cv
+        {{ coefficient_of_variation('std_value', 'mean_value', 'n_sets') }} as cv
     from {{ ref('int_calibration_spread') }}
     where kind in ('perplexity', 'task', 'task_average')
 )
