@@ -26,3 +26,21 @@ def tiny_llama_factory(kv_heads: int = 2):
         return model
 
     return make
+
+
+def salient_inputs(cols: int, tokens: int = 1024, seed: int = 0, channels=(3, 17, 40),
+                   factor: float = 12) -> torch.Tensor:
+    """`correlated_inputs` with a few large-magnitude channels (`channels` scaled by `factor`)."""
+    x = correlated_inputs(cols, tokens, seed)
+    x[:, list(channels)] *= factor
+    return x
+
+
+def output_error(w: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> float:
+    """||X W^T - X Q^T||: how far the compressed weight q moves the linear's outputs on inputs x."""
+    return float(torch.linalg.norm(x @ w.T - x @ q.T))
+
+
+def float_bits(t: torch.Tensor) -> torch.Tensor:
+    """The fp32 bit patterns of a float tensor, for bit-exact comparison (-0.0 != 0.0)."""
+    return t.detach().float().contiguous().view(torch.int32)

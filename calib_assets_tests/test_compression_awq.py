@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from helpers import float_bits, output_error, salient_inputs
 
 from calib_assets.compression import (
     RTN,
@@ -28,16 +29,8 @@ from calib_assets.compression.awq import (
 
 
 def _salient_inputs(cols: int, tokens: int = 2048, seed: int = 0) -> torch.Tensor:
-    """Correlated inputs with a few large-magnitude channels."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(tokens, cols, generator=gen)
-    x = z @ (torch.randn(cols, cols, generator=gen) / cols**0.5 + 0.1 * torch.eye(cols))
-    x[:, [5, cols // 2 + 6, cols - 27]] *= 15
-    return x
-
-
-def _output_error(w, q, x):
-    return float(torch.linalg.norm(x @ w.T - x @ q.T))
+    """Correlated inputs with three large-magnitude channels spread over the width."""
+    return salient_inputs(cols, tokens, seed, channels=(5, cols // 2 + 6, cols - 27), factor=15)
 
 
 @pytest.mark.parametrize("config", [AWQConfig(group_size=32), AWQConfig(bits=3, group_size=64),
@@ -48,7 +41,7 @@ def test_awq_beats_rtn_on_salient_channels(config):
     result, s = awq_linear(w, x, config)
     effective = result.weight / s  # what the folded pair computes on the original inputs
     rtn = RTN(RTNConfig(bits=config.bits, group_size=config.group_size), w.shape).compress(w)
-    assert _output_error(w, effective, x) < 0.85 * _output_error(w, rtn.weight, x)
+    assert output_error(w, effective, x) < 0.85 * output_error(w, rtn.weight, x)
     assert result.info["awq_ratio"] > 0
     levels = max(result.weight[r, g : g + config.group_size].unique().numel()
                  for r in range(48) for g in range(0, 128, config.group_size))
@@ -92,7 +85,8 @@ def _tiny(kv_heads=2):
 
 @pytest.mark.parametrize("kv_heads, n_groups", [(2, 3), (4, 4)])  # GQA: v_proj -> o_proj skipped
 def test_folding_scales_keeps_the_block_function(kv_heads, n_groups):
-    from calib_assets.compression.engine import _capture_layer0_inputs, _output
+    from calib_assets.compression.engine import _capture_layer0_inputs
+    from calib_assets.compression.layerwise import layer_output as _output
 
     model = _tiny(kv_heads)
     layer = model.model.layers[0]
@@ -113,10 +107,6 @@ def test_folding_scales_keeps_the_block_function(kv_heads, n_groups):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _bits(t):
-    return t.detach().float().contiguous().view(torch.int32)
-
-
 LINEAR_NAMES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 NORMS = [f"model.layers.{i}.{norm}.weight" for i in range(2)
@@ -134,11 +124,11 @@ def test_compress_model_and_checkpoint_are_bit_exact(kv_heads, tmp_path):
     assert sorted(results) == sorted(linears + NORMS)
     state, base_state = model.state_dict(), base.state_dict()
     for name in linears:
-        assert torch.equal(_bits(state[f"{name}.weight"]), _bits(results[name].weight))
+        assert torch.equal(float_bits(state[f"{name}.weight"]), float_bits(results[name].weight))
         assert results[name].quantized and results[name].bits == 4
     for name in NORMS:
         assert isinstance(results[name], ExtraTensor)
-        assert torch.equal(_bits(state[name]), _bits(results[name].weight))
+        assert torch.equal(float_bits(state[name]), float_bits(results[name].weight))
         assert not torch.equal(state[name], base_state[name])  # 1/s folded in
     with torch.no_grad():
         awq_error = float((model(ids).logits - base(ids).logits).square().mean())
@@ -152,11 +142,11 @@ def test_compress_model_and_checkpoint_are_bit_exact(kv_heads, tmp_path):
     assert sorted(loaded) == sorted(results)
     for name, result in results.items():
         assert type(loaded[name]) is type(result)
-        assert torch.equal(_bits(loaded[name].weight), _bits(result.weight))
+        assert torch.equal(float_bits(loaded[name].weight), float_bits(result.weight))
     fresh = _tiny(kv_heads)
     apply_checkpoint(fresh, tmp_path / "ckpt")
     for key, tensor in fresh.state_dict().items():
-        assert torch.equal(_bits(tensor), _bits(state[key])), key
+        assert torch.equal(float_bits(tensor), float_bits(state[key])), key
 
 
 def test_extra_tensor_mismatch_is_rejected(tmp_path):
@@ -198,7 +188,7 @@ def test_fake_quantize_is_rtn_bit_for_bit():
     for config in (AWQConfig(bits=3, group_size=32), AWQConfig(bits=4, group_size=64, symmetric=True),
                    AWQConfig(bits=4, group_size=None)):
         rtn = RTN(RTNConfig(bits=config.bits, group_size=config.group_size, symmetric=config.symmetric), w.shape)
-        assert torch.equal(_bits(fake_quantize(w, config)), _bits(rtn.compress(w).weight))
+        assert torch.equal(float_bits(fake_quantize(w, config)), float_bits(rtn.compress(w).weight))
 
 
 def test_gram_forms_match_the_token_products():
@@ -230,7 +220,8 @@ def test_search_on_the_first_samples():
     too: the same scales as calls of one sample each, of which the first ones are taken whole; a limit of
     all samples or more is the full search, bit for bit."""
     from calib_assets.compression.awq import _Recorder, first_samples
-    from calib_assets.compression.engine import _capture_layer0_inputs, _run_layer
+    from calib_assets.compression.engine import _capture_layer0_inputs
+    from calib_assets.compression.layerwise import run_layer
 
     ids = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(2))
 
@@ -241,7 +232,7 @@ def test_search_on_the_first_samples():
     full = compress_model(_tiny(), ids, AWQConfig(group_size=32), batch_size=4)
     for limit in (6, 100):
         limited = compress_model(_tiny(), ids, AWQConfig(group_size=32, search_samples=limit), batch_size=4)
-        assert all(torch.equal(_bits(limited[name].weight), _bits(full[name].weight)) for name in full)
+        assert all(torch.equal(float_bits(limited[name].weight), float_bits(full[name].weight)) for name in full)
     cut = ratios(AWQConfig(group_size=32, search_samples=3), batch_size=4)  # 4 + 2: the first call cut to 3
     assert cut == ratios(AWQConfig(group_size=32, search_samples=3), batch_size=1)
     assert cut != ratios(AWQConfig(group_size=32, search_samples=1), batch_size=1)
@@ -250,7 +241,7 @@ def test_search_on_the_first_samples():
     layer = model.model.layers[0]
     inputs = _capture_layer0_inputs(model.model, ids, torch.device("cpu"), torch.float32, 4)
     recorder = _Recorder(layer, ["self_attn", "mlp"])
-    _run_layer(layer, inputs)
+    run_layer(layer, inputs)
     recorder.remove()
     def hidden_states(call):  # the [batch, tokens, hidden] tensors among a call's arguments
         args, kwargs = call

@@ -5,6 +5,8 @@ import re
 import pytest
 
 from calib_assets.compression import (
+    COMPRESSORS,
+    LAYER_COMPRESSORS,
     METHODS,
     GPTQConfig,
     MagnitudeConfig,
@@ -89,3 +91,15 @@ def test_layer_compatibility_names_layer_and_sizes():
         check_layer_compatible(WandaConfig(n=1, m=3), "model.layers.0.self_attn.q_proj", 64)
     check_layer_compatible(RTNConfig(group_size=None), "x", 7)
     check_layer_compatible(MagnitudeConfig(sparsity=0.3), "x", 7)
+
+
+def test_every_method_is_registered_with_its_layer_compressor():
+    """The engine finds each method's layer compressor in its registry (no per-method branches)."""
+    from calib_assets.compression.awq import compress_layer_awq
+    from calib_assets.compression.engine import compress_layer
+
+    assert set(LAYER_COMPRESSORS) == set(METHODS)
+    assert LAYER_COMPRESSORS["awq"] is compress_layer_awq
+    assert {method for method, fn in LAYER_COMPRESSORS.items() if fn is compress_layer} == set(COMPRESSORS)
+    for method, compressor in COMPRESSORS.items():
+        assert METHODS[method].method == method and callable(compressor)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import float_bits
 from torch import nn
 
 from calib_assets.artifacts import CorruptArtifact
@@ -25,6 +26,7 @@ from calib_assets.compression import (
     save_checkpoint,
 )
 from calib_assets.compression import checkpoint as checkpoint_module
+from calib_assets.compression.packing import PackedTensor
 from calib_assets.compression.quantizer import dequantize
 
 LINEAR_NAMES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -61,13 +63,9 @@ def calib_ids():
     return torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(1))
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().float().contiguous().view(torch.int32)  # bit-exact comparison (-0.0 != 0.0)
-
-
 def _assert_bit_equal(a: torch.Tensor, b: torch.Tensor):
     assert a.shape == b.shape
-    assert torch.equal(_bits(a), _bits(b))
+    assert torch.equal(float_bits(a), float_bits(b))
 
 
 def test_layerwise_pass_equals_full_forward(make_model, calib_ids):
@@ -252,14 +250,14 @@ def test_freed_memory_is_released_by_default_only_for_a_16_bit_model(dtype, rele
 def test_bf16_rounding_recounts_spqr_outliers(make_model, calib_ids):
     """Each SpQR result held in bf16 declares exactly the entries off its bf16 grid as outliers, and
     its bits per parameter are the paper's count for that number."""
-    from calib_assets.compression.spqr import outlier_mask, spqr_bits_per_param
+    from calib_assets.compression.spqr import grid_statistics, outlier_mask, spqr_bits_per_param
 
     config = SpQRConfig(bits=3, group_size=16, outlier_threshold=0.05)
     held, _ = _held_in_bf16_and_fp32(make_model)
     results = compress_model(held, calib_ids, config, forward_dtype=torch.float32, batch_size=4)
     assert sum(r.info["outliers"] for r in results.values()) > 0
     for name, result in results.items():
-        grid = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
+        grid = dequantize(result.codes, *grid_statistics(result), result.group_size, result.g_idx)
         off_grid = result.weight.view(torch.int16) != grid.to(torch.bfloat16).view(torch.int16)
         assert torch.equal(outlier_mask(result), off_grid)
         assert result.info["outliers"] == int(off_grid.sum()), name
@@ -276,7 +274,8 @@ def test_recount_drops_an_outlier_that_rounds_onto_its_grid():
     weight = grid.clone()
     weight[0, 1] = 0.5 + 2**-12  # an fp32 outlier: bf16 holds 8 bits of mantissa, so it rounds to 0.5
     weight[0, 3] = 1.75  # an outlier in bf16 too
-    result = CompressedLinear(weight=weight.to(torch.bfloat16), codes=codes, scales=scales, zeros=zeros,
+    result = CompressedLinear(weight=weight.to(torch.bfloat16), packed_codes=PackedTensor.pack(codes), scales=scales,
+                              zeros=zeros,
                               bits=2, group_size=4, info={"outliers": 2, "bits_per_param": 3.0})
     recount_outliers(result)
     assert result.info["outliers"] == 1

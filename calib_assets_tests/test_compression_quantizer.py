@@ -1,5 +1,7 @@
 """Quantizer, bit packing and RTN against brute-force truths."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -53,15 +55,19 @@ def test_packed_tensor_uses_the_fewest_bits_and_restores_dtype_and_shape():
 def test_results_hold_codes_and_masks_bit_packed():
     weight = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
     quantized = RTN(RTNConfig(bits=3, group_size=16), weight).compress(weight)
-    assert quantized.held("codes").data.numel() == -(-weight.numel() * 3 // 8)
-    assert quantized.codes.dtype == torch.uint8 and int(quantized.codes.max()) <= 7
-    assert torch.equal(dequantize(quantized.codes, quantized.scales, quantized.zeros, 16), quantized.weight)
+    assert isinstance(quantized.packed_codes, PackedTensor) and quantized.packed_mask is None
+    assert quantized.packed_codes.data.numel() == -(-weight.numel() * 3 // 8)
+    codes = quantized.packed_codes.unpack()
+    assert codes.dtype == torch.uint8 and int(codes.max()) <= 7
+    assert torch.equal(quantized.codes, codes)  # the read-only convenience: a fresh unpacked copy
+    assert torch.equal(dequantize(codes, quantized.scales, quantized.zeros, 16), quantized.weight)
     pruned = Magnitude(MagnitudeConfig(sparsity=0.5), weight).compress(weight)
-    assert pruned.held("mask").data.numel() == weight.numel() // 8
-    assert torch.equal(pruned.mask, pruned.weight != 0)
+    assert pruned.packed_mask.data.numel() == weight.numel() // 8 and pruned.packed_codes is None
+    assert torch.equal(pruned.packed_mask.unpack(), pruned.weight != 0)
     moved = quantized.to("cpu")
-    assert moved.held("codes") is not None and torch.equal(moved.codes, quantized.codes)
-    assert pruned.replace(info={}).held("mask") is pruned.held("mask")  # handed over, not repacked
+    assert torch.equal(moved.packed_codes.unpack(), codes)
+    # plain data: copies hand the packed fields over as they are, never unpacking or repacking them
+    assert dataclasses.replace(pruned, info={}).packed_mask is pruned.packed_mask
 
 
 def test_pack_rejects_out_of_range_codes():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import correlated_inputs
+from helpers import correlated_inputs, output_error
 
 from calib_assets.compression import (
     Magnitude,
@@ -30,10 +30,6 @@ def _sparsegpt(config, w, x):
     return _fed(SparseGPT(config, w.shape), x).compress(w)
 
 
-def _output_error(w, q, x):
-    return float(torch.linalg.norm(x @ w.T - x @ q.T))
-
-
 @pytest.mark.parametrize("params", [{"sparsity": 0.5}, {"n": 2, "m": 4}], ids=["50pct", "2of4"])
 def test_sparsegpt_beats_magnitude_and_wanda(params):
     torch.manual_seed(0)
@@ -42,9 +38,9 @@ def test_sparsegpt_beats_magnitude_and_wanda(params):
     result = _sparsegpt(SparseGPTConfig(**params, blocksize=32), w, x)
     magnitude = Magnitude(MagnitudeConfig(**params), w.shape).compress(w)
     wanda = _fed(Wanda(WandaConfig(**params), w.shape), x).compress(w)
-    error = _output_error(w, result.weight, x)
-    assert error < 0.9 * _output_error(w, magnitude.weight, x)
-    assert error < 0.9 * _output_error(w, wanda.weight, x)
+    error = output_error(w, result.weight, x)
+    assert error < 0.9 * output_error(w, magnitude.weight, x)
+    assert error < 0.9 * output_error(w, wanda.weight, x)
     assert result.info["damping_retries"] == 0 and not result.quantized
     assert torch.equal(result.weight == 0, ~result.mask)  # pruned entries exactly 0, kept ones not
     assert torch.equal(result.weight, torch.where(result.mask, result.weight, 0.0))
@@ -107,7 +103,7 @@ def test_nm_matches_naive_sparsegpt(n, m, blocksize):
     expected, keep = _naive_nm_sparsegpt(w, 2 * x.double().T @ x.double() / x.shape[0], n, m)
     assert (result.mask == keep).float().mean() > 0.98  # a near-tie may flip and move its row's later choices
     assert torch.equal(~keep, expected == 0) and torch.equal(~result.mask, result.weight == 0)
-    assert _output_error(w, result.weight, x) <= 1.02 * _output_error(w, expected, x)
+    assert output_error(w, result.weight, x) <= 1.02 * output_error(w, expected, x)
 
 
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8)])
@@ -138,7 +134,7 @@ def test_joint_quantization(bits, group, params):
             kept = result.weight[r, s : s + step][result.mask[r, s : s + step]]
             assert kept.unique().numel() <= 2**bits
     unquantized = _sparsegpt(SparseGPTConfig(**params, blocksize=32), w, x)
-    assert _output_error(w, result.weight, x) < 2 * _output_error(w, unquantized.weight, x)
+    assert output_error(w, result.weight, x) < 2 * output_error(w, unquantized.weight, x)
 
 
 def test_dead_inputs_and_broken_statistics():

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from helpers import tiny_llama_factory
+from helpers import float_bits, output_error, salient_inputs, tiny_llama_factory
 
 from calib_assets.compression import (
     RTN,
@@ -20,16 +20,7 @@ from calib_assets.compression import (
 )
 from calib_assets.compression.checkpoint import _encode
 from calib_assets.compression.quantizer import dequantize
-from calib_assets.compression.spqr import outlier_mask
-
-
-def _salient_inputs(cols: int, tokens: int = 1024, seed: int = 0) -> torch.Tensor:
-    """Correlated inputs with a few large-magnitude channels."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(tokens, cols, generator=gen)
-    x = z @ (torch.randn(cols, cols, generator=gen) / cols**0.5 + 0.1 * torch.eye(cols))
-    x[:, [3, 17, 40]] *= 12
-    return x
+from calib_assets.compression.spqr import grid_statistics, outlier_mask
 
 
 def _spqr(config, w, x):
@@ -39,14 +30,10 @@ def _spqr(config, w, x):
     return spqr.compress(w)
 
 
-def _output_error(w, q, x):
-    return float(torch.linalg.norm(x @ w.T - x @ q.T))
-
-
 @pytest.fixture(scope="module")
 def problem():
     torch.manual_seed(0)
-    return torch.randn(64, 128), _salient_inputs(128)
+    return torch.randn(64, 128), salient_inputs(128)
 
 
 @pytest.mark.parametrize("config", [SpQRConfig(), SpQRConfig(act_order=False), SpQRConfig(simplified_outliers=True),
@@ -56,7 +43,7 @@ def test_spqr_beats_rtn(config, problem):
     w, x = problem
     result = _spqr(config, w, x)
     rtn = RTN(RTNConfig(bits=config.bits, group_size=config.group_size), w.shape).compress(w)
-    assert _output_error(w, result.weight, x) < 0.9 * _output_error(w, rtn.weight, x)
+    assert output_error(w, result.weight, x) < 0.9 * output_error(w, rtn.weight, x)
     assert result.info["damping_retries"] == 0 and torch.isfinite(result.weight).all()
 
 
@@ -72,7 +59,8 @@ def test_grids_levels_and_outliers(act_order, problem):
     result = _spqr(config, w, x)
     outliers = outlier_mask(result)
     assert 0 < int(outliers.sum()) == result.info["outliers"] < 0.1 * w.numel()
-    grid = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
+    scales, zeros = grid_statistics(result)
+    grid = dequantize(result.codes, scales, zeros, result.group_size, result.g_idx)
     assert torch.equal(result.weight[~outliers], grid[~outliers])  # non-outliers: exactly their codes
     groups = _groups_of(result)
     assert torch.equal(torch.bincount(groups), torch.full((128 // 16,), 16))
@@ -83,9 +71,9 @@ def test_grids_levels_and_outliers(act_order, problem):
     # second level: within a run of qq_groupsize rows, a group's scales (zeros) take <= 2^qq_bits values
     for start in range(0, w.shape[0], config.qq_groupsize):
         for group in range(128 // 16):
-            assert result.scales[start : start + 16, group].unique().numel() <= 2**config.qq_scale_bits
-            assert result.zeros[start : start + 16, group].unique().numel() <= 2**config.qq_zero_bits
-    assert not torch.equal(result.zeros, result.zeros.round())  # zero points are not rounded (SpQR)
+            assert scales[start : start + 16, group].unique().numel() <= 2**config.qq_scale_bits
+            assert zeros[start : start + 16, group].unique().numel() <= 2**config.qq_zero_bits
+    assert not torch.equal(zeros, zeros.round())  # zero points are not rounded (SpQR)
 
 
 def test_act_order_groups_follow_hessian_diagonal(problem):
@@ -114,16 +102,39 @@ def test_first_level_statistics_are_read_back_from_the_second_level_not_held(pro
     second-level codes and grids give back by hand; the result holds no fp32 copy of them."""
     w, x = problem
     result = _spqr(SpQRConfig(bits=3, group_size=16, outlier_threshold=float("inf")), w, x)
-    assert result.held("scales") is None and result.held("zeros") is None
+    assert result.scales is None and result.zeros is None
     levels = result.second_level
     by_hand = {}
     for key, stat in levels.items():
         runs = torch.arange(stat.codes.shape[0]) // stat.groupsize
         by_hand[key] = (stat.codes.float() - stat.grid[runs, :, 1]) * stat.grid[runs, :, 0]
-    assert torch.equal(result.scales, by_hand["scales"].clamp_min(1e-9)) and torch.equal(result.zeros, by_hand["zeros"])
+    scales, zeros = grid_statistics(result)
+    assert torch.equal(scales, by_hand["scales"].clamp_min(1e-9)) and torch.equal(zeros, by_hand["zeros"])
     columns = torch.arange(w.shape[1]) // 16 if result.g_idx is None else result.g_idx.long()  # act-order
     expected = (result.codes.float() - by_hand["zeros"][:, columns]) * by_hand["scales"].clamp_min(1e-9)[:, columns]
     assert torch.equal(result.weight, expected)
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+@pytest.mark.parametrize("relative", [0.2, 0.05])
+def test_outlier_threshold_is_relative_to_the_mean_obs_spread(act_order, relative, problem):
+    """threshold = outlier_threshold * mean_j(var_i(W_ij) / U_jj^2), computed here in float64 from the
+    inputs: H = 2 X^T X / n, columns by descending diag(H) under act-order, U the upper Cholesky factor of
+    (H + percdamp * mean diag(H) I)^-1 in that order, the variance over rows unbiased."""
+    w, x = problem
+    config = SpQRConfig(act_order=act_order, outlier_threshold=relative)
+    result = _spqr(config, w, x)
+    H = 2 * x.double().T @ x.double() / x.shape[0]
+    order = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else torch.arange(w.shape[1])
+    H, W = H[order][:, order], w.double()[:, order]
+    damped = H + config.percdamp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=torch.float64)
+    U = torch.linalg.cholesky(torch.linalg.inv(damped), upper=True)
+    rows = W.shape[0]
+    variance = ((W - W.mean(dim=0)) ** 2).sum(dim=0) / (rows - 1)
+    expected = relative * float((variance / torch.diag(U) ** 2).mean())
+    assert result.info["outlier_threshold"] == pytest.approx(expected, rel=1e-4)
+    none = _spqr(SpQRConfig(act_order=act_order, outlier_threshold=float("inf")), w, x)
+    assert none.info["outlier_threshold"] is None
 
 
 def test_lower_threshold_keeps_more_outliers(problem):
@@ -131,7 +142,7 @@ def test_lower_threshold_keeps_more_outliers(problem):
     results = [_spqr(SpQRConfig(outlier_threshold=t), w, x) for t in (0.05, 0.2, 1.0, 1e6)]
     counts = [r.info["outliers"] for r in results]
     assert counts[0] > counts[1] > counts[2] >= counts[3] == 0
-    errors = [_output_error(w, r.weight, x) for r in results]
+    errors = [output_error(w, r.weight, x) for r in results]
     assert errors[0] < errors[1] < errors[3]  # the outliers kept in fp32 pay off
 
 
@@ -164,10 +175,6 @@ def tiny():
     return tiny_llama_factory()
 
 
-def _bits(t):
-    return t.detach().float().contiguous().view(torch.int32)
-
-
 def test_compress_model_and_checkpoint_are_bit_exact(tiny, tmp_path):
     ids = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(1))
     model = tiny()
@@ -175,7 +182,7 @@ def test_compress_model_and_checkpoint_are_bit_exact(tiny, tmp_path):
     assert len(results) == 14
     modules = dict(model.named_modules())
     for name, result in results.items():
-        assert torch.equal(_bits(modules[name].weight), _bits(result.weight))
+        assert torch.equal(float_bits(modules[name].weight), float_bits(result.weight))
         assert result.g_idx is not None and result.info["bits_per_param"] > 3.625
     assert sum(r.info["outliers"] for r in results.values()) > 0
 
@@ -184,14 +191,14 @@ def test_compress_model_and_checkpoint_are_bit_exact(tiny, tmp_path):
         sum(r.info["outliers"] for r in results.values())
     loaded, _ = load_checkpoint(tmp_path / "ckpt")
     for name, result in results.items():
-        assert torch.equal(_bits(loaded[name].weight), _bits(result.weight))
+        assert torch.equal(float_bits(loaded[name].weight), float_bits(result.weight))
         assert torch.equal(loaded[name].codes, result.codes)
         assert torch.equal(loaded[name].g_idx, result.g_idx)
     fresh = tiny()
     apply_checkpoint(fresh, tmp_path / "ckpt")
     compressed = model.state_dict()
     for key, tensor in fresh.state_dict().items():
-        assert torch.equal(_bits(tensor), _bits(compressed[key])), key
+        assert torch.equal(float_bits(tensor), float_bits(compressed[key])), key
 
 
 def _paper_bytes(config, rows, cols, outliers):
@@ -221,8 +228,10 @@ def test_size_on_disk_matches_bits_accounting(config, problem, tmp_path):
     assert 8 * _paper_bytes(config, rows, cols, outliers) / w.numel() == pytest.approx(paper_bits)
     assert manifest["bits_per_param"] - paper_bits == pytest.approx(8 * overhead / w.numel())
     loaded, _ = load_checkpoint(tmp_path / "ckpt")
-    assert torch.equal(_bits(loaded["layer"].weight), _bits(result.weight))
-    assert torch.equal(loaded["layer"].scales, result.scales) and torch.equal(loaded["layer"].zeros, result.zeros)
+    assert torch.equal(float_bits(loaded["layer"].weight), float_bits(result.weight))
+    assert loaded["layer"].scales is None and loaded["layer"].zeros is None  # the second level stands for them
+    for mine, theirs in zip(grid_statistics(loaded["layer"]), grid_statistics(result)):
+        assert torch.equal(mine, theirs)
 
 
 def test_second_level_grids_are_fp16_and_outliers_fp16(problem):

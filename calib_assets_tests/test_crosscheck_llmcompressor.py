@@ -134,7 +134,7 @@ def test_wanda_masks_match_llmcompressor(fixed_set, tmp_path, monkeypatch):
         row = 0
         while row < stacked.shape[0]:
             name = next(names)
-            rows = ours[name].mask.shape[0]
+            rows = ours[name].packed_mask.unpack().shape[0]
             score_of[name] = stacked[row : row + rows]
             row += rows
     assert set(score_of) == set(ours)
@@ -146,7 +146,7 @@ def test_wanda_masks_match_llmcompressor(fixed_set, tmp_path, monkeypatch):
     for layer in sorted({layer_of(n) for n in ours}):
         for name in [n for n in ours if layer_of(n) == layer]:
             relevant = original[name] != 0
-            differ = (ours[name].mask != theirs[name]) & relevant
+            differ = (ours[name].packed_mask.unpack() != theirs[name]) & relevant
             count = int(differ.sum())
             if first_divergent is None or first_divergent == layer:
                 for row, col in differ.nonzero().tolist():
@@ -156,7 +156,7 @@ def test_wanda_masks_match_llmcompressor(fixed_set, tmp_path, monkeypatch):
                     window = slice(start, start + config.m)
                     assert gap < NEAR_TIE, (
                         f"{name}[{row}, {col}]: masks differ where the inputs are identical and the scores "
-                        f"are not a near-tie (relative gap {gap:.3g}): ours {ours[name].mask[row, window].tolist()}, "
+                        f"are not a near-tie (relative gap {gap:.3g}): ours {ours[name].packed_mask.unpack()[row, window].tolist()}, "
                         f"llm-compressor {theirs[name][row, window].tolist()}, scores {group.tolist()}"
                     )
                 if count:
@@ -204,7 +204,7 @@ def same_decision(method: str, ours, theirs: torch.Tensor, original: torch.Tenso
     if method == "gptq":
         step = ours.scales.repeat_interleave(PARAMS["gptq"]["group_size"], dim=1)
         return (ours.weight - theirs).abs() < 0.5 * step
-    return (ours.mask == (theirs != 0)) | (original == 0)
+    return (ours.packed_mask.unpack() == (theirs != 0)) | (original == 0)
 
 
 @pytest.mark.parametrize("method", ["gptq", "sparsegpt"])

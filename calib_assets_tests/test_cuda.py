@@ -23,6 +23,7 @@ from calib_assets.compression import (
     compress_model,
     layerwise_hidden_states,
 )
+from calib_assets.compression.packing import unpacked
 from calib_assets.compression.quantizer import dequantize
 from helpers import tiny_llama_factory
 
@@ -85,21 +86,22 @@ def test_each_method_on_cuda_matches_its_cpu_run(config, make_model, calib_ids):
         assert close < 0.05, f"{name}: relative difference {close:.3f} from the CPU run"
         if isinstance(result, ExtraTensor):
             continue
+        codes, mask = unpacked(result.packed_codes), unpacked(result.packed_mask)
         # decisions, not float values: grids fitted on updated weights differ in their last bits
-        decisions = [(result.codes, reference.codes)] if result.quantized else []
-        decisions += [(result.mask, reference.mask)] if result.pruned else []
+        decisions = [(codes, reference.packed_codes.unpack())] if result.quantized else []
+        decisions += [(mask, reference.packed_mask.unpack())] if result.pruned else []
         assert decisions, name
         for mine, theirs in decisions:
             same = (mine == theirs).float().mean()
             assert same >= 0.97, f"{name}: only {same:.1%} of the decisions equal the CPU run's"
-        if result.mask is not None and getattr(config, "n", None):  # N:M: exactly n zeros in every m
-            zeros = (~result.mask).reshape(result.mask.shape[0], -1, config.m).sum(-1)
+        if mask is not None and getattr(config, "n", None):  # N:M: exactly n zeros in every m
+            zeros = (~mask).reshape(mask.shape[0], -1, config.m).sum(-1)
             assert torch.all(zeros == config.n)
         if result.quantized and result.second_level is None:  # SpQR's weight differs at its outliers
-            assert int(result.codes.max()) < 2**result.bits
-            levels = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
+            assert int(codes.max()) < 2**result.bits
+            levels = dequantize(codes, result.scales, result.zeros, result.group_size, result.g_idx)
             if result.pruned:  # SparseGPT with joint quantization: pruned weights are exactly 0
-                levels = levels * result.mask
+                levels = levels * mask
             assert torch.equal(levels, result.weight), name
 
 

@@ -29,6 +29,20 @@ def test_perplexity_matches_a_token_by_token_computation(tiny_model_folder):
     assert result.perplexity == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("length", [256, 255, 257])  # 4 windows of 64 exactly, one token short, one over
+def test_a_stream_of_whole_windows_scores_its_last_window(tiny_model_folder, length):
+    model, tokenizer = load_model(tiny_model_folder)
+    stream = heldout_token_stream(["the quick brown fox " * 20, "jumps over the lazy dog " * 20], tokenizer, length)
+    assert len(stream) == length
+    seq_len = 64
+    starts = [start for start in range(len(stream)) if start + seq_len <= len(stream) and start % seq_len == 0]
+    result = perplexity(model, stream, seq_len=seq_len, batch_size=3)
+    expected, count = _reference_perplexity(model, stream, seq_len)
+    assert result.n_windows == len(starts) == (4 if length >= 256 else 3)
+    assert result.n_tokens == count == len(starts) * (seq_len - 1)
+    assert result.perplexity == pytest.approx(expected, rel=1e-5)
+
+
 def test_heldout_stream_joins_documents_with_eos_and_stops_at_max_tokens():
     tokenizer = byte_level_tokenizer()
     stream = heldout_token_stream(["ab", "cd", "ef"], tokenizer, max_tokens=5)

@@ -1,14 +1,17 @@
 """Post-training compression: typed method configs, per-linear compressors, the layer-wise engine and
 compressed checkpoints. Plain Python + torch (transformers and safetensors imported where used).
+
+Modules, each importing only those before it: packing, config, attention -> result -> quantizer ->
+obs (the second-order machinery), layerwise -> the methods (rtn, magnitude, wanda, gptq, sparsegpt, spqr,
+awq) -> engine -> checkpoint -> export (`calib_assets_tests/test_compression_imports.py` checks it).
 """
 
 from __future__ import annotations
 
 from .awq import AWQConfig, compress_layer_awq
-from .checkpoint import ExtraTensor, apply_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import apply_checkpoint, load_checkpoint, save_checkpoint
 from .config import (
     METHODS,
-    CompressedLinear,
     GPTQConfig,
     MagnitudeConfig,
     MethodConfig,
@@ -20,6 +23,7 @@ from .config import (
 )
 from .engine import (
     COMPRESSORS,
+    LAYER_COMPRESSORS,
     compress_model,
     compressible_linears,
     layerwise_hidden_states,
@@ -28,6 +32,7 @@ from .engine import (
 from .export import export_hf_folder
 from .gptq import GPTQ
 from .magnitude import Magnitude
+from .result import CompressedLinear, ExtraTensor
 from .rtn import RTN
 from .sparsegpt import SparseGPT
 from .spqr import SpQR, SpQRConfig, spqr_bits_per_param
@@ -41,6 +46,7 @@ __all__ = [
     "compress_layer_awq",
     "spqr_bits_per_param",
     "COMPRESSORS",
+    "LAYER_COMPRESSORS",
     "METHODS",
     "CompressedLinear",
     "GPTQ",

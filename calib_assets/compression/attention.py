@@ -1,10 +1,9 @@
 """Causal self-attention computed by blocks of queries, for the engine's calibration passes on a CPU in bf16.
 
-PyTorch's CPU flash-attention kernel is slow in 16 bits: one SmolLM2 layer's attention over 4 x 512 tokens
-took 23.3 ms in bf16, about 30% of the layer's forward. As batched matmuls over 8 blocks of queries, each
-block reading only the keys up to its last query (the causal mask hides the rest), it took 10.1 ms; 17.0
-against 41.9 ms at 8 x 512 tokens, 58.8 against 83.0 ms at 2 x 2,048 (best of 6, docs/benchmarks.md). In
-fp32 PyTorch's kernel was as fast or faster at 2,048 tokens, so fp32 passes keep it. The math is eager
+PyTorch's CPU flash-attention kernel is slow in 16 bits (about 30% of a SmolLM2 layer's bf16 forward).
+Batched matmuls over 8 blocks of queries, each block reading only the keys up to its last query (the
+causal mask hides the rest), are faster at every measured shape (docs/benchmarks.md). In fp32
+PyTorch's kernel was as fast or faster at 2,048 tokens, so fp32 passes keep it. The math is eager
 attention's, rounding for rounding: scores and their scaling in the forward dtype, the softmax computed in
 fp32 and rounded once to the forward dtype for the weighted sum. The query heads that share a key/value
 head (grouped-query attention) are stacked into one matmul instead of repeating the keys.

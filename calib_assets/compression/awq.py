@@ -43,9 +43,10 @@ import torch
 from torch import nn
 
 from ..compute import fp32_matmuls_on_bf16_units, on_bf16_units
-from .checkpoint import ExtraTensor
-from .config import AWQConfig, CompressedLinear, check_finite
+from .config import AWQConfig, check_finite
+from .layerwise import advance, leading_samples, load, on_device, run_layer, share_result_weights
 from .quantizer import fit_params, quantize_grouped, quantized_linear
+from .result import CompressedLinear, ExtraTensor
 
 CLIP_ELEMENTS = 1 << 23  # trial weights (shrink steps x rows x cols) held at once by the clip search
 NO_CLIP = ("q_proj", "k_proj")
@@ -242,8 +243,6 @@ class _Recorder:
 
 def first_samples(calls: list[tuple[tuple, dict]], batches: list[int], limit: int | None) -> list[tuple[tuple, dict]]:
     """The recorded calls (one per batch, of `batches[i]` samples) cut to their first `limit` samples."""
-    from .engine import leading_samples
-
     if limit is None:
         return calls
     kept = []
@@ -271,11 +270,9 @@ def compress_layer_awq(
     groups: Any = None,  # the engine's shared-input groups: unused, AWQ has its own `scale_groups`
     release: Callable[[], object] = lambda: None,
 ) -> dict[str, CompressedLinear]:
-    """AWQ of one decoder layer; same contract as engine._compress_layer (advances `inputs` in place when
-    `rerun`; `release` after each group's search). Returns full linear name -> CompressedLinear, and full
+    """AWQ of one decoder layer, a `layerwise.LayerCompressor` (advances `inputs` in place when `rerun`;
+    `release` after each group's search). Returns full linear name -> CompressedLinear, and full
     parameter name -> ExtraTensor for each folded norm weight (and bias)."""
-    from .engine import _load, _on_device, _run_layer, advance, share_result_weights
-
     if inputs is None:
         raise ValueError("AWQ needs calibration inputs (got None)")
     start = time.perf_counter()
@@ -283,10 +280,10 @@ def compress_layer_awq(
     linears = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
     plan = scale_groups(layer)
     results: dict[str, CompressedLinear] = {}
-    with _on_device(layer, device, forward_dtype) as master:
+    with on_device(layer, device, forward_dtype) as master:
         recorder = _Recorder(layer, [g.inspect for g in plan if g.inspect not in g.linears])
         try:
-            _run_layer(layer, inputs)
+            run_layer(layer, inputs)
         finally:
             recorder.remove()
 
@@ -328,7 +325,7 @@ def compress_layer_awq(
                     if key in master:
                         results[f"{prefix}.{key}"] = ExtraTensor(weight=master[key].detach().cpu().clone(),
                                                                  info={"awq_folded": True})
-        _load(layer, master, device, forward_dtype)
+        load(layer, master, device, forward_dtype)
         if rerun:
             advance(layer, inputs)
     share_result_weights(layer, prefix, results)

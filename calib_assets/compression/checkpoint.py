@@ -26,7 +26,6 @@ written into a model of that dtype).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +34,16 @@ import torch
 from torch import nn
 
 from ..artifacts import atomic_dir, check_contents, read_json, sha256_files, write_json
-from .config import CompressedLinear, QuantizedStatistic, held_precision
 from .magnitude import apply_mask
-from .packing import pack_codes, unpack_codes
-from .quantizer import dequantize
-from .spqr import outlier_mask, spqr_statistics
+from .packing import PackedTensor, pack_codes, packed, unpack_codes
+from .quantizer import dequantize, off_grid
+from .result import CompressedLinear, ExtraTensor, QuantizedStatistic, held_precision
+from .spqr import spqr_statistics
 
 TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 EXTRA_PREFIX = "extra/"
-
-
-@dataclass
-class ExtraTensor(CompressedLinear):
-    """A full-precision tensor a method changed besides the linears' weights (e.g. AWQ's folded norm
-    weights), keyed in a results dict by its full parameter name; only `weight` (any shape) and `info`."""
 
 
 def save_checkpoint(path: str | Path, compressed: dict[str, CompressedLinear], manifest: dict[str, Any]) -> dict:
@@ -153,24 +146,25 @@ def _encode(name: str, c: CompressedLinear) -> tuple[dict[str, torch.Tensor], di
     summary: dict[str, Any] = {"shape": [rows, cols], "params": rows * cols, "pruned": 0,
                                "info": dict(c.info)}
     stored: dict[str, torch.Tensor] = {}
-    if c.codes is not None:
-        zeros = c.zeros.detach().cpu().float()
-        as_bytes = zeros.round().clamp(0, 255)
-        compact = bool(torch.equal(as_bytes, zeros))
-        stored[f"{name}.codes"] = pack_codes(c.codes.cpu(), c.bits)
+    codes = None if c.packed_codes is None else c.packed_codes.unpack().cpu()
+    mask = None if c.packed_mask is None else c.packed_mask.unpack().cpu().bool()
+    if codes is not None:
+        stored[f"{name}.codes"] = pack_codes(codes, c.bits)
         if c.second_level is not None:
             stored.update(_second_level(name, c, summary))
         else:
+            zeros = c.zeros.detach().cpu().float()
+            as_bytes = zeros.round().clamp(0, 255)
+            compact = bool(torch.equal(as_bytes, zeros))
             stored[f"{name}.scales"] = c.scales.detach().cpu().float().contiguous()
             stored[f"{name}.zeros"] = (as_bytes.to(torch.uint8) if compact else zeros).contiguous()
         if c.g_idx is not None:
             stored[f"{name}.g_idx"] = c.g_idx.detach().to("cpu", _index_dtype(int(c.g_idx.max()) + 1), copy=True)
         summary.update(format="quantized", bits=c.bits, group_size=c.group_size)
-        stored.update(_outliers(name, c, weight, stored, summary))
-    if c.mask is not None:
-        mask = c.mask.detach().cpu().bool()
+        stored.update(_outliers(name, c, codes, mask, weight, stored, summary))
+    if mask is not None:
         stored[f"{name}.mask"] = torch.from_numpy(np.packbits(mask.numpy().reshape(-1)))
-        if c.codes is None:
+        if codes is None:
             stored[f"{name}.values"] = weight[mask].contiguous()
             summary["format"] = "pruned"
         summary["pruned"] = int((~mask).sum())
@@ -204,43 +198,41 @@ def _decode(name: str, summary: dict[str, Any], tensors: dict[str, torch.Tensor]
         index = _outlier_index(name, tensors, cols)
         if index is not None:
             weight = weight.reshape(-1).index_put((index,), tensors[f"{name}.outlier_values"].float()).view(rows, cols)
-        held = {} if second_level is not None else {"scales": scales, "zeros": zeros}  # SpQR: read back
-        return CompressedLinear(weight=weight, codes=codes, bits=summary["bits"], group_size=summary["group_size"],
-                                mask=mask, g_idx=g_idx, info=summary.get("info", {}), second_level=second_level,
-                                **held)
+        held = {} if second_level is not None else {"scales": scales, "zeros": zeros}  # SpQR: second_level
+        stream = PackedTensor(tensors[f"{name}.codes"], codes.shape, codes.dtype, summary["bits"])  # as stored
+        return CompressedLinear(weight=weight, packed_codes=stream, bits=summary["bits"],
+                                group_size=summary["group_size"], packed_mask=packed(mask), g_idx=g_idx,
+                                info=summary.get("info", {}), second_level=second_level, **held)
     if summary["format"] == "pruned":
         weight = torch.zeros(rows, cols, dtype=torch.float32)
         weight[mask] = tensors[f"{name}.values"].float()
-        return CompressedLinear(weight=weight, mask=mask, info=summary.get("info", {}))
+        return CompressedLinear(weight=weight, packed_mask=packed(mask), info=summary.get("info", {}))
     if summary["format"] == "dense":
         return CompressedLinear(weight=tensors[f"{name}.weight"].float(), info=summary.get("info", {}))
     raise ValueError(f"layer {name!r}: unknown stored format {summary['format']!r}")
 
 
-def _outliers(name: str, c: CompressedLinear, weight: torch.Tensor, stored: dict[str, torch.Tensor],
-              summary: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _outliers(name: str, c: CompressedLinear, codes: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor,
+              stored: dict[str, torch.Tensor], summary: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The entries where `weight` differs (bitwise) from what the stored codes give back, as (index, value);
     their number must be the result's declared `info["outliers"]` (0 unless the method keeps outliers)."""
     if c.second_level is not None:
         scales, zeros = spqr_statistics({key: stat.to("cpu") for key, stat in c.second_level.items()})
     else:
         scales, zeros = stored[f"{name}.scales"], stored[f"{name}.zeros"].float()
-    grid = CompressedLinear(weight=weight, codes=c.codes.cpu(), scales=scales, zeros=zeros,
-                            group_size=c.group_size, g_idx=stored.get(f"{name}.g_idx"),
-                            mask=None if c.mask is None else c.mask.detach().cpu().bool())
-    off_grid = outlier_mask(grid).reshape(-1)
-    count, declared = int(off_grid.sum()), int(c.info.get("outliers", 0))
+    differs = off_grid(weight, codes, scales, zeros, c.group_size, stored.get(f"{name}.g_idx"), mask).reshape(-1)
+    count, declared = int(differs.sum()), int(c.info.get("outliers", 0))
     if count != declared:
         raise ValueError(f"layer {name!r}: the weight differs from its dequantized codes at {count} entries, "
                          f"but the result declares {declared} outliers")
     if not count:
         return {}
     rows, cols = weight.shape
-    index = off_grid.nonzero().squeeze(1)  # row-major order
+    index = differs.nonzero().squeeze(1)  # row-major order
     values = weight.reshape(-1)[index].float().contiguous()
     as_fp16 = values.half()
     summary["outliers"] = count
-    return {f"{name}.outlier_counts": off_grid.view(rows, cols).sum(dim=1).to(_index_dtype(cols + 1)),
+    return {f"{name}.outlier_counts": differs.view(rows, cols).sum(dim=1).to(_index_dtype(cols + 1)),
             f"{name}.outlier_cols": (index % cols).to(_index_dtype(cols)),
             f"{name}.outlier_values": as_fp16 if torch.equal(as_fp16.float(), values) else values}
 
@@ -262,10 +254,11 @@ def _index_dtype(bound: int) -> torch.dtype:
 
 
 def _second_level(name: str, c: CompressedLinear, summary: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """SpQR's quantized statistics: packed codes and fp16 grids; they must give back `c.scales`/`c.zeros`."""
+    """SpQR's quantized statistics: packed codes and fp16 grids; they must give back `c.scales`/`c.zeros`
+    where the result holds them."""
     levels = {key: stat.to("cpu") for key, stat in c.second_level.items()}
     for key, value in zip(("scales", "zeros"), spqr_statistics(levels)):
-        held = c.held(key)  # None: read back from the second level, which reproduces it by construction
+        held = getattr(c, key)  # None: SpQR's own results, which the second level reproduces by construction
         if held is not None and not torch.equal(value, held.detach().cpu().float()):
             raise ValueError(f"layer {name!r}: the second-level codes do not reproduce its {key}")
     stored = {}

@@ -1,4 +1,5 @@
-"""Typed, validated configurations of the compression methods, the method registry, and the result type.
+"""Typed, validated configurations of the compression methods (`METHODS`: name -> config class), and the
+input checks every compressor shares. Imports nothing else of the package.
 
 A config is a frozen dataclass validated on construction; `label()` is a short id made of [a-z0-9-]
 that is safe in a Dagster partition key ("gptq-w3g64", "rtn-w4", "wanda-2of4", "magnitude-50pct").
@@ -7,12 +8,10 @@ that is safe in a Dagster partition key ("gptq-w3g64", "rtn-w4", "wanda-2of4", "
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-
-from .packing import PackedField, PackedTensor
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -290,7 +289,7 @@ class AWQConfig(_QuantConfig):
     search_samples: int | None = None
 
     method: ClassVar[str] = "awq"
-    row_independent: ClassVar[bool] = False  # the engine runs awq.compress_layer_awq per decoder layer
+    row_independent: ClassVar[bool] = False  # AWQ compresses a whole decoder layer (awq.compress_layer_awq)
     needs_calibration: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -361,112 +360,6 @@ def check_layer_compatible(config: MethodConfig, layer_name: str, in_features: i
         )
 
 
-class SecondLevelField:
-    """A result's `scales` or `zeros`: held as given; when not given and the result has SpQR's
-    second-level statistics, dequantized from them on each read. They are exact functions of those codes
-    and grids, and holding them as well would cost 8 bytes per group of 16 weights, half again the codes."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name, self.private = name, f"_{name}_held"
-
-    def __get__(self, obj, owner=None) -> torch.Tensor | None:
-        if obj is None:
-            return None  # class access: the field's default
-        held = obj.__dict__.get(self.private)
-        if held is None and obj.second_level is not None and self.name in obj.second_level:
-            from .spqr import spqr_statistic
-
-            return spqr_statistic(obj.second_level, self.name)
-        return held
-
-    def __set__(self, obj, value: torch.Tensor | None) -> None:
-        obj.__dict__[self.private] = value
-
-    def held(self, obj) -> torch.Tensor | None:
-        return obj.__dict__.get(self.private)
-
-
-HELD_FIELDS = ("codes", "scales", "zeros", "mask")  # held packed or derived: see CompressedLinear.held
-
-
-@dataclass
-class CompressedLinear:
-    """What a compressor produced for one linear.
-
-    `weight` is the dense effective weight: fp32 as a compressor returns it; the engine rounds it once to
-    the model's dtype when the model is held in bf16 or fp16. When quantized, `dequantize(codes, scales,
-    zeros, group_size, g_idx)`, cast to `weight`'s dtype, reproduces `weight` bit for bit (SpQR: except at
-    its outliers); when pruned, `mask` (True = kept) marks the kept entries. Codes and mask are held
-    bit-packed (`packing.PackedField`): reading either unpacks a fresh tensor. SpQR's `scales` and
-    `zeros` are not held but dequantized from `second_level` on each read (`SecondLevelField`).
-    """
-
-    weight: torch.Tensor
-    codes: torch.Tensor | None = PackedField()
-    scales: torch.Tensor | None = SecondLevelField()
-    zeros: torch.Tensor | None = SecondLevelField()
-    bits: int | None = None
-    group_size: int | None = None
-    mask: torch.Tensor | None = PackedField()
-    g_idx: torch.Tensor | None = None  # int32 [in_features]: column -> group (act-order); None: j // group_size
-    info: dict[str, Any] = field(default_factory=dict)
-    # SpQR: `scales` and `zeros` are themselves quantized; their codes and grids (see QuantizedStatistic)
-    second_level: dict[str, QuantizedStatistic] | None = None
-
-    @property
-    def quantized(self) -> bool:
-        return self.held("codes") is not None
-
-    @property
-    def pruned(self) -> bool:
-        return self.held("mask") is not None
-
-    def held(self, name: str) -> Any:
-        """A field as held, without unpacking or deriving it: the `PackedTensor` of `codes` or `mask`;
-        `scales` or `zeros` when given (None when derived from `second_level`)."""
-        return type(self).__dict__[name].held(self)
-
-    def replace(self, **changes: Any) -> CompressedLinear:
-        """`dataclasses.replace` that hands the packed and derived fields over as they are held."""
-        kept = {name: self.held(name) for name in HELD_FIELDS if name not in changes}
-        return dataclasses.replace(self, **kept, **changes)
-
-    def to(self, device: torch.device | str) -> CompressedLinear:
-        def move(t: torch.Tensor | PackedTensor | None) -> torch.Tensor | PackedTensor | None:
-            return None if t is None else t.to(device)
-
-        return self.replace(
-            weight=self.weight.to(device),
-            g_idx=move(self.g_idx),
-            **{name: move(self.held(name)) for name in HELD_FIELDS},
-            second_level=None if self.second_level is None
-            else {key: stat.to(device) for key, stat in self.second_level.items()},
-        )
-
-
-def held_precision(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` in the precision a result holds it: as is in fp32, bf16 or fp16 (a model held in a 16-bit
-    dtype), else as fp32."""
-    return weight if weight.dtype in (torch.float32, torch.bfloat16, torch.float16) else weight.float()
-
-
-@dataclass
-class QuantizedStatistic:
-    """A per-(row, group) statistic [rows, groups] quantized on its own min/max grids (SpQR's second level).
-
-    Each run of `groupsize` rows of a column group has one grid, whose scale and zero point are
-    fp16-representable (held as fp32): value = (code - zero) * scale, see `quantizer.dequantize_statistic`.
-    """
-
-    codes: torch.Tensor  # uint8 [rows, groups], in 0..2^bits - 1
-    grid: torch.Tensor  # fp32 [ceil(rows / groupsize), groups, 2]: (scale, zero) of each grid
-    bits: int
-    groupsize: int
-
-    def to(self, device: torch.device | str) -> QuantizedStatistic:
-        return dataclasses.replace(self, codes=self.codes.to(device), grid=self.grid.to(device))
-
-
 class DataFree:
     """Base of the calibration-free compressors: they see the weights only."""
 
@@ -497,8 +390,8 @@ def check_finite_statistic(what: str, statistic: torch.Tensor, source: torch.Ten
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
-    """No NaN or Inf in `tensor`: one min/max pass (NaN propagates to both, an Inf shows in one), about
-    10x faster than materializing torch.isfinite's mask."""
+    """No NaN or Inf in `tensor`: one min/max pass (NaN propagates to both, an Inf shows in one), faster
+    than materializing torch.isfinite's mask (docs/benchmarks.md)."""
     if tensor.numel() == 0:
         return True
     low, high = torch.aminmax(tensor)

@@ -9,6 +9,10 @@
 
 Compression errors thus compound the way they do at inference: layer k is calibrated on the outputs of
 the already-compressed layers 0..k-1.
+
+Each method is registered in `LAYER_COMPRESSORS` with the function that compresses one decoder layer:
+`compress_layer` (one per-linear compressor of `COMPRESSORS` per linear, or per group of linears reading
+the same input) for most, AWQ's own for AWQ, which scales and folds across a layer's linears.
 """
 
 from __future__ import annotations
@@ -23,19 +27,33 @@ from torch import nn
 
 from .attention import calibration_attention
 from .awq import compress_layer_awq
-from .config import CompressedLinear, MethodConfig, check_layer_compatible
+from .config import MethodConfig, check_layer_compatible
 from .gptq import GPTQ
+from .layerwise import (
+    LayerCompressor,
+    LayerInputs,
+    StopForward,
+    advance,
+    device_of,
+    floating_state,
+    leading_samples,
+    load,
+    on_device,
+    run_layer,
+    share_result_weights,
+)
 from .magnitude import Magnitude
+from .packing import packed, unpacked
+from .result import CompressedLinear
 from .rtn import RTN
 from .sparsegpt import SparseGPT
 from .spqr import SpQR, recount_outliers
 from .wanda import Wanda
 
 COMPRESSORS: dict[str, type] = {"rtn": RTN, "magnitude": Magnitude, "wanda": Wanda, "gptq": GPTQ,
-                                "sparsegpt": SparseGPT, "spqr": SpQR}
+                                "sparsegpt": SparseGPT, "spqr": SpQR}  # method -> per-linear compressor
 
 Progress = Callable[[int, int, str], None]
-LayerInputs = list[tuple[torch.Tensor, dict[str, Any]]]  # one (hidden_states, kwargs) per batch
 
 
 def make_compressor(config: MethodConfig, layer: Any):
@@ -80,7 +98,7 @@ def compress_model(
     reuse_freed_memory()
     decoder = _decoder(model)
     if release_memory is None:
-        release_memory = any(t.element_size() < 4 for t in _floating_state(decoder.layers[0]).values())
+        release_memory = any(t.element_size() < 4 for t in floating_state(decoder.layers[0]).values())
     release = release_freed_memory if release_memory else lambda: None
     release()  # e.g. what loading the model left behind
     linears = compressible_linears(model)
@@ -101,12 +119,12 @@ def compress_model(
             stack.enter_context(calibration_attention(model))
         total = len(decoder.layers)
         groups = None  # linears sharing an input: found on layer 0, the same in every decoder layer
-        layer_fn = compress_layer_awq if config.method == "awq" else _compress_layer  # AWQ works per block
+        layer_fn = LAYER_COMPRESSORS[config.method]
         for index, layer in enumerate(decoder.layers):
             layer_prefix = f"{prefix}layers.{index}"
             rerun = index < total - 1  # the last layer's outputs are not needed
             if groups is None and inputs is not None and config.row_independent:
-                with _on_device(layer, device, forward_dtype):
+                with on_device(layer, device, forward_dtype):
                     groups = _groups_sharing_input(layer, inputs)
             results.update(
                 layer_fn(layer, layer_prefix, inputs, config, device, forward_dtype, rerun, groups, release=release)
@@ -138,14 +156,14 @@ def layerwise_hidden_states(
         inputs = _capture_layer0_inputs(decoder, input_ids, device, forward_dtype, batch_size)
         with calibration_attention(model):
             for layer in decoder.layers:
-                with _on_device(layer, device, forward_dtype):
+                with on_device(layer, device, forward_dtype):
                     advance(layer, inputs)
     norm = _final_norm(decoder)
     out_device = norm.weight.device if norm is not None else torch.device("cpu")
     return torch.cat([hidden for hidden, _ in inputs]).to(out_device)
 
 
-def _compress_layer(
+def compress_layer(
     layer: nn.Module,
     prefix: str,
     inputs: LayerInputs | None,
@@ -173,7 +191,7 @@ def _compress_layer(
     staged = inputs is not None and getattr(config, "true_sequential", False)
     stages = [[group] for group in groups] if staged else [groups]
     results: dict[str, CompressedLinear] = {}
-    with _on_device(layer, device, forward_dtype) as master:
+    with on_device(layer, device, forward_dtype) as master:
         for stage in stages:
             compressors = {group[0]: _stacked_compressor(config, [linears[n] for n in group]) for group in stage}
             if inputs is not None:
@@ -183,35 +201,17 @@ def _compress_layer(
             for group in stage:
                 results.update(_compress_group(compressors.pop(group[0]), group, master, prefix))
                 release()
-            _load(layer, master, device, forward_dtype)  # the next stage (or rerun) sees this one compressed
+            load(layer, master, device, forward_dtype)  # the next stage (or rerun) sees this one compressed
         if inputs is not None and rerun:
             advance(layer, inputs)
-    share_result_weights(layer, prefix, results)
+    share_result_weights(layer, prefix, results, on_rounded=recount_outliers)
     return results
 
 
-def share_result_weights(layer: nn.Module, prefix: str, results: dict) -> None:
-    """Once a layer is back home, each compressed linear and its result hold one weight tensor, not two.
-
-    - The model holds the result's dtype: the parameter becomes the result's weight where the two hold the
-      same values in the same place (a CUDA run copies both back to the host, and the model would otherwise
-      end up with every compressed weight twice in host memory).
-    - The model is held in a lower precision (bf16, fp16): the result takes the parameter, which is its fp32
-      weight rounded once to that dtype, and the fp32 copy is dropped. Its codes stay exact; SpQR's outliers
-      are counted again, since rounding can land an outlier on its grid value.
-    """
-    for name, module in layer.named_modules():
-        key = f"{prefix}.{name}"
-        result = results.get(key)
-        if not isinstance(module, nn.Linear) or not isinstance(result, CompressedLinear):
-            continue
-        weight = module.weight
-        if weight.dtype != result.weight.dtype and weight.element_size() < result.weight.element_size():
-            results[key] = result.replace(weight=weight.detach(), info=dict(result.info))
-            recount_outliers(results[key])
-        elif (weight.data_ptr() != result.weight.data_ptr() and weight.dtype == result.weight.dtype
-                and weight.device == result.weight.device and torch.equal(weight, result.weight)):
-            weight.data = result.weight
+LAYER_COMPRESSORS: dict[str, LayerCompressor] = {
+    **{method: compress_layer for method in COMPRESSORS},
+    "awq": compress_layer_awq,  # AWQ scales and folds across the linears of a layer
+}  # method -> the function that compresses one decoder layer
 
 
 def _compress_group(compressor, group: list[str], master: dict[str, torch.Tensor], prefix: str):
@@ -239,10 +239,13 @@ def _split_rows(result: CompressedLinear, rows: list[int]) -> list[CompressedLin
         return [result]
     if result.second_level is not None:  # SpQR's second-level runs span rows: it is never row-stacked
         raise ValueError("a result with second-level statistics cannot be split by rows")
-    pieces = {field: getattr(result, field) for field in ("weight", "codes", "scales", "zeros", "mask")}
+    pieces = {"weight": result.weight, "codes": unpacked(result.packed_codes), "scales": result.scales,
+              "zeros": result.zeros, "mask": unpacked(result.packed_mask)}
     split = {field: (t.split(rows) if t is not None else [None] * len(rows)) for field, t in pieces.items()}
     return [
-        dataclasses.replace(result, info=dict(result.info), **{field: split[field][i] for field in split})
+        dataclasses.replace(result, info=dict(result.info), weight=split["weight"][i],
+                            packed_codes=packed(split["codes"][i]), scales=split["scales"][i],
+                            zeros=split["zeros"][i], packed_mask=packed(split["mask"][i]))
         for i in range(len(rows))
     ]
 
@@ -261,7 +264,7 @@ def _groups_sharing_input(layer: nn.Module, inputs: LayerInputs) -> list[list[st
 
     handles = [linear.register_forward_pre_hook(hook(name)) for name, linear in linears.items()]
     try:
-        _run_layer(layer, [(hidden[:1], leading_samples(kwargs, hidden.shape[0], 1))])
+        run_layer(layer, [(hidden[:1], leading_samples(kwargs, hidden.shape[0], 1))])
     finally:
         for handle in handles:
             handle.remove()
@@ -269,18 +272,6 @@ def _groups_sharing_input(layer: nn.Module, inputs: LayerInputs) -> list[list[st
     for name in [*seen, *(n for n in linears if n not in seen)]:  # call order, then never-called linears
         groups.setdefault(id(seen[name]) if name in seen else id(linears[name]), []).append(name)
     return list(groups.values())
-
-
-def leading_samples(value: Any, batch: int, count: int) -> Any:
-    """`value` (a layer's or module's call arguments: tensors, tuples, dicts of them) cut to the first
-    `count` samples of a batch of `batch` wherever a tensor is batched (leading dim == batch)."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-        return value[:count]
-    if isinstance(value, tuple):
-        return tuple(leading_samples(v, batch, count) for v in value)
-    if isinstance(value, dict):
-        return {key: leading_samples(v, batch, count) for key, v in value.items()}
-    return value
 
 
 def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix: str) -> None:
@@ -300,7 +291,7 @@ def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix
                 raise type(error)(f"{prefix}.{name}: {error}") from error
             pending.discard(name)
             if not pending:
-                raise _StopForward
+                raise StopForward
 
         return feed
 
@@ -310,33 +301,11 @@ def _collect_statistics(layer, linears, compressors, inputs: LayerInputs, prefix
             pending.update(linears)
             try:
                 layer(hidden, **kwargs)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _run_layer(layer: nn.Module, inputs: LayerInputs) -> None:
-    """Every batch through the layer, keeping no output (for the hooks that watch it)."""
-    for hidden, kwargs in inputs:
-        layer(hidden, **kwargs)
-
-
-def advance(layer: nn.Module, inputs: LayerInputs) -> None:
-    """Replace each batch of `inputs` by the layer's output, batch by batch: a second full set of
-    activations is never held."""
-    for index, (hidden, kwargs) in enumerate(inputs):
-        inputs[index] = (_output(layer, hidden, kwargs), kwargs)
-
-
-def _output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    out = layer(hidden, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-class _StopForward(Exception):
-    """Cuts a forward short once the hooks have what they need."""
 
 
 FRONT_MODULES = ("embed_tokens", "embed_positions", "project_in", "rotary_emb")  # run before layer 0
@@ -351,13 +320,13 @@ def _capture_layer0_inputs(
         kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
         captured.append((hidden.to(forward_dtype), kwargs))  # OPT adds fp32 position embeddings
-        raise _StopForward
+        raise StopForward
 
     # The embeddings' output is cast, so the rotary cos/sin and any float mask are built in forward_dtype too.
     cast = decoder.embed_tokens.register_forward_hook(lambda m, i, out: out.to(forward_dtype))
     grab_handle = decoder.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     front = [m for m in (getattr(decoder, name, None) for name in FRONT_MODULES) if m is not None]
-    homes = [_device_of(m) for m in front]
+    homes = [device_of(m) for m in front]
     try:
         for m in front:
             m.to(device)
@@ -365,7 +334,7 @@ def _capture_layer0_inputs(
             batch = input_ids[start : start + batch_size].to(device)
             try:
                 decoder(input_ids=batch, use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         cast.remove()
@@ -374,44 +343,6 @@ def _capture_layer0_inputs(
             if home is not None:
                 m.to(home)
     return captured
-
-
-@contextlib.contextmanager
-def _on_device(layer: nn.Module, device: torch.device, dtype: torch.dtype) -> Iterator[dict[str, torch.Tensor]]:
-    """The layer on `device` in `dtype`, yielding an fp32 master copy of its floating state.
-
-    On exit every floating tensor is restored from the master copy (which the caller may have updated
-    with compressed weights) in its original device and dtype, so casting never loses precision.
-    """
-    tensors = _floating_state(layer)
-    homes = {name: (t.device, t.dtype) for name, t in tensors.items()}
-    other_home = _device_of(layer)
-    master = {name: t.detach().to(device, torch.float32, copy=True) for name, t in tensors.items()}
-    try:
-        _load(layer, master, device, dtype)
-        layer.to(device)  # what is left: non-floating buffers
-        yield master
-    finally:
-        for name, t in _floating_state(layer).items():
-            t.data = master[name].to(*homes[name])
-        if other_home is not None:
-            layer.to(other_home)
-
-
-def _floating_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    named = list(module.named_parameters()) + list(module.named_buffers())
-    return {name: t for name, t in named if t.is_floating_point()}
-
-
-def _load(layer: nn.Module, master: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> None:
-    for name, t in _floating_state(layer).items():
-        t.data = master[name].to(device, dtype)
-
-
-def _device_of(module: nn.Module) -> torch.device | None:
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device
-    return None
 
 
 def _decoder(model: nn.Module) -> nn.Module:

@@ -11,8 +11,9 @@ import time
 
 import torch
 
-from .config import CompressedLinear, DataFree, MagnitudeConfig, check_finite
-
+from .config import DataFree, MagnitudeConfig, check_finite
+from .packing import packed
+from .result import CompressedLinear
 
 # Ranks by pairwise comparison beat a sort on the SparseGPT loop's small calls (rows x m scores, every m
 # columns); on whole matrices (Wanda, magnitude: once each) their size^2 temporaries fragment the heap.
@@ -67,7 +68,7 @@ def nm_keep_columns(scores_t: torch.Tensor, n: int, out: torch.Tensor) -> torch.
     """Keep-mask of one N:M group given transposed, scores_t [m, rows]: in each column, the n lowest
     (ties by position) are pruned; written into `out` [m, rows]. The SparseGPT loop calls this every m
     columns, where each op's fixed cost dominates: one comparison tensor [m, m, rows] and a uint8 count
-    over its leading dim (a bool count over a trailing dim of size m is several times slower)."""
+    over its leading dim (a bool count over a trailing dim of size m is slower: docs/benchmarks.md)."""
     m = scores_t.shape[0]
     if m > SMALL_GROUP:  # the [m, m, rows] comparison would outgrow a sort
         return out.copy_(nm_mask(scores_t.T, n, m).T)
@@ -95,5 +96,5 @@ class Magnitude(DataFree):
         else:
             mask = nm_mask(w.abs(), cfg.n, cfg.m)
         return CompressedLinear(
-            weight=apply_mask(w, mask), mask=mask, info={"seconds": time.perf_counter() - start}
+            weight=apply_mask(w, mask), packed_mask=packed(mask), info={"seconds": time.perf_counter() - start}
         )

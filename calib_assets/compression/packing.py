@@ -1,7 +1,7 @@
 """Bit-packing of small integer tensors (quantization codes, keep-masks).
 
 A checkpoint stores its codes this way, and a `CompressedLinear` holds its codes and mask packed in memory
-(`PackedField`): the codes of a 3-bit model take 3/8 of the bytes of uint8 ones, a mask 1/8 of a bool one.
+(`PackedTensor`): the codes of a 3-bit model take 3/8 of the bytes of uint8 ones, a mask 1/8 of a bool one.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def _shifts(count: int, step: int, device: torch.device) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class PackedTensor:
-    """A tensor of small non-negative integers (or bools) as a `pack_codes` bitstream at the fewest bits
-    that hold its largest value."""
+    """A tensor of small non-negative integers (or bools) as a `pack_codes` bitstream of `bits` bits per
+    value (`pack`: the fewest bits that hold its largest value). `unpack` gives a fresh tensor."""
 
     data: torch.Tensor  # uint8 bitstream
     shape: torch.Size
@@ -97,23 +97,11 @@ class PackedTensor:
         return dataclasses.replace(self, data=self.data.to(device))
 
 
-class PackedField:
-    """A dataclass field whose tensor is held as a `PackedTensor`: assigning packs it (a `PackedTensor` is
-    kept as given), reading unpacks a fresh tensor, so an in-place change of what was read is not kept."""
+def packed(tensor: torch.Tensor | None) -> PackedTensor | None:
+    """`PackedTensor.pack(tensor)`, or None for None."""
+    return None if tensor is None else PackedTensor.pack(tensor)
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.private = f"_{name}_packed"
 
-    def __get__(self, obj, owner=None) -> torch.Tensor | None:
-        if obj is None:
-            return None  # class access: the field's default
-        packed = obj.__dict__.get(self.private)
-        return None if packed is None else packed.unpack()
-
-    def __set__(self, obj, value: torch.Tensor | PackedTensor | None) -> None:
-        if value is not None and not isinstance(value, PackedTensor):
-            value = PackedTensor.pack(value)
-        obj.__dict__[self.private] = value
-
-    def held(self, obj) -> PackedTensor | None:
-        return obj.__dict__.get(self.private)
+def unpacked(value: PackedTensor | None) -> torch.Tensor | None:
+    """`value.unpack()`, or None for None."""
+    return None if value is None else value.unpack()

@@ -1,16 +1,18 @@
-"""Min/max uniform quantizer (the GPTQ reference behaviour) and bit packing of integer codes.
+"""Min/max uniform quantizer (the GPTQ reference behaviour), and codes back to weights.
 
 Each row of `x` (an output channel, or its slice for one group) gets a scale and a zero point fitted on
 the row's min and max, with the range widened to include 0 so that 0 is exactly representable.
 Asymmetric: zero = round(-min / scale); symmetric: zero = (maxq + 1) / 2 and range [-max|x|, max|x|].
-Everything is float32; `dequantize` is the one function that turns codes into weights.
+Everything is float32; `dequantize` is the one function that turns codes into weights, and `off_grid`
+finds where a result's weight is not what its codes give (SpQR's outliers).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .config import CompressedLinear
+from .packing import PackedTensor
+from .result import CompressedLinear, held_precision
 
 
 def fit_params(x: torch.Tensor, bits: int, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +69,9 @@ def dequantize_statistic(codes: torch.Tensor, grid: torch.Tensor, groupsize: int
 def quantized_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
                      group_size: int | None, info: dict, g_idx: torch.Tensor | None = None) -> CompressedLinear:
     """A quantizer's result, whose weight is by construction the dequantized codes."""
-    return CompressedLinear(weight=dequantize(codes, scales, zeros, group_size, g_idx), codes=codes,
-                            scales=scales, zeros=zeros, bits=bits, group_size=group_size, g_idx=g_idx, info=info)
+    return CompressedLinear(weight=dequantize(codes, scales, zeros, group_size, g_idx),
+                            packed_codes=PackedTensor.pack(codes), scales=scales, zeros=zeros, bits=bits,
+                            group_size=group_size, g_idx=g_idx, info=info)
 
 
 def quantize_grouped(
@@ -86,3 +89,16 @@ def quantize_grouped(
         scales.append(scale)
         zeros.append(zero)
     return codes, torch.stack(scales, dim=1), torch.stack(zeros, dim=1)
+
+
+def off_grid(weight: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+             group_size: int | None, g_idx: torch.Tensor | None = None,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """True where `weight` is not (bitwise) what the codes give, rounded to the weight's dtype (where
+    `mask` is given, the pruned entries give +0.0): the weights a result keeps in full precision."""
+    grid = dequantize(codes, scales, zeros, group_size, g_idx)
+    if mask is not None:
+        grid = torch.where(mask, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
+    weight = held_precision(weight)
+    as_bits = {2: torch.int16, 4: torch.int32}[weight.element_size()]
+    return weight.contiguous().view(as_bits) != grid.to(weight.dtype).contiguous().view(as_bits)

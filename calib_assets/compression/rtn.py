@@ -6,8 +6,9 @@ import time
 
 import torch
 
-from .config import CompressedLinear, DataFree, RTNConfig, check_finite
+from .config import DataFree, RTNConfig, check_finite
 from .quantizer import quantize_grouped, quantized_linear
+from .result import CompressedLinear
 
 
 class RTN(DataFree):

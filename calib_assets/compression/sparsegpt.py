@@ -4,7 +4,8 @@ pruned weight's removal compensated in the columns not yet processed through the
 The OBS saliency of weight (r, j) is w_rj^2 / [H^-1]_jj^2 with the same upper Cholesky factor U of H^-1
 as GPTQ (U[j, j]^2 stands for [H^-1]_jj of the columns still to process). Unstructured: at each block
 start the lowest `sparsity` fraction of the block's scores, over the whole block, is pruned. N:M: at
-every m-th column, the n lowest scores of each row among the next m columns are pruned. Joint
+every m-th column, the n lowest scores of each row among the next m columns are pruned. Column i's error
+(the pruned weights, or w - q with joint quantization) then moves the later columns as in GPTQ. Joint
 quantization rounds the kept weights on GPTQ's grid (fitted on the updated weights at each group start)
 and pins the pruned ones to the zero point, so they dequantize to exactly 0.
 """
@@ -15,10 +16,12 @@ import time
 
 import torch
 
-from .config import CompressedLinear, SparseGPTConfig
-from .gptq import HessianCompressor, inverse_hessian_factor, obs_blocks
+from .config import SparseGPTConfig
 from .magnitude import apply_mask, lowest_mask, nm_keep_columns
+from .obs import HessianCompressor, inverse_hessian_factor, obs_blocks
+from .packing import packed
 from .quantizer import dequantize, fit_params
+from .result import CompressedLinear
 
 
 class SparseGPT(HessianCompressor):
@@ -34,10 +37,10 @@ class SparseGPT(HessianCompressor):
         info = {"seconds": time.perf_counter() - start, "damping": damping, "damping_retries": retries,
                 "dead_inputs": int(dead.sum()), "tokens": self.nsamples}
         if cfg.bits is None:
-            return CompressedLinear(weight=apply_mask(Q, mask), mask=mask, info=info)
+            return CompressedLinear(weight=apply_mask(Q, mask), packed_mask=packed(mask), info=info)
         weight = apply_mask(dequantize(codes, scales, zeros, cfg.group_size), mask)
-        return CompressedLinear(weight=weight, codes=codes, scales=scales, zeros=zeros, bits=cfg.bits,
-                                group_size=cfg.group_size, mask=mask, info=info)
+        return CompressedLinear(weight=weight, packed_codes=packed(codes), scales=scales, zeros=zeros,
+                                bits=cfg.bits, group_size=cfg.group_size, packed_mask=packed(mask), info=info)
 
     def _prune_columns(self, W: torch.Tensor, U: torch.Tensor):
         cfg = self.config
@@ -57,15 +60,12 @@ class SparseGPT(HessianCompressor):
         for block in obs_blocks(W, U, cfg.blocksize):
             i1, i2 = block.i1, block.i2
             inv_d2 = 1 / block.d**2
-            if cfg.sparsity is not None:
-                # exactly floor(sparsity * block size) pruned, ties broken by position (the reference's
-                # `score <= sorted[k]` prunes one more, and one even at sparsity 0)
-                score = block.W1t.T**2 * inv_d2  # [rows, block]
-                mask1t = lowest_mask(score.reshape(1, -1), cfg.sparsity).reshape(score.shape).T.contiguous()
-            else:
+            if nm:
                 mask1t = torch.ones_like(block.W1t, dtype=torch.bool)  # transposed, like W1t
-            rows_of_block = zip(block.W1t, Q_t[i1:i2], block.Err1t, block.tails, block.steps, mask1t)
-            for i, (w, q, err, tail, step, keep) in enumerate(rows_of_block):
+            else:
+                mask1t = block_mask(block.W1t, inv_d2, cfg.sparsity)
+            columns = zip(block.columns(), Q_t[i1:i2], mask1t)
+            for i, ((w, err, tail, step), q, keep) in enumerate(columns):
                 col = i1 + i
                 if nm and i % cfg.m == 0:  # keep: a view of mask1t, so it sees this assignment
                     score = block.W1t[i : i + cfg.m].square().mul_(inv_d2[i : i + cfg.m, None])
@@ -73,8 +73,7 @@ class SparseGPT(HessianCompressor):
                 if quantized:
                     torch.where(keep, w, nothing, out=q)  # the pruned weights are 0
                     if col % group == 0:
-                        current = block.current_group(W, i, col + group)
-                        scale, zero = fit_params(current, cfg.bits, cfg.symmetric)
+                        scale, zero = fit_params(block.current_group(W, i, col + group), cfg.bits, cfg.symmetric)
                         scales[:, col // group], zeros[:, col // group] = scale, zero
                     c = torch.where(keep, torch.clamp(torch.round(q / scale) + zero, 0, maxq), zero)
                     codes_t[col] = c
@@ -82,7 +81,7 @@ class SparseGPT(HessianCompressor):
                     torch.sub(w, q, out=err)  # in place into the error row
                 else:
                     torch.where(keep, nothing, w, out=err)  # a pruned weight is its own error
-                tail.addr_(step, err, alpha=-1)
+                tail.addr_(step, err, alpha=-1)  # the block's later columns k: w_k -= err U[i, k] / U[i, i]
             if not quantized:
                 # Each processed row w became w - 1 * err (the step's first entry is U[i, i] / U[i, i] = 1):
                 # exactly w where kept, exactly +0.0 where pruned.
@@ -90,3 +89,11 @@ class SparseGPT(HessianCompressor):
             mask[:, i1:i2] = mask1t.T
         codes = codes_t.T.to(torch.uint8).contiguous() if quantized else None
         return Q_t.T.contiguous(), mask, codes, scales, zeros
+
+
+def block_mask(W1t: torch.Tensor, inv_d2: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask of one block (transposed, like `W1t` [block, rows]) for unstructured sparsity: exactly
+    floor(sparsity * block size) of the scores w^2 / U_jj^2 pruned over the whole block, ties broken by
+    position (the reference's `score <= sorted[k]` prunes one more, and one even at sparsity 0)."""
+    score = W1t.T**2 * inv_d2  # [rows, block]
+    return lowest_mask(score.reshape(1, -1), sparsity).reshape(score.shape).T.contiguous()

@@ -19,11 +19,11 @@ The second-level grids' own scale and zero point are rounded to fp16 and the out
 value (their rounding error is fed back like a quantization error), as the paper counts them, so that a
 checkpoint stores exactly what `spqr_bits_per_param` accounts for and still reproduces the weights.
 
-The result holds codes, the second-level codes and grids as `second_level` (its `scales`/`zeros` are
-their fp32 dequantized values, derived on each read, with which the codes reproduce the quantized
-weights exactly), `g_idx` under act-order, and `weight`, which holds the outliers' values: the outliers are exactly the entries where
-`weight` differs (bitwise) from `dequantize(codes, ...)`; `outlier_mask` finds them and checkpoints store
-them in compressed-row form.
+The result holds codes, the second-level codes and grids as `second_level` and no `scales`/`zeros`
+(`grid_statistics` dequantizes them from the second level; with them the codes reproduce the quantized
+weights exactly), `g_idx` under act-order, and `weight`, which holds the outliers' values: the outliers
+are exactly the entries where `weight` differs (bitwise) from `dequantize(codes, ...)`; `outlier_mask`
+finds them and checkpoints store them in compressed-row form.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ from typing import Any
 
 import torch
 
-from .config import CompressedLinear, QuantizedStatistic, SpQRConfig, check_finite, held_precision
-from .gptq import HessianCompressor, inverse_hessian_factor, obs_blocks
-from .quantizer import dequantize, dequantize_statistic
+from .config import SpQRConfig, check_finite
+from .obs import HessianCompressor, inverse_hessian_factor, obs_blocks
+from .packing import PackedTensor
+from .quantizer import dequantize, dequantize_statistic, off_grid
+from .result import CompressedLinear, QuantizedStatistic
 
 SECOND_LEVEL_BITS = 16  # each second-level grid's own scale and zero point: fp16 (the paper's)
 OUTLIER_BITS = 32  # per outlier: an fp16 value and a 16-bit column index (the paper's CSR count)
@@ -61,13 +63,23 @@ def spqr_bits_per_param(config: SpQRConfig, outliers: int, numel: int) -> float:
 
 def outlier_mask(result: CompressedLinear) -> torch.Tensor:
     """True where `weight` is not (bitwise) what the codes give, rounded to the weight's dtype: the
-    weights kept in full precision."""
-    grid = dequantize(result.codes, result.scales, result.zeros, result.group_size, result.g_idx)
-    if result.mask is not None:
-        grid = torch.where(result.mask, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
-    weight = held_precision(result.weight)
-    as_bits = {2: torch.int16, 4: torch.int32}[weight.element_size()]
-    return weight.contiguous().view(as_bits) != grid.to(weight.dtype).contiguous().view(as_bits)
+    weights kept in full precision (`quantizer.off_grid`)."""
+    scales, zeros = grid_statistics(result)
+    mask = None if result.packed_mask is None else result.packed_mask.unpack()
+    return off_grid(result.weight, result.packed_codes.unpack(), scales, zeros, result.group_size, result.g_idx,
+                    mask)
+
+
+def grid_statistics(result: CompressedLinear) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A quantized result's first-level (scales, zeros): as held, or, where it holds none and has SpQR's
+    second-level statistics, dequantized from those (fresh tensors on each call)."""
+    def statistic(key: str) -> torch.Tensor | None:
+        held = getattr(result, key)
+        if held is None and result.second_level is not None and key in result.second_level:
+            return spqr_statistic(result.second_level, key)
+        return held
+
+    return statistic("scales"), statistic("zeros")
 
 
 def recount_outliers(result: CompressedLinear) -> None:
@@ -100,19 +112,16 @@ class SpQR(HessianCompressor):
             W, H = W[:, perm], H[perm][:, perm]
         U, damping, retries = inverse_hessian_factor(H, cfg.percdamp)
 
-        threshold = math.inf
-        if math.isfinite(cfg.outlier_threshold):
-            spread = W.var(dim=0, correction=1 if rows > 1 else 0) / torch.diag(U).square()
-            threshold = cfg.outlier_threshold * float(spread.mean())
+        threshold = outlier_threshold(W, U, cfg.outlier_threshold)
         codes, scales, zeros, outliers, kept, second_level = self._quantize_columns(W, U, threshold)
 
         invperm = torch.argsort(perm)
         codes = codes[:, invperm]
         g_idx = (invperm // cfg.group_size).to(torch.int32) if cfg.act_order else None
         grid = dequantize(codes, scales, zeros, cfg.group_size, g_idx)
-        result = CompressedLinear(  # scales and zeros: read back from second_level
-            weight=torch.where(outliers[:, invperm], kept[:, invperm], grid), codes=codes, bits=cfg.bits,
-            group_size=cfg.group_size, g_idx=g_idx, second_level=second_level)
+        result = CompressedLinear(  # no scales and zeros: second_level stands for them
+            weight=torch.where(outliers[:, invperm], kept[:, invperm], grid), packed_codes=PackedTensor.pack(codes),
+            bits=cfg.bits, group_size=cfg.group_size, g_idx=g_idx, second_level=second_level)
         n_outliers = int(outlier_mask(result).sum())
         result.info = {
             "seconds": time.perf_counter() - start, "damping": damping, "damping_retries": retries,
@@ -180,6 +189,16 @@ class SpQR(HessianCompressor):
 
 
 STATISTICS = ("scales", "zeros")
+
+
+def outlier_threshold(W: torch.Tensor, U: torch.Tensor, relative: float) -> float:
+    """relative * mean_j(var_i(W_ij) / U_jj^2): the bound on an outlier's squared OBS error ((w - q) / U_jj)^2,
+    the variance over the rows i of column j (unbiased; 0 for one row), in processing order; inf for none."""
+    if not math.isfinite(relative):
+        return math.inf
+    rows = W.shape[0]
+    spread = W.var(dim=0, correction=1 if rows > 1 else 0) / torch.diag(U).square()
+    return relative * float(spread.mean())
 
 
 def _statistics(codes: dict, grids: dict, cfg: SpQRConfig, group: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
-from .config import CompressedLinear, WandaConfig, check_finite, check_finite_statistic, weight_shape_of
+from .config import WandaConfig, check_finite, check_finite_statistic, weight_shape_of
 from .magnitude import apply_mask, lowest_mask, nm_mask
+from .packing import packed
+from .result import CompressedLinear
 
 
 class Wanda:
@@ -42,6 +44,6 @@ class Wanda:
             mask = nm_mask(metric, cfg.n, cfg.m)
         return CompressedLinear(
             weight=apply_mask(w, mask),
-            mask=mask,
+            packed_mask=packed(mask),
             info={"seconds": time.perf_counter() - start, "tokens": self.ntokens},
         )
