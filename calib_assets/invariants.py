@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 
 from calib_assets import steps
+from calib_assets.artifacts import CorruptArtifact
+from calib_assets.calibration import load_calibration_set
+from calib_assets.compression import load_checkpoint
 from calib_assets.study import Study
 
 
 def calibration_set_problems(study: Study, root: Path, model: str, calib: str) -> list[str]:
     """Shape, distinct documents, disjoint from the source's other sets, never any evaluation text."""
-    from calib_assets.artifacts import CorruptArtifact
-    from calib_assets.calibration import load_calibration_set
-
     source, seed = study.parse_calib(calib)
     size, seq_len = study.calib_size(calib), study.calibration.seq_len
     calibration_set = load_calibration_set(steps.calibration_dir(root, model, calib))
@@ -34,7 +34,7 @@ def calibration_set_problems(study: Study, root: Path, model: str, calib: str) -
                 and study.calib_size(key) == size]  # sets of one size are disjoint; sizes of a sweep may share
     for other_calib in siblings:
         other = steps.calibration_dir(root, model, other_calib)
-        if (other / "manifest.json").is_file():
+        if (other / steps.MANIFEST).is_file():
             try:
                 shared = documents & set(load_calibration_set(other).documents)
             except CorruptArtifact:  # that set's own step rebuilds it, and checks it against this one then
@@ -50,8 +50,6 @@ def calibration_set_problems(study: Study, root: Path, model: str, calib: str) -
 
 def checkpoint_problems(study: Study, root: Path, variant: str, calib: str | None) -> list[str]:
     """Finite weights; at most 2^bits levels per quantization group; the configured sparsity pattern."""
-    from calib_assets.compression import load_checkpoint
-
     _, method = study.parse_variant(variant)
     compressed, _ = load_checkpoint(steps.checkpoint_dir(root, variant, calib))
     config = method.config
@@ -59,8 +57,9 @@ def checkpoint_problems(study: Study, root: Path, variant: str, calib: str | Non
     for name, layer in compressed.items():
         if not bool(layer.weight.isfinite().all()):
             problems.append(f"{name}: non-finite weights")
-        if layer.codes is not None:
-            problems += [f"{name}: {p}" for p in _level_problems(layer.codes.numpy(), layer.bits, layer.group_size)]
+        if layer.packed_codes is not None:
+            codes = layer.packed_codes.unpack().numpy()
+            problems += [f"{name}: {p}" for p in _level_problems(codes, layer.bits, layer.group_size)]
         if getattr(config, "target_sparsity", None) is not None:
             problems += [f"{name}: {p}" for p in _sparsity_problems(layer.weight.numpy(), config)]
     return problems

@@ -223,9 +223,11 @@ def test_a_model_held_in_bf16_gets_its_fp32_results_rounded_once(config, make_mo
         assert result.weight.dtype == torch.bfloat16
         assert modules[name].weight.data_ptr() == result.weight.data_ptr(), name
         assert torch.equal(result.weight.view(torch.int16), truth.weight.to(torch.bfloat16).view(torch.int16)), name
-        for field in ("codes", "mask", "scales", "zeros"):
-            if getattr(truth, field) is not None:
-                assert torch.equal(getattr(result, field), getattr(truth, field)), (name, field)
+        fields = {"codes": lambda r: r.unpacked_codes(), "mask": lambda r: r.unpacked_mask(),
+                  "scales": lambda r: r.scales, "zeros": lambda r: r.zeros}
+        for field, read in fields.items():
+            if read(truth) is not None:
+                assert torch.equal(read(result), read(truth)), (name, field)
     for key, tensor in held.state_dict().items():  # norms too (AWQ folds its scales into them)
         assert torch.equal(tensor, same_values.state_dict()[key].to(torch.bfloat16)), key
 
@@ -257,7 +259,7 @@ def test_bf16_rounding_recounts_spqr_outliers(make_model, calib_ids):
     results = compress_model(held, calib_ids, config, forward_dtype=torch.float32, batch_size=4)
     assert sum(r.info["outliers"] for r in results.values()) > 0
     for name, result in results.items():
-        grid = dequantize(result.codes, *grid_statistics(result), result.group_size, result.g_idx)
+        grid = dequantize(result.unpacked_codes(), *grid_statistics(result), result.group_size, result.g_idx)
         off_grid = result.weight.view(torch.int16) != grid.to(torch.bfloat16).view(torch.int16)
         assert torch.equal(outlier_mask(result), off_grid)
         assert result.info["outliers"] == int(off_grid.sum()), name
@@ -296,7 +298,7 @@ def test_checkpoint_of_a_bf16_held_model_round_trips(config, make_model, calib_i
     if config.method in ("sparsegpt", "wanda"):
         name = ALL_LINEARS[0]
         values = manifest["layers"][name]["bytes"] - (results[name].weight.numel() + 7) // 8
-        assert values == 2 * int(results[name].mask.sum())
+        assert values == 2 * int(results[name].unpacked_mask().sum())
 
 
 def _inputs_of(model, module_name, ids):
@@ -327,7 +329,7 @@ def test_engine_is_sequential(make_model, base_state, calib_ids):
         name = f"model.layers.{layer}.mlp.down_proj"
         x = _inputs_of(reference, name, calib_ids).double()
         metric = base_state[1][f"{name}.weight"].abs().double() * x.pow(2).mean(dim=0).sqrt()
-        assert torch.equal(results[name].mask, _row_mask(metric, 0.5)), name
+        assert torch.equal(results[name].unpacked_mask(), _row_mask(metric, 0.5)), name
         # after layer 0 is compressed, the reference model shows layer 1 its compressed inputs
         modules = dict(reference.named_modules())
         for key, result in results.items():
@@ -370,10 +372,10 @@ def test_checkpoint_round_trip_is_bit_exact(config, make_model, calib_ids, tmp_p
     loaded, _ = load_checkpoint(path)
     for name, result in results.items():
         _assert_bit_equal(loaded[name].weight, result.weight)
-        if result.codes is not None:
-            assert torch.equal(loaded[name].codes, result.codes)
-        if result.mask is not None:
-            assert torch.equal(loaded[name].mask, result.mask)
+        if result.unpacked_codes() is not None:
+            assert torch.equal(loaded[name].unpacked_codes(), result.unpacked_codes())
+        if result.unpacked_mask() is not None:
+            assert torch.equal(loaded[name].unpacked_mask(), result.unpacked_mask())
 
     fresh = make_model()
     apply_checkpoint(fresh, path)

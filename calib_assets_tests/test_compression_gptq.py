@@ -42,7 +42,7 @@ def test_gptq_beats_rtn_oncorrelated_inputs(bits, group):
     rtn = RTN(RTNConfig(bits=bits, group_size=group), w.shape).compress(w)
     assert output_error(w, gptq.weight, x) < 0.9 * output_error(w, rtn.weight, x)
     assert _levels_per_group(gptq.weight, group or 64) <= 2**bits
-    assert torch.equal(dequantize(gptq.codes, gptq.scales, gptq.zeros, group), gptq.weight)
+    assert torch.equal(dequantize(gptq.unpacked_codes(), gptq.scales, gptq.zeros, group), gptq.weight)
     assert gptq.info["damping_retries"] == 0
 
 
@@ -169,11 +169,11 @@ def test_act_order_is_plain_gptq_on_permuted_columns():
     act = _with_hessian(GPTQConfig(bits=3, group_size=16, blocksize=16, act_order=True), w, H)
     plain = _with_hessian(GPTQConfig(bits=3, group_size=16, blocksize=16), w[:, perm], H[perm][:, perm])
     assert torch.equal(act.weight, plain.weight[:, inverse])
-    assert torch.equal(act.codes, plain.codes[:, inverse])
+    assert torch.equal(act.unpacked_codes(), plain.unpacked_codes()[:, inverse])
     assert torch.equal(act.scales, plain.scales) and torch.equal(act.zeros, plain.zeros)
     assert act.g_idx.dtype == torch.int32 and act.g_idx.shape == (64,)
     assert torch.equal(act.g_idx.long(), inverse // 16)  # column -> group of its processing position
-    assert torch.equal(dequantize(act.codes, act.scales, act.zeros, 16, act.g_idx), act.weight)
+    assert torch.equal(dequantize(act.unpacked_codes(), act.scales, act.zeros, 16, act.g_idx), act.weight)
     assert (torch.bincount(act.g_idx.long()) == 16).all()
     for g in range(4):
         assert max(act.weight[r, act.g_idx == g].unique().numel() for r in range(12)) <= 8
@@ -199,7 +199,7 @@ def test_static_groups_use_rtn_grids_of_original_weights(act_order):
     rtn = RTN(RTNConfig(bits=3, group_size=16), w.shape).compress(w)
     assert torch.equal(result.scales, rtn.scales) and torch.equal(result.zeros, rtn.zeros)
     assert result.g_idx is None  # groups are runs of original columns
-    assert torch.equal(dequantize(result.codes, result.scales, result.zeros, 16), result.weight)
+    assert torch.equal(dequantize(result.unpacked_codes(), result.scales, result.zeros, 16), result.weight)
     assert _levels_per_group(result.weight, 16) <= 8
     assert output_error(w, result.weight, x) < output_error(w, rtn.weight, x)
     dynamic = _gptq(GPTQConfig(bits=3, group_size=16, blocksize=16, act_order=act_order), w, x)
@@ -239,7 +239,7 @@ def test_act_order_checkpoint_round_trip_is_bit_exact(tmp_path):
     loaded, _ = load_checkpoint(tmp_path / "ckpt")
     for name, result in results.items():
         assert torch.equal(loaded[name].weight.view(torch.int32), result.weight.view(torch.int32))
-        assert torch.equal(loaded[name].codes, result.codes)
+        assert torch.equal(loaded[name].unpacked_codes(), result.unpacked_codes())
         if result.g_idx is None:
             assert loaded[name].g_idx is None
         else:
@@ -323,7 +323,7 @@ def test_act_order_through_the_engine(tiny_llama, tmp_path):
     q, k = results["model.layers.0.self_attn.q_proj"], results["model.layers.0.self_attn.k_proj"]
     assert q.g_idx is not None and torch.equal(q.g_idx, k.g_idx)  # row-stacked: one permutation
     for result in results.values():
-        assert torch.equal(dequantize(result.codes, result.scales, result.zeros, 32, result.g_idx), result.weight)
+        assert torch.equal(dequantize(result.unpacked_codes(), result.scales, result.zeros, 32, result.g_idx), result.weight)
     save_checkpoint(tmp_path / "ckpt", results, {})
     fresh = make()
     apply_checkpoint(fresh, tmp_path / "ckpt")

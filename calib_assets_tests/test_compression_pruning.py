@@ -47,8 +47,8 @@ def test_magnitude_unstructured_is_a_global_threshold(sparsity):
     expected = torch.ones(w.numel(), dtype=torch.bool)
     for j in _lowest_positions(flat, count):
         expected[j] = False
-    assert torch.equal(result.mask, expected.reshape(w.shape))
-    assert int((~result.mask).sum()) == count
+    assert torch.equal(result.unpacked_mask(), expected.reshape(w.shape))
+    assert int((~result.unpacked_mask()).sum()) == count
     assert torch.equal(result.weight, torch.where(expected.reshape(w.shape), w, 0.0))
 
 
@@ -57,8 +57,8 @@ def test_magnitude_nm(n, m):
     torch.manual_seed(0)
     w = torch.randn(10, 32)
     result = Magnitude(MagnitudeConfig(n=n, m=m), w.shape).compress(w)
-    assert torch.equal(result.mask, _brute_nm_mask(w.abs(), n, m))
-    pruned_per_group = (~result.mask).reshape(10, 32 // m, m).sum(dim=-1)
+    assert torch.equal(result.unpacked_mask(), _brute_nm_mask(w.abs(), n, m))
+    pruned_per_group = (~result.unpacked_mask()).reshape(10, 32 // m, m).sum(dim=-1)
     assert (pruned_per_group == n).all()
 
 
@@ -78,11 +78,11 @@ def test_wanda_unstructured_per_row(sparsity):
     for batch in batches:
         wanda.add_batch(batch)
     result = wanda.compress(w)
-    assert torch.equal(result.mask, _brute_row_mask(_wanda_metric(w, batches), sparsity))
-    assert ((~result.mask).sum(dim=1) == int(24 * sparsity)).all()  # exact per row
-    assert torch.equal(result.weight, torch.where(result.mask, w, 0.0))
+    assert torch.equal(result.unpacked_mask(), _brute_row_mask(_wanda_metric(w, batches), sparsity))
+    assert ((~result.unpacked_mask()).sum(dim=1) == int(24 * sparsity)).all()  # exact per row
+    assert torch.equal(result.weight, torch.where(result.unpacked_mask(), w, 0.0))
     # the activations matter: the mask differs from pure per-row magnitude
-    assert not torch.equal(result.mask, _brute_row_mask(w.abs(), sparsity))
+    assert not torch.equal(result.unpacked_mask(), _brute_row_mask(w.abs(), sparsity))
 
 
 def test_wanda_two_of_four():
@@ -93,8 +93,8 @@ def test_wanda_two_of_four():
     for batch in batches:
         wanda.add_batch(batch)
     result = wanda.compress(w)
-    assert torch.equal(result.mask, _brute_nm_mask(_wanda_metric(w, batches), 2, 4))
-    assert (result.mask.reshape(8, 8, 4).sum(dim=-1) == 2).all()
+    assert torch.equal(result.unpacked_mask(), _brute_nm_mask(_wanda_metric(w, batches), 2, 4))
+    assert (result.unpacked_mask().reshape(8, 8, 4).sum(dim=-1) == 2).all()
     assert float((result.weight == 0).float().mean()) == 0.5
 
 

@@ -59,7 +59,7 @@ def test_results_hold_codes_and_masks_bit_packed():
     assert quantized.packed_codes.data.numel() == -(-weight.numel() * 3 // 8)
     codes = quantized.packed_codes.unpack()
     assert codes.dtype == torch.uint8 and int(codes.max()) <= 7
-    assert torch.equal(quantized.codes, codes)  # the read-only convenience: a fresh unpacked copy
+    assert torch.equal(quantized.unpacked_codes(), codes)
     assert torch.equal(dequantize(codes, quantized.scales, quantized.zeros, 16), quantized.weight)
     pruned = Magnitude(MagnitudeConfig(sparsity=0.5), weight).compress(weight)
     assert pruned.packed_mask.data.numel() == weight.numel() // 8 and pruned.packed_codes is None
@@ -112,8 +112,8 @@ def test_rtn_matches_brute_force_and_bounds(bits, group, symmetric):
             scale = result.scales[r, g]
             assert ((chunk - got).abs() <= scale / 2 + 1e-6).all()
 
-    assert result.codes.max() < 2**bits
-    assert torch.equal(dequantize(result.codes, result.scales, result.zeros, group), result.weight)
+    assert result.unpacked_codes().max() < 2**bits
+    assert torch.equal(dequantize(result.unpacked_codes(), result.scales, result.zeros, group), result.weight)
 
 
 def test_zero_is_exactly_representable():

@@ -42,8 +42,8 @@ def test_sparsegpt_beats_magnitude_and_wanda(params):
     assert error < 0.9 * output_error(w, magnitude.weight, x)
     assert error < 0.9 * output_error(w, wanda.weight, x)
     assert result.info["damping_retries"] == 0 and not result.quantized
-    assert torch.equal(result.weight == 0, ~result.mask)  # pruned entries exactly 0, kept ones not
-    assert torch.equal(result.weight, torch.where(result.mask, result.weight, 0.0))
+    assert torch.equal(result.weight == 0, ~result.unpacked_mask())  # pruned entries exactly 0, kept ones not
+    assert torch.equal(result.weight, torch.where(result.unpacked_mask(), result.weight, 0.0))
 
 
 @pytest.mark.parametrize("sparsity, blocksize", [(0.5, 16), (0.3, 24), (0.0, 16), (0.7, 128)])
@@ -53,10 +53,10 @@ def test_unstructured_count_per_block(sparsity, blocksize):
     w = torch.randn(rows, cols)
     result = _sparsegpt(SparseGPTConfig(sparsity=sparsity, blocksize=blocksize), w, correlated_inputs(cols))
     for start in range(0, cols, blocksize):  # the lowest fraction of each block, over all its rows
-        block = ~result.mask[:, start : start + blocksize]
+        block = ~result.unpacked_mask()[:, start : start + blocksize]
         assert int(block.sum()) == int(block.numel() * sparsity)
-    assert int((~result.mask).sum(dim=0).gt(0).sum()) > 0 or sparsity == 0
-    assert ((~result.mask).sum(dim=1).float().std() > 0) or sparsity == 0  # not a per-row rule
+    assert int((~result.unpacked_mask()).sum(dim=0).gt(0).sum()) > 0 or sparsity == 0
+    assert ((~result.unpacked_mask()).sum(dim=1).float().std() > 0) or sparsity == 0  # not a per-row rule
 
 
 def test_first_block_mask_is_the_obs_saliency():
@@ -71,7 +71,7 @@ def test_first_block_mask_is_the_obs_saliency():
     score = (w.double()[:, :16] ** 2 / torch.diag(U)[:16] ** 2).reshape(-1)
     expected = torch.ones(8 * 16, dtype=torch.bool)
     expected[score.argsort()[: 8 * 16 // 2]] = False
-    assert torch.equal(result.mask[:, :16].reshape(-1), expected)
+    assert torch.equal(result.unpacked_mask()[:, :16].reshape(-1), expected)
 
 
 def _naive_nm_sparsegpt(w, H, n, m, percdamp=0.01):
@@ -101,8 +101,8 @@ def test_nm_matches_naive_sparsegpt(n, m, blocksize):
     x = correlated_inputs(64, seed=6)
     result = _sparsegpt(SparseGPTConfig(n=n, m=m, blocksize=blocksize), w, x)
     expected, keep = _naive_nm_sparsegpt(w, 2 * x.double().T @ x.double() / x.shape[0], n, m)
-    assert (result.mask == keep).float().mean() > 0.98  # a near-tie may flip and move its row's later choices
-    assert torch.equal(~keep, expected == 0) and torch.equal(~result.mask, result.weight == 0)
+    assert (result.unpacked_mask() == keep).float().mean() > 0.98  # a near-tie may flip and move its row's later choices
+    assert torch.equal(~keep, expected == 0) and torch.equal(~result.unpacked_mask(), result.weight == 0)
     assert output_error(w, result.weight, x) <= 1.02 * output_error(w, expected, x)
 
 
@@ -111,9 +111,9 @@ def test_nm_pattern_holds_in_every_group(n, m):
     torch.manual_seed(3)
     w = torch.randn(10, 64)
     result = _sparsegpt(SparseGPTConfig(n=n, m=m, blocksize=32), w, correlated_inputs(64))
-    pruned = (~result.mask).reshape(10, 64 // m, m).sum(dim=-1)
+    pruned = (~result.unpacked_mask()).reshape(10, 64 // m, m).sum(dim=-1)
     assert (pruned == n).all()
-    assert torch.equal(result.weight == 0, ~result.mask)
+    assert torch.equal(result.weight == 0, ~result.unpacked_mask())
 
 
 @pytest.mark.parametrize("bits, group, params", [(4, 16, {"sparsity": 0.5}), (3, None, {"n": 2, "m": 4}),
@@ -125,13 +125,13 @@ def test_joint_quantization(bits, group, params):
     config = SparseGPTConfig(**params, bits=bits, group_size=group, blocksize=32)
     result = _sparsegpt(config, w, x)
     assert result.quantized and result.pruned
-    assert torch.equal(result.weight, dequantize(result.codes, result.scales, result.zeros, group))
-    assert (result.weight[~result.mask] == 0).all()
-    assert int((~result.mask).sum()) == w.numel() // 2
+    assert torch.equal(result.weight, dequantize(result.unpacked_codes(), result.scales, result.zeros, group))
+    assert (result.weight[~result.unpacked_mask()] == 0).all()
+    assert int((~result.unpacked_mask()).sum()) == w.numel() // 2
     step = group or 64
     for r in range(16):
         for s in range(0, 64, step):
-            kept = result.weight[r, s : s + step][result.mask[r, s : s + step]]
+            kept = result.weight[r, s : s + step][result.unpacked_mask()[r, s : s + step]]
             assert kept.unique().numel() <= 2**bits
     unquantized = _sparsegpt(SparseGPTConfig(**params, blocksize=32), w, x)
     assert output_error(w, result.weight, x) < 2 * output_error(w, unquantized.weight, x)
@@ -203,17 +203,17 @@ def test_engine_and_checkpoint_round_trip(config, tmp_path):
     results = compress_model(model, ids, config, batch_size=4)
     assert len(results) == 14
     for name, result in results.items():
-        assert int((~result.mask).sum()) == result.weight.numel() // 2, name
-        assert torch.equal(result.weight == 0, ~result.mask) or config.bits is not None
-        assert (result.weight[~result.mask] == 0).all()
+        assert int((~result.unpacked_mask()).sum()) == result.weight.numel() // 2, name
+        assert torch.equal(result.weight == 0, ~result.unpacked_mask()) or config.bits is not None
+        assert (result.weight[~result.unpacked_mask()] == 0).all()
     manifest = save_checkpoint(tmp_path / "ckpt", results, {"method": config.to_dict()})
     assert manifest["sparsity"] == 0.5
     loaded, _ = load_checkpoint(tmp_path / "ckpt")
     for name, result in results.items():
         assert torch.equal(loaded[name].weight.view(torch.int32), result.weight.view(torch.int32))
-        assert torch.equal(loaded[name].mask, result.mask)
+        assert torch.equal(loaded[name].unpacked_mask(), result.unpacked_mask())
         if config.bits is not None:
-            assert torch.equal(loaded[name].codes, result.codes)
+            assert torch.equal(loaded[name].unpacked_codes(), result.unpacked_codes())
     apply_checkpoint(fresh, tmp_path / "ckpt")
     for key, tensor in fresh.state_dict().items():
         assert torch.equal(tensor.view(torch.int32), model.state_dict()[key].view(torch.int32)), key

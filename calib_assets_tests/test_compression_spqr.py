@@ -60,7 +60,7 @@ def test_grids_levels_and_outliers(act_order, problem):
     outliers = outlier_mask(result)
     assert 0 < int(outliers.sum()) == result.info["outliers"] < 0.1 * w.numel()
     scales, zeros = grid_statistics(result)
-    grid = dequantize(result.codes, scales, zeros, result.group_size, result.g_idx)
+    grid = dequantize(result.unpacked_codes(), scales, zeros, result.group_size, result.g_idx)
     assert torch.equal(result.weight[~outliers], grid[~outliers])  # non-outliers: exactly their codes
     groups = _groups_of(result)
     assert torch.equal(torch.bincount(groups), torch.full((128 // 16,), 16))
@@ -111,7 +111,7 @@ def test_first_level_statistics_are_read_back_from_the_second_level_not_held(pro
     scales, zeros = grid_statistics(result)
     assert torch.equal(scales, by_hand["scales"].clamp_min(1e-9)) and torch.equal(zeros, by_hand["zeros"])
     columns = torch.arange(w.shape[1]) // 16 if result.g_idx is None else result.g_idx.long()  # act-order
-    expected = (result.codes.float() - by_hand["zeros"][:, columns]) * by_hand["scales"].clamp_min(1e-9)[:, columns]
+    expected = (result.unpacked_codes().float() - by_hand["zeros"][:, columns]) * by_hand["scales"].clamp_min(1e-9)[:, columns]
     assert torch.equal(result.weight, expected)
 
 
@@ -192,7 +192,7 @@ def test_compress_model_and_checkpoint_are_bit_exact(tiny, tmp_path):
     loaded, _ = load_checkpoint(tmp_path / "ckpt")
     for name, result in results.items():
         assert torch.equal(float_bits(loaded[name].weight), float_bits(result.weight))
-        assert torch.equal(loaded[name].codes, result.codes)
+        assert torch.equal(loaded[name].unpacked_codes(), result.unpacked_codes())
         assert torch.equal(loaded[name].g_idx, result.g_idx)
     fresh = tiny()
     apply_checkpoint(fresh, tmp_path / "ckpt")

@@ -66,15 +66,12 @@ class CompressedLinear:
     def pruned(self) -> bool:
         return self.packed_mask is not None
 
-    # For the callers outside this package that read them as tensors (each read unpacks a fresh copy):
-    @property
-    def codes(self) -> torch.Tensor | None:
-        """`packed_codes` unpacked (a fresh uint8 tensor on each read), or None."""
+    def unpacked_codes(self) -> torch.Tensor | None:
+        """`packed_codes` unpacked (a fresh uint8 tensor), or None."""
         return unpacked(self.packed_codes)
 
-    @property
-    def mask(self) -> torch.Tensor | None:
-        """`packed_mask` unpacked (a fresh bool tensor on each read), or None."""
+    def unpacked_mask(self) -> torch.Tensor | None:
+        """`packed_mask` unpacked (a fresh bool tensor), or None."""
         return unpacked(self.packed_mask)
 
     def to(self, device: torch.device | str) -> CompressedLinear:

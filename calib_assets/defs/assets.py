@@ -9,11 +9,10 @@ from calib_assets import invariants, lineage, steps
 from calib_assets.defs import metadata
 from calib_assets.defs.automation import FINDINGS_CONDITION
 from calib_assets.defs.executors import accelerator_placement
+from calib_assets.defs.metadata import OWNERS
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.defs.resources import ArtifactStore, Compute
 from calib_assets.steps import CODE_VERSIONS
-
-OWNERS = ["team:calib-assets"]
 
 
 def _result(manifest: dict[str, Any], checks: dict[str, list[str]] | None = None,
@@ -129,8 +128,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
     def baseline_model(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
         _, method = study.parse_variant(context.partition_key)
         if method is None:
-            model = study.parse_variant(context.partition_key)[0].name
-            manifest = {**steps.base_model_manifest(store.path, model), "reused": True}  # nothing to compute
+            manifest = steps.dense_baseline_manifest(study, context.partition_key, store.path)
             return _result(manifest, {"checkpoint_invariants": []}, dense=True,
                            path=dg.MetadataValue.path(manifest["folder"]))
         device, dtype = compute.resolve()
@@ -149,12 +147,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
                     "deterministically from the held-out text of the evaluation datasets.",
     )
     def offline_tasks(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        from calib_assets.evaluation import TaskLeakError
-
-        try:
-            manifest, problems = steps.materialize_offline_tasks(study, store.path), []
-        except TaskLeakError as error:  # names the leaked documents; any other error fails the step itself
-            manifest, problems = {"fingerprint": "leak"}, [str(error)]
+        manifest, problems = steps.offline_tasks_with_leak_check(study, store.path)
         return _result(manifest, {"tasks_leak_free": problems},
                        tasks=dg.MetadataValue.json(manifest.get("tasks", {})))
 
@@ -205,9 +198,8 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
         lineage_counts: dict[str, int] = {}
         fingerprint = steps.write_eval_results(results, steps.warehouse_path(store.path), also=[
             lambda connection: lineage_counts.update(lineage.write_lineage_tables(study, store.path, connection))])
-        expected = len(study.variant_keys) * len(study.calib_keys) + len(study.baseline_keys)
-        evaluated = results[["variant", "calib"]].drop_duplicates().shape[0]
-        return _result({"fingerprint": fingerprint}, evaluated_partitions=evaluated, expected_partitions=expected,
+        return _result({"fingerprint": fingerprint}, evaluated_partitions=steps.evaluated_partitions(results),
+                       expected_partitions=steps.expected_evaluations(study),
                        **metadata.eval_results_metadata(results, lineage_counts, steps.warehouse_path(store.path)))
 
     return [base_model, text_corpus, calibration_pool, calibration_set, compressed_model, baseline_model,

@@ -1,43 +1,38 @@
 """Calibration data in the UI: random samples of each set with their anomaly flags, and the descriptor table."""
 
-import zlib
-
 import dagster as dg
 
 from calib_assets import steps
 from calib_assets.defs.automation import FINDINGS_CONDITION
+from calib_assets.defs.metadata import OWNERS
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.defs.resources import ArtifactStore
-
-N_SHOWN = 5
+from calib_assets.steps import CODE_VERSIONS
 
 
 def build_calibration_data_assets(parts: StudyPartitions) -> list:
     study = parts.study
 
     @dg.asset(
-        partitions_def=parts.calibration, group_name="calibration", code_version="1", kinds={"markdown"},
-        owners=["team:calib-assets"],
+        partitions_def=parts.calibration, group_name="calibration",
+        code_version=CODE_VERSIONS["calibration_inspection"], kinds={"markdown"}, owners=OWNERS,
         ins={"calibration_set": dg.AssetIn(dagster_type=dg.Nothing)},
         description="Random samples of one calibration set with their anomaly flags (short, boilerplate, "
                     "non-English, duplicate) and the set's descriptors: look at the data before trusting results.",
     )
     def calibration_inspection(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         keys = dict(context.partition_key.keys_by_dimension)
-        model, calib = keys["model"], keys["calib"]
-        report = steps.inspect_calibration_set(study, model, calib, store.path, n_show=N_SHOWN,
-                                               seed=zlib.crc32(calib.encode()))
+        report = steps.inspect_calibration_set(study, keys["model"], keys["calib"], store.path)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(report["fingerprint"]),
             metadata={"reused": True,  # a view of the set and its descriptors: it writes no artifact
                       "samples": dg.MetadataValue.md(report["markdown"]),
                       "descriptors": dg.MetadataValue.json(report["descriptors"]),
-                      "flagged": sum(report["descriptors"].get(f"n_{flag}", 0) or 0
-                                     for flag in ("short", "boilerplate", "non_english", "duplicate"))})
+                      "flagged": report["flagged"]})
 
     @dg.asset(
-        group_name="warehouse", code_version="1", kinds={"duckdb"}, owners=["team:calib-assets"], pool="duckdb",
-        deps=["calibration_set"], automation_condition=FINDINGS_CONDITION,
+        group_name="warehouse", code_version=CODE_VERSIONS["calibration_descriptors"], kinds={"duckdb"}, owners=OWNERS,
+        pool="duckdb", deps=["calibration_set"], automation_condition=FINDINGS_CONDITION,
         description="Descriptors of every calibration set of the study (token statistics, Zipf exponent, "
                     "duplication, base-model perplexity, overlap with the evaluation text, flagged samples) in "
                     "the DuckDB table calibration_descriptors: the source of mart_descriptor_retention.",
@@ -46,7 +41,7 @@ def build_calibration_data_assets(parts: StudyPartitions) -> list:
         manifest = steps.materialize_descriptor_table(study, store.path)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(manifest["fingerprint"]),
-            metadata={"rows": manifest["rows"], "expected_rows": len(study.models) * len(study.calib_keys),
+            metadata={"rows": manifest["rows"], "expected_rows": steps.expected_descriptor_rows(study),
                       "duckdb": dg.MetadataValue.path(str(steps.warehouse_path(store.path)))})
 
     return [calibration_inspection, calibration_descriptors]

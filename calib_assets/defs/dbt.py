@@ -1,53 +1,70 @@
 """The dbt marts as Dagster assets (dagster-dbt); dbt's source eval_results maps to our eval_results asset."""
 
-
+import json
 import os
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt.dbt_project import DagsterDbtProjectPreparer, using_dagster_dev
+from dagster_shared.record import replace
 
 from calib_assets.defs.automation import FINDINGS_CONDITION
-
+from calib_assets.defs.metadata import OWNERS
 from calib_assets.defs.resources import ArtifactStore
 from calib_assets.findings.build_status import problems_from_run_results
 from calib_assets.steps import warehouse_path
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt"
-DUCKDB_ENV = "CALIB_ASSETS_DUCKDB"
-
-dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-
-
-def ensure_manifest(project: DbtProject = dbt_project) -> Path:
-    """`dbt parse` when the manifest is missing or older than the project's files (prepare_if_dev only
-    runs under `dagster dev`, and a stale manifest would not know the current models and tests)."""
-    import fcntl
-
-    manifest = project.manifest_path
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    # processes loading the definitions at once (test workers, run workers) parse one at a time, and
-    # none reads a manifest that another is still writing
-    with open(manifest.parent / ".parse.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _stale(manifest):
-            subprocess.run([dbt_executable(), "parse", "--quiet", "--project-dir", str(DBT_PROJECT_DIR),
-                            "--profiles-dir", str(DBT_PROJECT_DIR)], check=True, cwd=DBT_PROJECT_DIR)
-    return manifest
-
-
-def _stale(manifest: Path) -> bool:
-    sources = [path for pattern in ("*.yml", "models/**/*", "macros/**/*", "tests/**/*")
-               for path in DBT_PROJECT_DIR.glob(pattern) if path.is_file()]
-    return not manifest.exists() or any(path.stat().st_mtime > manifest.stat().st_mtime for path in sources)
+DUCKDB_VAR = "duckdb_path"  # the dbt var dbt/profiles.yml reads the warehouse's path from
+DUCKDB_ENV = "CALIB_ASSETS_DUCKDB"  # its fallback, for dbt run by hand and the tests' fixtures
 
 
 def dbt_executable() -> str:
     """The dbt of this interpreter's environment, whether or not that environment is activated."""
     beside_python = Path(sys.executable).parent / "dbt"
     return str(beside_python) if beside_python.exists() else "dbt"
+
+
+class Preparer(DagsterDbtProjectPreparer):
+    """dagster-dbt's preparer (`dbt parse`, one process at a time), with two changes: the dbt of this
+    environment (the stock one looks for dbt on PATH, which `make dev` and `.venv/bin/python` do not set),
+    and the manifest moved into place whole, so that a process loading the definitions meanwhile never
+    reads a half-written one (the project has no seeds: the stock step that re-parses seeds is left out)."""
+
+    def _prepare_manifest(self, project: DbtProject) -> None:
+        target = project.project_dir / project.target_path
+        scratch = target / f".parse-{os.getpid()}"
+        try:
+            DbtCliResource(project_dir=project, dbt_executable=dbt_executable()).cli(
+                ["parse", "--quiet"], target_path=scratch).wait()
+            for name in ("partial_parse.msgpack", "manifest.json"):  # the manifest last: it is what readers look for
+                if (scratch / name).exists():
+                    os.replace(scratch / name, target / name)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+dbt_project = replace(DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR), preparer=Preparer())
+
+
+def ensure_manifest(project: DbtProject = dbt_project) -> Path:
+    """The manifest the dbt assets are built from. Under `dagster dev`, parsed on every load
+    (prepare_if_dev); elsewhere (`calib-assets run`, run workers, tests) the one `make venv` parsed,
+    parsed again only when it is missing or older than a file of the project."""
+    project.prepare_if_dev()
+    if not using_dagster_dev() and _stale(project):
+        project.preparer.prepare(project)
+    return project.manifest_path
+
+
+def _stale(project: DbtProject) -> bool:
+    manifest = project.manifest_path
+    sources = [path for pattern in ("*.yml", "models/**/*", "macros/**/*", "tests/**/*")
+               for path in project.project_dir.glob(pattern) if path.is_file()]
+    return not manifest.exists() or any(path.stat().st_mtime > manifest.stat().st_mtime for path in sources)
 
 
 class Translator(DagsterDbtTranslator):
@@ -60,7 +77,7 @@ class Translator(DagsterDbtTranslator):
         return "findings"
 
     def get_owners(self, dbt_resource_props):
-        return ["team:calib-assets"]
+        return OWNERS
 
     def get_asset_check_spec(self, asset_spec, manifest, unique_id, project):
         # A failed test shows on its mart and in the report, but does not stop the report (dbt itself skips
@@ -75,8 +92,8 @@ def build_dbt_assets():
     @dbt_assets(manifest=ensure_manifest(), project=dbt_project, pool="duckdb", name="dbt_marts",
                 dagster_dbt_translator=Translator())
     def dbt_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, store: ArtifactStore):
-        os.environ[DUCKDB_ENV] = str(warehouse_path(store.path))
-        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+        warehouse = {DUCKDB_VAR: str(warehouse_path(store.path))}  # read by dbt/profiles.yml
+        invocation = dbt.cli(["build", "--vars", json.dumps(warehouse)], context=context, raise_on_error=False)
         yield from invocation.stream()
         if not invocation.is_successful():
             errors = problems_from_run_results(invocation.get_artifact("run_results.json"))

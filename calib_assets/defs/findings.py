@@ -5,11 +5,9 @@ import base64
 import dagster as dg
 
 from calib_assets.defs.automation import FINDINGS_CONDITION
+from calib_assets.defs.metadata import OWNERS
 from calib_assets.defs.resources import ArtifactStore
-from calib_assets.steps import warehouse_path
-
-REPORT_CODE_VERSION = "1"
-OWNERS = ["team:calib-assets"]
+from calib_assets.steps import CODE_VERSIONS, warehouse_path
 
 
 def report_marts() -> list[str]:
@@ -22,8 +20,8 @@ def report_marts() -> list[str]:
 
 def build_findings_assets() -> list[dg.AssetsDefinition]:
     @dg.asset(
-        group_name="findings", code_version=REPORT_CODE_VERSION, kinds={"matplotlib", "html"}, owners=OWNERS,
-        deps=[dg.AssetKey(mart) for mart in report_marts()], automation_condition=FINDINGS_CONDITION,
+        group_name="findings", code_version=CODE_VERSIONS["findings_report"], kinds={"matplotlib", "html"},
+        owners=OWNERS, deps=[dg.AssetKey(mart) for mart in report_marts()], automation_condition=FINDINGS_CONDITION,
         pool="duckdb",  # reads the warehouse: never while a writer holds it
         description="The paper's figures (PNG) and a static HTML report of every mart, under <root>/report/.",
     )

@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+OWNERS = ["team:calib-assets"]  # every asset's owner in the UI, the dbt marts' included
 PREVIEW_SAMPLES = 3
 PREVIEW_CHARS = 240
 PREVIEW_ROWS = 20
