@@ -12,13 +12,11 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from calib_assets.compression import check_layer_compatible, make_method_config
-from calib_assets.models import EmbeddedModel, ModelSpec, RandomLlama, known_context_length, parse_model_spec
 from calib_assets.calibration.specs import (
     ConcatChunk,
     Padding,
@@ -28,6 +26,8 @@ from calib_assets.calibration.specs import (
     parse_selection,
 )
 from calib_assets.calibration.strategies import pool_size
+from calib_assets.compression import check_layer_compatible, make_method_config
+from calib_assets.models import EmbeddedModel, ModelSpec, RandomLlama, known_context_length, parse_model_spec
 from calib_assets.sources import (
     DERIVED_KINDS,
     EMBEDDED_SOURCES,
@@ -64,7 +64,7 @@ class MethodEntry(_Strict):
         return make_method_config(self.method, dict(self.model_extra or {}))
 
     @model_validator(mode="after")
-    def _validate_config(self) -> "MethodEntry":
+    def _validate_config(self) -> MethodEntry:
         self.config  # noqa: B018  (raises ValueError naming the bad parameter)
         return self
 
@@ -148,7 +148,7 @@ class ClozeTaskEntry(OfflineTaskEntry):
     max_context_words: int = Field(200, gt=0, description="passages are cut to their last N words")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ClozeTaskEntry":
+    def _ordered(self) -> ClozeTaskEntry:
         if self.max_context_words < self.min_context_words:
             raise ValueError(f"max_context_words={self.max_context_words} must be >= min_context_words="
                              f"{self.min_context_words}")
@@ -186,10 +186,10 @@ class EvaluationSpec(_Strict):
     seq_len: int = Field(512, gt=1)
     max_tokens: int = Field(16384, gt=1, description="held-out tokens scored per dataset")
     batch_size: int = Field(8, gt=0)
-    tasks: list[Annotated[Union[ClozeTaskEntry, NextSentenceTaskEntry, LmEvalTaskEntry],
+    tasks: list[Annotated[ClozeTaskEntry | NextSentenceTaskEntry | LmEvalTaskEntry,
                           Field(discriminator="kind")]] = []
     limit: int | None = Field(None, gt=0, description="at most this many examples per task (lm-eval limit)")
-    kl_tokens: int = Field(0, ge=0, description="held-out tokens of the first dataset for KL vs the dense model")
+    kl_tokens: int = Field(0, ge=0, description="held-out tokens of the first evaluation dataset (else the first extra dataset) for KL vs the dense model")
 
     @field_validator("extra_datasets")
     @classmethod
@@ -239,7 +239,7 @@ class Study(_Strict):
         return _unique(methods, "method", lambda m: m.label)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Study":
+    def _cross_checks(self) -> Study:
         if not self.calibrated_methods:
             raise ValueError(f"a study needs calibration data to matter: add a method that uses it "
                              f"(methods given: {[m.label for m in self.methods]})")
@@ -253,6 +253,9 @@ class Study(_Strict):
         if evaluation.max_tokens < evaluation.seq_len:
             raise ValueError(f"evaluation.max_tokens={evaluation.max_tokens} holds no window of evaluation.seq_len="
                              f"{evaluation.seq_len}; allowed: at least {evaluation.seq_len}")
+        if evaluation.kl_tokens and not (self.eval_datasets or self.extra_dataset_names):
+            raise ValueError(f"evaluation.kl_tokens={evaluation.kl_tokens} needs text to compare on: give "
+                             "evaluation.datasets or evaluation.extra_datasets, or set kl_tokens: 0")
         if 0 < evaluation.kl_tokens < evaluation.seq_len:
             raise ValueError(f"evaluation.kl_tokens={evaluation.kl_tokens} holds no window of evaluation.seq_len="
                              f"{evaluation.seq_len}; allowed: 0 (no KL) or at least {evaluation.seq_len}")
@@ -383,9 +386,9 @@ def calib_key(source: str, seed: int, n_samples: int | None = None) -> str:
     return f"{source}.s{seed}" if n_samples is None else f"{source}.n{n_samples}.s{seed}"
 
 
-def check_calibration_sources(study: "Study") -> None:
+def check_calibration_sources(study: Study) -> None:
     """References between sources, and sizes no strategy could meet, rejected before any work starts."""
-    spec, labels = study.calibration, study.source_names
+    spec = study.calibration
     plain = [s.label for s in study.sources if s.kind not in DERIVED_KINDS]
     for source in study.sources:
         sampling, selection = study.sampling_for(source.label), study.selection_for(source.label)
@@ -398,7 +401,7 @@ def check_calibration_sources(study: "Study") -> None:
             _check_generated(study, source, plain, sampling, selection)
 
 
-def _check_mixture(source: "MixtureSource", plain: list[str], n_samples: int) -> None:
+def _check_mixture(source: MixtureSource, plain: list[str], n_samples: int) -> None:
     unknown = [c.source for c in source.components if c.source not in plain]
     if unknown:
         raise ValueError(f"mixture {source.label!r} references {unknown}, which are not plain sources of the "
@@ -410,7 +413,7 @@ def _check_mixture(source: "MixtureSource", plain: list[str], n_samples: int) ->
                          f"with weights {[c.weight for c in source.components]}; raise their weights")
 
 
-def _check_generated(study: "Study", source: "GeneratedSource", plain: list[str], sampling, selection) -> None:
+def _check_generated(study: Study, source: GeneratedSource, plain: list[str], sampling, selection) -> None:
     models = [m.name for m in study.models]
     if source.model not in models:
         raise ValueError(f"generated source {source.label!r}: model {source.model!r} is not a model of the "

@@ -4,20 +4,39 @@ perplexity, the study's lm-eval tasks, KL to the dense model) as results.parquet
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from calib_assets.artifacts import atomic_dir, read_json, sha256_bytes, sha256_json, write_json
-from calib_assets.evaluation import (TaskLeakError, TaskSpec, build_cloze_task, build_next_sentence_task,
-                                     check_heldout_only, evaluate_tasks_detailed, heldout_token_stream, next_token_kl,
-                                     perplexity, read_task_manifest, write_lm_eval_task)
+from calib_assets.evaluation import (
+    TaskLeakError,
+    TaskSpec,
+    build_cloze_task,
+    build_next_sentence_task,
+    check_heldout_only,
+    evaluate_tasks_detailed,
+    heldout_token_stream,
+    next_token_kl,
+    perplexity,
+    read_task_manifest,
+    write_lm_eval_task,
+)
 from calib_assets.sources import load_corpus
 from calib_assets.steps.compression import load_variant_model, variant_manifest
 from calib_assets.steps.inputs import corpus_fingerprints, load_base, load_corpus_split
-from calib_assets.steps.layout import (CODE_VERSIONS, MANIFEST, corpus_dir, evaluation_dir, read_manifest,
-                                       reuse_or_build, step_inputs, tasks_dir)
+from calib_assets.steps.layout import (
+    CODE_VERSIONS,
+    MANIFEST,
+    corpus_dir,
+    evaluation_dir,
+    read_manifest,
+    reuse_or_build,
+    step_inputs,
+    tasks_dir,
+)
 from calib_assets.study import DENSE, Study
 
 EVAL_COLUMNS = [
@@ -36,7 +55,7 @@ def materialize_offline_tasks(study: Study, root: Path) -> dict[str, Any]:
     check_task_data_files(study)
     corpora = corpus_fingerprints(root, study.eval_datasets)
     corpus = pd.concat([load_corpus(corpus_dir(root, name)) for name in study.eval_datasets], ignore_index=True)
-    builders = {"cloze": build_cloze_task, "next_sentence": build_next_sentence_task}
+    builders: dict[str, Callable[..., Any]] = {"cloze": build_cloze_task, "next_sentence": build_next_sentence_task}
     manifests = {}
     for task in study.offline_tasks:
         directory = tasks_dir(root, task.name)
@@ -135,25 +154,25 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
         rows.append({"eval_dataset": name, "metric": "perplexity", "value": result.perplexity,
                      "token_count": result.n_tokens})
     if dense_name and spec.kl_tokens:
-        dataset = study.eval_datasets[0]
+        dataset, name = (scored + [(dataset, dataset) for dataset in study.extra_dataset_names])[0]
         texts = load_corpus_split(root, dataset, "heldout")["text"].tolist()
         stream = heldout_token_stream(texts, tokenizer, spec.kl_tokens)
         windows = [stream[i:i + spec.seq_len] for i in range(0, len(stream) - spec.seq_len + 1, spec.seq_len)]
         dense, _, _ = load_base(study, root, dense_name, device=device)
         kl = next_token_kl(dense.to(dtype=forward_dtype), model, windows, spec.batch_size, device=device)
-        rows.append({"eval_dataset": f"{dataset}-heldout", "metric": "kl_vs_dense", "value": kl,
+        rows.append({"eval_dataset": name, "metric": "kl_vs_dense", "value": kl,
                      "token_count": len(windows) * spec.seq_len})
     correct = pd.DataFrame(columns=["task", "metric", "example", "correct"])
     specs = task_specs(study, root)
     if specs:
         # stderr: analytic for accuracies, a seeded 1,000-draw bootstrap for the cloze perplexity, run
         # in-process (harness._bootstrap_in_process); with 0 draws lm-eval would give no stderr at all
-        result = evaluate_tasks_detailed(model, tokenizer, specs, batch_size=spec.batch_size, limit=spec.limit,
-                                         device=device, bootstrap_iters=BOOTSTRAP_ITERS)
+        harness = evaluate_tasks_detailed(model, tokenizer, specs, batch_size=spec.batch_size, limit=spec.limit,
+                                          device=device, bootstrap_iters=BOOTSTRAP_ITERS)
         rows += [{"eval_dataset": row["task"], "metric": row["metric"], "value": row["value"],
-                  "stderr": row["stderr"], "n_examples": row["n_samples"]} for row in result.rows]
+                  "stderr": row["stderr"], "n_examples": row["n_samples"]} for row in harness.rows]
         correct = pd.DataFrame([{"task": task, "metric": metric, "example": int(example), "correct": bool(ok)}
-                                for task, by_metric in result.correct.items()
+                                for task, by_metric in harness.correct.items()
                                 for metric, outcomes in by_metric.items() for example, ok in outcomes.items()],
                                columns=correct.columns)
     return rows, correct
