@@ -56,6 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--out", required=True, type=Path, help="directory to create")
     model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the base model's")
     model.add_argument("--force", action="store_true", help="replace an existing --out")
+    plan = commands.add_parser(
+        "plan", help="print the study's partitions, runs and steps and an estimate of GPU-hours and wall time, "
+                     "computing nothing",
+        description="Partitions per asset, Dagster runs and steps per stage, and GPU-hours and wall time on K GPUs "
+                    "from a cost model (seconds = (a x tokens + b) x parameters, constants measured on a CPU by "
+                    "benchmarks/plan_costs.py; GPU seconds derived from them). No model is loaded and nothing "
+                    "is written (docs/plan.md).")
+    plan.add_argument("--gpus", metavar="K", type=int, default=1, help="GPUs running steps at once (default 1)")
+    plan.add_argument("--gpu-tflops", metavar="T", type=float,
+                      help="the GPU's bf16 dense TFLOP/s (default: the H100 SXM datasheet's, in plan_costs.json)")
+    plan.add_argument("--params", metavar="NAME=COUNT", action="append",
+                      help="parameters of a model (its name in the study or its hub id), e.g. llama-7b=6.74e9; "
+                           "repeatable")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -72,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ROOT_ENV] = str(Path(args.root).resolve())
     warnings.filterwarnings("ignore", module="dagster")
     commands = {"run": _run, "findings": _findings, "lineage": _lineage, "export-calibration": _export,
-                "export-model": _export_model, "verify": _verify}
+                "export-model": _export_model, "verify": _verify, "plan": _plan}
     from calib_assets.lineage import LineageError
 
     try:
-        check_root_study(artifact_root(), study.name, claim=args.command == "run")
+        if args.command != "plan":  # plan reads the study alone: a root of another study does not matter to it
+            check_root_study(artifact_root(), study.name, claim=args.command == "run")
         return commands[args.command](study, args)
     except (LineageError, StudyError, RootBusy, WarehouseBusy, ValueError, FileNotFoundError,
             FileExistsError) as error:
@@ -156,6 +171,14 @@ def _verify(study, args) -> int:
     if problems:
         print("a corrupt artifact is rebuilt by its own step: `calib-assets run` rebuilds them in order", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _plan(study, args) -> int:
+    from calib_assets.plan import build_plan, format_plan, parse_params
+
+    plan = build_plan(study, gpus=args.gpus, gpu_tflops=args.gpu_tflops, params=parse_params(args.params))
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
 
 
 def _lineage(study, args) -> int:
