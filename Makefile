@@ -17,7 +17,7 @@ $(error EXECUTOR=$(EXECUTOR) is not an executor; allowed: local, ray)
 endif
 ON_RAY := $(filter ray,$(EXECUTOR))
 
-.PHONY: venv run test dev clean snapshots
+.PHONY: venv lint run test dev clean snapshots
 .PHONY: bench-env bench crosscheck gpu-wheels gpu-check gpu-dry-run
 
 venv: $(STAMP)
@@ -32,12 +32,28 @@ $(STAMP): pyproject.toml Makefile
 	cd dbt && ../$(BIN)/dbt parse --quiet --profiles-dir . >/dev/null
 	touch $(STAMP)
 
+# ruff and mypy (configured in pyproject.toml) in a venv of their own: mypy needs pathspec>=1.0, dbt-core
+# <0.13. mypy checks against .venv's packages; its pydantic plugin runs in the lint venv, with .venv's pydantic.
+LINT_VENV ?= .venv-lint
+LINT_PINS := ruff==0.17.6 mypy==2.4.1
+LINT_STAMP := $(LINT_VENV)/.installed
+
+$(LINT_STAMP): Makefile $(STAMP)
+	test -x $(LINT_VENV)/bin/python || $(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet $(LINT_PINS) \
+		pydantic==$$($(BIN)/python -c 'import pydantic; print(pydantic.VERSION)')
+	touch $(LINT_STAMP)
+
+lint: venv $(LINT_STAMP)
+	$(LINT_VENV)/bin/ruff check .
+	$(LINT_VENV)/bin/mypy --python-executable $(BIN)/python
+
 run: venv
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/calib-assets run $(if $(ON_RAY),--ray $(RAY_ADDRESS))
 
-test: venv
+test: venv lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 snapshots: venv  # accept an intended change of the asset graph (review the diff of calib_assets_tests/snapshots/)
@@ -50,7 +66,7 @@ dev: venv
 	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 clean:
-	rm -rf $(VENV) artifacts .dagster_home dbt/target dbt/logs
+	rm -rf $(VENV) $(LINT_VENV) artifacts .dagster_home dbt/target dbt/logs .mypy_cache .ruff_cache
 
 # Optional: llm-compressor in its own venv, for benchmarks/compression.py and the cross-check test.
 bench-env:

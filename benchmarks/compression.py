@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypeGuard
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -57,8 +58,7 @@ def run_one(args) -> None:
     import numpy as np
     import torch
 
-    from _common import (embedded_model_folder, emit, library_baseline_mb, model_megabytes, peak_rss_mb,
-                         sampled_peak_rss)
+    from _common import embedded_model_folder, emit, library_baseline_mb, model_megabytes, peak_rss_mb, sampled_peak_rss
     from calib_assets.compression import compress_model, layerwise_hidden_states, make_method_config
     from calib_assets.compute import resolve_forward_dtype
     from calib_assets.evaluation import perplexity
@@ -179,7 +179,8 @@ def main() -> None:
           f"{args.batch_size} per forward pass; "
           f"perplexity on {args.eval_tokens} held-out {args.source} tokens in {args.eval_dtype}; "
           f"our model held in {args.model_dtype}; "
-          f"forward dtype during compression: {_resolved(args.dtype)}" + ("" if use_llmc else "; llm-compressor not run")
+          f"forward dtype during compression: {_resolved(args.dtype)}"
+          + ("" if use_llmc else "; llm-compressor not run")
           + (f"; seconds: the best of {args.repeats} alternating runs, memory: the highest" if args.repeats > 1 else "")
           + ("; seconds and ppl: means over the sets, memory: the highest" if len(args.sets) > 1 else ""))
 
@@ -188,13 +189,13 @@ def _over_sets(records: list[dict | None]) -> dict | None:
     """One tool's records of one method over several calibration sets: mean seconds and perplexity, the
     highest net memory, and every set's perplexity (`per_set`) for the spread; a stopped run stands
     for the whole method."""
-    records = [record for record in records if record is not None]
-    stopped = [record for record in records if _timed_out(record)]
-    if not records or stopped:
+    present = [record for record in records if record is not None]
+    stopped = [record for record in present if _timed_out(record)]
+    if not present or stopped:
         return next(iter(stopped), None)
-    combined = dict(max(records, key=lambda record: record["compress_peak_mb"] - record["runtime_mb"]))
-    combined["seconds"] = statistics.fmean(record["seconds"] for record in records)
-    combined["per_set"] = [record["perplexity"] for record in records]
+    combined = dict(max(present, key=lambda record: record["compress_peak_mb"] - record["runtime_mb"]))
+    combined["seconds"] = statistics.fmean(record["seconds"] for record in present)
+    combined["per_set"] = [record["perplexity"] for record in present]
     combined["perplexity"] = statistics.fmean(combined["per_set"])
     return combined
 
@@ -225,19 +226,18 @@ def _set_list(text: str) -> list[int]:
 def _combined(runs: list[dict | None]) -> dict | None:
     """Repeated runs of one tool and method as one record: the fastest time (this machine's speed drifts
     by 10-20% within an hour), the highest net memory; a perplexity that moved between runs is flagged."""
-    runs = [run for run in runs if run is not None]
-    finished = [run for run in runs if not _timed_out(run)]
+    present = [run for run in runs if run is not None]
+    finished = [run for run in present if not _timed_out(run)]
     if not finished:
-        return next(iter(runs), None)
-    runs = finished
-    record = dict(max(runs, key=lambda run: run["compress_peak_mb"] - run["runtime_mb"]))
-    record["seconds"] = min(run["seconds"] for run in runs)
-    if len({run["perplexity"] for run in runs}) > 1:
-        print(f"  perplexity moved between runs: {[round(run['perplexity'], 2) for run in runs]}", file=sys.stderr)
+        return next(iter(present), None)
+    record = dict(max(finished, key=lambda run: run["compress_peak_mb"] - run["runtime_mb"]))
+    record["seconds"] = min(run["seconds"] for run in finished)
+    if len({run["perplexity"] for run in finished}) > 1:
+        print(f"  perplexity moved between runs: {[round(run['perplexity'], 2) for run in finished]}", file=sys.stderr)
     return record
 
 
-def _timed_out(record: dict | None) -> bool:
+def _timed_out(record: dict | None) -> TypeGuard[dict]:
     return record is not None and "timed_out" in record
 
 

@@ -41,6 +41,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -58,10 +59,10 @@ METHODS = {
     "awq": ("awq", {"bits": 4, "group_size": 128}),
     "rtn": ("rtn", {"bits": 4, "group_size": 128}),
 }
-LLAMA_32_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+LLAMA_32_1B: dict[str, Any] = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
                "rope_theta": 500000.0, "tie_word_embeddings": True, "max_position_embeddings": 131072}
-TINY = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+TINY: dict[str, Any] = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 512, "tie_word_embeddings": True}
 LLMCOMPRESSOR_METHODS = ("gptq", "sparsegpt", "wanda", "awq", "rtn")  # SpQR has no llm-compressor modifier
 SHAPES = {"llama-3.2-1b": LLAMA_32_1B, "tiny": TINY}
@@ -115,7 +116,8 @@ def build_model(setup: Setup):
     torch.manual_seed(SEED)
     with torch.device(setup.device):
         model = LlamaForCausalLM(LlamaConfig(**setup.shapes))
-    return model.to(device="cpu", dtype=torch.bfloat16).eval()
+    # transformers decorates to() with functools.wraps(nn.Module.to), which hides the bound self from mypy
+    return model.to(device="cpu", dtype=torch.bfloat16).eval()  # type: ignore[call-arg]
 
 
 def calibration_ids(setup: Setup):
@@ -323,7 +325,7 @@ def llmcompressor_child(setup: Setup, methods: list[str], out: Path) -> None:
     build_model(setup).config.save_pretrained(config_folder)
     for name in methods:
         method, params = METHODS[name]
-        record = {"tool": "llmcompressor", "method": name}
+        record: dict[str, Any] = {"tool": "llmcompressor", "method": name}
         model = build_model(setup)  # the parent's dense weights: same seed, same device; oneshot leaves
         model.name_or_path = model.config._name_or_path = str(config_folder)  # quantization wrappers and
         try:  # offloading hooks behind, so every method starts from a new model
@@ -399,10 +401,11 @@ def run_cuda_tests(setup: Setup, out: Path) -> dict:
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
     (out / "cuda_tests.log").write_text(result.stdout + result.stderr)
-    record = {"exit_code": result.returncode, "wall_s": time.perf_counter() - started}
+    record: dict[str, Any] = {"exit_code": result.returncode, "wall_s": time.perf_counter() - started}
     if report.exists():
-        suite = ET.parse(report).getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        root = ET.parse(report).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        assert suite is not None, f"{report} holds no testsuite"
         record.update({key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")})
         record["failed"] = [case.get("name") for case in suite.iter("testcase")
                             if case.find("failure") is not None or case.find("error") is not None]
@@ -472,7 +475,8 @@ def summarize_tests(record: dict) -> str:
 def render(results: dict) -> str:
     env, forward = results["environment"], results["forward"]
     lines = [f"# GPU check: {env.get('gpu', 'CPU dry run')}, torch {env['torch']}, transformers {env['transformers']}",
-             "", f"Model: random Llama {env['shapes']['hidden_size']}-wide x {env['shapes']['num_hidden_layers']} layers; "
+             "", f"Model: random Llama {env['shapes']['hidden_size']}-wide x "
+             f"{env['shapes']['num_hidden_layers']} layers; "
              f"calibration {env['calibration'][0]} x {env['calibration'][1]} tokens; {env['forward_dtype']} forward "
              f"passes, batches of {env['batch_size']}. Whole check: {results['wall_s']:.0f} s.", "",
              f"CUDA tests: {summarize_tests(results['cuda_tests'])}.", "",

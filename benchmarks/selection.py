@@ -21,7 +21,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import embedded_model_folder, emit  # noqa: E402
-
 from calib_assets.calibration.selection import (  # noqa: E402
     select_activation_kmeans,
     select_coverage,

@@ -35,11 +35,12 @@ def main() -> None:
               if (directory / CONTENTS_FILE).is_file()]
     if not sealed:
         parser.error(f"no sealed artifact of study {args.study!r} under {args.root}: run the study first")
-    sizes, seconds = defaultdict(int), defaultdict(list)
+    sizes: defaultdict[str, int] = defaultdict(int)
+    seconds: defaultdict[str, list[float]] = defaultdict(list)
     for asset, directory in sealed:
         sizes[asset] += sum(f["bytes"] for f in read_json(directory / CONTENTS_FILE)["files"].values())
     for _ in range(args.repeats):
-        totals = defaultdict(float)
+        totals: defaultdict[str, float] = defaultdict(float)
         for asset, directory in sealed:
             started = time.perf_counter()
             problems = verify_contents(directory)
@@ -49,7 +50,7 @@ def main() -> None:
         for asset, value in totals.items():
             seconds[asset].append(value)
     print(f"{'asset':<22} {'artifacts':>9} {'MB':>9} {'median s':>9} {'MB/s':>8}")
-    count = defaultdict(int)
+    count: defaultdict[str, int] = defaultdict(int)
     for asset, _ in sealed:
         count[asset] += 1
     for asset in count:

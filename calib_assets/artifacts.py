@@ -226,7 +226,8 @@ def _check_replaceable(out: Path, marker: str, replace: bool, flag: str) -> None
     foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*")
                      if p.is_file() and str(p.relative_to(out)) not in written)
     if foreign:
-        raise UnsafeOutput(f"--out {str(out)!r} is an earlier export with files added since ({', '.join(foreign[:3])}); "
+        raise UnsafeOutput(f"--out {str(out)!r} is an earlier export with files added since "
+                           f"({', '.join(foreign[:3])}); "
                            f"{flag} would delete them: move them out first, or give another folder")
     if not replace:
         raise UnsafeOutput(f"--out {str(out)!r} holds an earlier export; pass {flag} to replace it")

@@ -169,7 +169,8 @@ def _verify(study, args) -> int:
     print(f"study {study.name!r} under {root}: {checked} artifact(s) checked, {len(problems)} problem(s), "
           f"{missing} not materialized")
     if problems:
-        print("a corrupt artifact is rebuilt by its own step: `calib-assets run` rebuilds them in order", file=sys.stderr)
+        print("a corrupt artifact is rebuilt by its own step: `calib-assets run` rebuilds them in order",
+              file=sys.stderr)
     return 1 if problems else 0
 
 

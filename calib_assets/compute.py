@@ -66,7 +66,7 @@ def fp32_matmuls_on_bf16_units(enabled: bool = True) -> Iterator[None]:
         return
     import torch
 
-    matmul = torch.backends.mkldnn.matmul
+    matmul = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]  # torch's stubs lack the fp32_precision API
     previous, matmul.fp32_precision = matmul.fp32_precision, "bf16"
     try:
         yield

@@ -52,12 +52,15 @@ def checkpoint_problems(study: Study, root: Path, variant: str, calib: str | Non
     """Finite weights; at most 2^bits levels per quantization group; the configured sparsity pattern."""
     _, method = study.parse_variant(variant)
     compressed, _ = load_checkpoint(steps.checkpoint_dir(root, variant, calib))
+    if method is None:
+        raise ValueError(f"{variant!r} is a dense baseline: it has no method config to check against")
     config = method.config
     problems = []
     for name, layer in compressed.items():
         if not bool(layer.weight.isfinite().all()):
             problems.append(f"{name}: non-finite weights")
         if layer.packed_codes is not None:
+            assert layer.bits is not None  # a result with codes has their bit width
             codes = layer.packed_codes.unpack().numpy()
             problems += [f"{name}: {p}" for p in _level_problems(codes, layer.bits, layer.group_size)]
         if getattr(config, "target_sparsity", None) is not None:

@@ -69,7 +69,8 @@ def _check_location_loads(study: Study) -> None:
 
 def _run_stage(instance, workspace, job_name: str, keys: list, partitions_def, tags: dict[str, str],
                slots: int, progress: _Progress) -> None:
-    pending, running, failed = list(keys), {}, None
+    pending, failed = list(keys), None
+    running: dict[str, tuple[str | None, float]] = {}  # run id -> (partition key, start)
     while pending or running:
         while pending and len(running) < slots and failed is None:
             key = pending.pop(0)
@@ -85,7 +86,8 @@ def _run_stage(instance, workspace, job_name: str, keys: list, partitions_def, t
             progress.line(job_name, key, time.perf_counter() - started,
                           ("reused" if _all_reused(instance, run_id) else "done") if ok else "FAILED")
             if not ok and failed is None:
-                failed = f"{failure_message(_events(instance, run_id), job_name, key)} (run {run_id[:8]} in the Dagster UI)"
+                failed = (f"{failure_message(_events(instance, run_id), job_name, key)} "
+                          f"(run {run_id[:8]} in the Dagster UI)")
         if failed and not running:
             raise StudyRunFailed(failed)
 
@@ -103,9 +105,11 @@ class _Progress:
 def _submit(instance: dg.DagsterInstance, workspace, job_name: str, tags: dict[str, str]) -> str:
     """Create the run as the UI's launchpad does (from the code location's job) and hand it to the queue."""
     from dagster._cli.job import _create_run
-    from dagster._cli.workspace.cli_target import (get_code_location_from_workspace,
-                                                   get_remote_job_from_remote_repo,
-                                                   get_remote_repository_from_code_location)
+    from dagster._cli.workspace.cli_target import (
+        get_code_location_from_workspace,
+        get_remote_job_from_remote_repo,
+        get_remote_repository_from_code_location,
+    )
 
     location = get_code_location_from_workspace(workspace, None)
     repository = get_remote_repository_from_code_location(location, None)
@@ -137,7 +141,8 @@ def _workspace(instance: dg.DagsterInstance):
     from dagster._cli.workspace.cli_target import get_workspace_from_cli_opts
     from dagster_shared.cli import WorkspaceOpts
 
-    with get_workspace_from_cli_opts(instance, __version__, WorkspaceOpts(workspace=[str(WORKSPACE_FILE)])) as workspace:
+    opts = WorkspaceOpts(workspace=[str(WORKSPACE_FILE)])
+    with get_workspace_from_cli_opts(instance, __version__, opts) as workspace:
         yield workspace
 
 

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def process_tags() -> dict[str, str]:
     return {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), STARTED_TAG: process_started(pid) or ""}
 
 
-def owner_is_gone(tags: dict[str, str]) -> bool:
+def owner_is_gone(tags: Mapping[str, str]) -> bool:
     """Whether the process a run's tags name has ended; False for runs of another host or without the tags
     (launched from the UI: the daemon's run monitoring watches those)."""
     if PID_TAG not in tags or tags.get(HOST_TAG) != socket.gethostname():

@@ -15,10 +15,10 @@ from typing import NamedTuple
 import dagster as dg
 
 from calib_assets.defs.jobs import stages
+from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.findings import findings_summary, report_dir
 from calib_assets.findings.build_status import BuildStatus, build_status
 from calib_assets.findings.tables import read_available_marts
-from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.recovery import fail_dead_runs, interruptible, process_tags
 from calib_assets.study import Study
 
@@ -40,7 +40,8 @@ class Stage(NamedTuple):
 def stage_plan(study: Study, only: Mapping[str, Sequence[str] | None] | None = None) -> list[Stage]:
     """The study's stages in dependency order, each with the partitions to run: all of them, or with `only`
     (job name -> its partition keys, None for all) those jobs' alone, each name and key checked first."""
-    plan = [Stage(name, assets, partitions_def.get_partition_keys() if partitions_def else [None], partitions_def)
+    plan = [Stage(name, assets, list(partitions_def.get_partition_keys()) if partitions_def else [None],
+                  partitions_def)
             for name, assets, partitions_def in stages(StudyPartitions.from_study(study))]
     if only is None:
         return plan
@@ -78,17 +79,18 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
             done += 1
             step_started = time.perf_counter()
             with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                # both lambdas run within this iteration (interruptible returns when the run ends): B023 is moot
                 result = interruptible(
-                    lambda: job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,
+                    lambda: job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,  # noqa: B023
                                                    raise_on_error=False,
                                                    tags={"calib_assets/study": study.name, **process_tags()}),
-                    on_interrupt=lambda: _interrupted(instance, job_name, key))
+                    on_interrupt=lambda: _interrupted(instance, job_name, key))  # noqa: B023
             seconds = time.perf_counter() - step_started
             label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
             if not result.success:
                 echo(f"{label} FAILED after {seconds:.1f}s")
-                raise StudyRunFailed(f"{failure_message(result.all_events, job_name, key)} (full trace: {log_path}; run "
-                                     f"{result.run_id[:8]} in the Dagster UI)")
+                raise StudyRunFailed(f"{failure_message(result.all_events, job_name, key)} (full trace: {log_path}; "
+                                     f"run {result.run_id[:8]} in the Dagster UI)")
             reused = _all_reused(result)
             echo(f"{label} {'reused' if reused else 'done'} in {seconds:5.1f}s "
                  f"(elapsed {time.perf_counter() - started:6.1f}s)")

@@ -74,7 +74,9 @@ def connect_cluster(address: str) -> Cluster:
 
     _check_reachable(address)
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+        # ray types logging_level as int, yet its own default is a level name (ray_constants.LOGGER_LEVEL)
+        ray.init(address=address, logging_level="ERROR",  # type: ignore[arg-type]
+                 log_to_driver=False, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise ScaleOutError(f"no Ray cluster at {address!r} ({type(error).__name__}: {str(error).splitlines()[0]}); "
                             "start one with `ray start --head --num-gpus=N` (docs/scale-out.md)") from None

@@ -189,7 +189,8 @@ class EvaluationSpec(_Strict):
     tasks: list[Annotated[ClozeTaskEntry | NextSentenceTaskEntry | LmEvalTaskEntry,
                           Field(discriminator="kind")]] = []
     limit: int | None = Field(None, gt=0, description="at most this many examples per task (lm-eval limit)")
-    kl_tokens: int = Field(0, ge=0, description="held-out tokens of the first evaluation dataset (else the first extra dataset) for KL vs the dense model")
+    kl_tokens: int = Field(0, ge=0, description="held-out tokens of the first evaluation dataset (else the first "
+                                                "extra dataset) for KL vs the dense model")
 
     @field_validator("extra_datasets")
     @classmethod

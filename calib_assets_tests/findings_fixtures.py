@@ -115,7 +115,8 @@ def degenerate_eval_results(seed: int = 2) -> pd.DataFrame:
     for model in ["m1", "m2"]:
         for (dataset, metric) in DEGENERATE_SCORES:
             dense = 0.0 if dataset == "zero" else 10.0 if metric == "perplexity" else 0.6
-            rows.append({**_row(f"{model}.dense", "dense", None, None, None, None, dataset, metric, dense), "model": model})
+            row = _row(f"{model}.dense", "dense", None, None, None, None, dataset, metric, dense)
+            rows.append({**row, "model": model})
     for source, n_sets in DEGENERATE_SOURCES.items():
         for set_seed in range(n_sets):
             calib = f"{source}.s{set_seed}"
@@ -131,7 +132,8 @@ def degenerate_eval_results(seed: int = 2) -> pd.DataFrame:
             set_seed = int(calib[-1])
             for (dataset, metric), behaviour in DEGENERATE_SCORES.items():
                 value = _degenerate_value(rng, behaviour, "src-a", set_seed)
-                rows.append({**_row(variant, method, calib, "src-a", set_seed, 16, dataset, metric, value), "model": "m2"})
+                row = _row(variant, method, calib, "src-a", set_seed, 16, dataset, metric, value)
+                rows.append({**row, "model": "m2"})
     return pd.DataFrame(rows)
 
 
@@ -163,7 +165,8 @@ def dbt_build(duckdb_path: Path, work_dir: Path, command: tuple[str, ...] = ("bu
 def built_warehouse(study: str) -> tuple[Path, pd.DataFrame, subprocess.CompletedProcess]:
     """A warehouse with the synthetic `study` ('grid', 'quantity' or 'degenerate') as eval_results and every mart built
     (once per test process). Returns (DuckDB path, the eval_results table, dbt's completed process)."""
-    results = {"grid": grid_eval_results, "quantity": quantity_eval_results, "degenerate": degenerate_eval_results}[study]()
+    builders = {"grid": grid_eval_results, "quantity": quantity_eval_results, "degenerate": degenerate_eval_results}
+    results = builders[study]()
     # the descriptors mart's source; empty for the studies that describe no calibration set
     descriptors = degenerate_descriptors(results) if study == "degenerate" else None
     path = write_warehouse(Path(tempfile.mkdtemp(prefix=f"calib-findings-{study}-")), results, descriptors)

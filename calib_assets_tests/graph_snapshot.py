@@ -2,7 +2,8 @@
 mappings, partitions, groups, code versions, kinds, owners, automation, checks, jobs, schedules, sensors),
 so that any lineage change shows up in review as a diff of calib_assets_tests/snapshots/*.json.
 
-Regenerate after an intended change: `make snapshots` (UPDATE_SNAPSHOTS=1 pytest calib_assets_tests/test_graph_snapshot.py).
+Regenerate after an intended change: `make snapshots`
+(UPDATE_SNAPSHOTS=1 pytest calib_assets_tests/test_graph_snapshot.py).
 """
 
 from __future__ import annotations
@@ -33,15 +34,19 @@ def graph_snapshot(defs: dg.Definitions) -> dict[str, Any]:
             "automation": type(spec.automation_condition).__name__ if spec.automation_condition else None,
             "checks": dict(sorted(checks.get(key.to_user_string(), {}).items())),
         }
+    # Definitions types jobs and schedules as resolved-or-unresolved unions; the study's are
+    # define_asset_job's (with .selection) and cron ScheduleDefinitions
+    job_defs: list[Any] = sorted(defs.jobs or [], key=lambda j: j.name)
+    schedules: list[Any] = sorted(defs.schedules or [], key=lambda s: s.name)
     jobs = {}
-    for job in sorted(defs.jobs or [], key=lambda j: j.name):
+    for job in job_defs:
         jobs[job.name] = {"assets": sorted(k.to_user_string() for k in job.selection.resolve(graph)),
                           "partitions": _partitions(job.partitions_def)}
     return {
         "assets": assets,
         "jobs": jobs,
         "schedules": {s.name: {"cron": s.cron_schedule, "job": s.job_name, "default": s.default_status.value}
-                      for s in sorted(defs.schedules or [], key=lambda s: s.name)},
+                      for s in schedules},
         "sensors": {s.name: {"default": s.default_status.value}
                     for s in sorted(defs.sensors or [], key=lambda s: s.name)},
     }

@@ -38,7 +38,8 @@ def local_ray_cluster(num_gpus: int = 2, num_cpus: int = 2, object_store_mb: int
                "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp}",
                "--disable-usage-stats", *[f"{flag}={value}" for flag, value in ports.items()]]
     try:
-        subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         yield f"127.0.0.1:{port}"
     finally:
         stop_cluster(temp)

@@ -61,7 +61,8 @@ def test_lineage_of_a_result_shows_the_values_in_the_warehouse(materialized, cli
     code, out, _ = cli("lineage", f"{variant}|{calib}", "--metric", "perplexity", "--dataset", dataset, "--json")
     with duckdb.connect(str(steps.warehouse_path(root)), read_only=True) as connection:
         expected = connection.execute("select value from eval_results where variant = ? and calib = ? and "
-                                      "metric = 'perplexity' and eval_dataset = ?", [variant, calib, dataset]).fetchall()
+                                      "metric = 'perplexity' and eval_dataset = ?",
+                                      [variant, calib, dataset]).fetchall()
     results = json.loads(out)[0]["details"]["results"]
     assert code == 0 and len(results) == len(expected) == 1
     assert results[0]["value"] == pytest.approx(expected[0][0], rel=1e-12)

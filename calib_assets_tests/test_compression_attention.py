@@ -7,7 +7,6 @@ from torch import nn
 from calib_assets.compression import attention as blocked
 from calib_assets.compression import compress_model, layerwise_hidden_states
 from calib_assets.compression.config import WandaConfig
-
 from calib_assets_tests.helpers import tiny_llama_factory
 
 

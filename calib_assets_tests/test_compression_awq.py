@@ -5,7 +5,6 @@ import re
 
 import pytest
 import torch
-from helpers import float_bits, output_error, salient_inputs
 
 from calib_assets.compression import (
     RTN,
@@ -26,6 +25,7 @@ from calib_assets.compression.awq import (
     search_clip,
     search_scale,
 )
+from calib_assets_tests.helpers import float_bits, output_error, salient_inputs
 
 
 def _salient_inputs(cols: int, tokens: int = 2048, seed: int = 0) -> torch.Tensor:

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from helpers import float_bits
 from torch import nn
 
 from calib_assets.artifacts import CorruptArtifact
@@ -28,6 +27,7 @@ from calib_assets.compression import (
 from calib_assets.compression import checkpoint as checkpoint_module
 from calib_assets.compression.packing import PackedTensor
 from calib_assets.compression.quantizer import dequantize
+from calib_assets_tests.helpers import float_bits
 
 LINEAR_NAMES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -232,8 +232,9 @@ def test_a_model_held_in_bf16_gets_its_fp32_results_rounded_once(config, make_mo
         assert torch.equal(tensor, same_values.state_dict()[key].to(torch.bfloat16)), key
 
 
-@pytest.mark.parametrize("dtype, release_memory, released", [(torch.float32, None, False), (torch.bfloat16, None, True),
-                                                              (torch.float32, True, True), (torch.bfloat16, False, False)])
+@pytest.mark.parametrize("dtype, release_memory, released",
+                         [(torch.float32, None, False), (torch.bfloat16, None, True),
+                          (torch.float32, True, True), (torch.bfloat16, False, False)])
 def test_freed_memory_is_released_by_default_only_for_a_16_bit_model(dtype, release_memory, released, make_model,
                                                                      monkeypatch):
     """Before the first layer, after each linear's compression (RTN: no statistics pass, one linear per

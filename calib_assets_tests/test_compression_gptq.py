@@ -3,7 +3,6 @@ groups and the true-sequential engine."""
 
 import pytest
 import torch
-from helpers import correlated_inputs, output_error, tiny_llama_factory
 
 from calib_assets.compression import (
     GPTQ,
@@ -17,6 +16,7 @@ from calib_assets.compression import (
     save_checkpoint,
 )
 from calib_assets.compression.quantizer import dequantize, fit_params, quantize
+from calib_assets_tests.helpers import correlated_inputs, output_error, tiny_llama_factory
 
 
 def _gptq(config, w, x, chunks=4):
@@ -323,7 +323,8 @@ def test_act_order_through_the_engine(tiny_llama, tmp_path):
     q, k = results["model.layers.0.self_attn.q_proj"], results["model.layers.0.self_attn.k_proj"]
     assert q.g_idx is not None and torch.equal(q.g_idx, k.g_idx)  # row-stacked: one permutation
     for result in results.values():
-        assert torch.equal(dequantize(result.unpacked_codes(), result.scales, result.zeros, 32, result.g_idx), result.weight)
+        codes = result.unpacked_codes()
+        assert torch.equal(dequantize(codes, result.scales, result.zeros, 32, result.g_idx), result.weight)
     save_checkpoint(tmp_path / "ckpt", results, {})
     fresh = make()
     apply_checkpoint(fresh, tmp_path / "ckpt")

@@ -33,7 +33,7 @@ LAYERS = [
 def imports_of(module: str) -> set[str]:
     """The package's modules that `module` imports anywhere in its source (function bodies included)."""
     tree = ast.parse((FOLDER / f"{module}.py").read_text())
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1:  # from .x import y / from . import x

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from helpers import correlated_inputs, output_error
 
 from calib_assets.compression import (
     Magnitude,
@@ -18,6 +17,7 @@ from calib_assets.compression import (
     save_checkpoint,
 )
 from calib_assets.compression.quantizer import dequantize
+from calib_assets_tests.helpers import correlated_inputs, output_error
 
 
 def _fed(compressor, x, chunks=4):
@@ -101,7 +101,8 @@ def test_nm_matches_naive_sparsegpt(n, m, blocksize):
     x = correlated_inputs(64, seed=6)
     result = _sparsegpt(SparseGPTConfig(n=n, m=m, blocksize=blocksize), w, x)
     expected, keep = _naive_nm_sparsegpt(w, 2 * x.double().T @ x.double() / x.shape[0], n, m)
-    assert (result.unpacked_mask() == keep).float().mean() > 0.98  # a near-tie may flip and move its row's later choices
+    # a near-tie may flip and move its row's later choices
+    assert (result.unpacked_mask() == keep).float().mean() > 0.98
     assert torch.equal(~keep, expected == 0) and torch.equal(~result.unpacked_mask(), result.weight == 0)
     assert output_error(w, result.weight, x) <= 1.02 * output_error(w, expected, x)
 

@@ -5,7 +5,6 @@ import re
 
 import pytest
 import torch
-from helpers import float_bits, output_error, salient_inputs, tiny_llama_factory
 
 from calib_assets.compression import (
     RTN,
@@ -21,6 +20,7 @@ from calib_assets.compression import (
 from calib_assets.compression.checkpoint import _encode
 from calib_assets.compression.quantizer import dequantize
 from calib_assets.compression.spqr import grid_statistics, outlier_mask
+from calib_assets_tests.helpers import float_bits, output_error, salient_inputs, tiny_llama_factory
 
 
 def _spqr(config, w, x):
@@ -111,7 +111,8 @@ def test_first_level_statistics_are_read_back_from_the_second_level_not_held(pro
     scales, zeros = grid_statistics(result)
     assert torch.equal(scales, by_hand["scales"].clamp_min(1e-9)) and torch.equal(zeros, by_hand["zeros"])
     columns = torch.arange(w.shape[1]) // 16 if result.g_idx is None else result.g_idx.long()  # act-order
-    expected = (result.unpacked_codes().float() - by_hand["zeros"][:, columns]) * by_hand["scales"].clamp_min(1e-9)[:, columns]
+    expected = ((result.unpacked_codes().float() - by_hand["zeros"][:, columns])
+                * by_hand["scales"].clamp_min(1e-9)[:, columns])
     assert torch.equal(result.weight, expected)
 
 

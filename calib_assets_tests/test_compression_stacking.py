@@ -52,5 +52,5 @@ def test_linears_reading_the_same_input_are_grouped():
                                     torch.float32, batch_size=2)
     groups = _groups_sharing_input(model.model.layers[0], inputs)
     assert sorted(map(sorted, groups)) == [
-        ["mlp.down_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
-        ["self_attn.o_proj"]]
+        ["mlp.down_proj"], ["mlp.gate_proj", "mlp.up_proj"],
+        ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"], ["self_attn.o_proj"]]

@@ -35,8 +35,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # torch is imported where it is used: collecting this file must stay cheap
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 LLMC_PYTHON = REPO / ".venv-llmc" / "bin" / "python"
@@ -156,7 +160,8 @@ def test_wanda_masks_match_llmcompressor(fixed_set, tmp_path, monkeypatch):
                     window = slice(start, start + config.m)
                     assert gap < NEAR_TIE, (
                         f"{name}[{row}, {col}]: masks differ where the inputs are identical and the scores "
-                        f"are not a near-tie (relative gap {gap:.3g}): ours {ours[name].packed_mask.unpack()[row, window].tolist()}, "
+                        f"are not a near-tie (relative gap {gap:.3g}): "
+                        f"ours {ours[name].packed_mask.unpack()[row, window].tolist()}, "
                         f"llm-compressor {theirs[name][row, window].tolist()}, scores {group.tolist()}"
                     )
                 if count:
@@ -262,7 +267,8 @@ def first_layer_inputs(calibration: Path) -> dict:
     model.set_attn_implementation("eager")
     captured: dict = {}
     hooks = [module.register_forward_pre_hook(
-                 lambda m, args, name=name: captured.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1])))
+                 lambda m, args, name=name: captured.setdefault(name, []).append(
+                     args[0].reshape(-1, args[0].shape[-1])))
              for name, module in model.named_modules() if name.startswith("model.layers.0.") and
              isinstance(module, torch.nn.Linear)]
     ids = torch.from_numpy(np.load(calibration))

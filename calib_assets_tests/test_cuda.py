@@ -25,7 +25,7 @@ from calib_assets.compression import (
 )
 from calib_assets.compression.packing import unpacked
 from calib_assets.compression.quantizer import dequantize
-from helpers import tiny_llama_factory
+from calib_assets_tests.helpers import tiny_llama_factory
 
 DEVICE = os.environ.get("CALIB_ASSETS_CUDA_TEST_DEVICE", "cuda")
 if DEVICE not in ("cuda", "cpu"):

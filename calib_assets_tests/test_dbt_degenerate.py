@@ -201,7 +201,7 @@ def test_ranges_equal_up_to_float_noise_share_a_sensitivity_rank(degenerate):
     low, high = TIED_RANGES["tie1"], TIED_RANGES["tie2"]
     assert high[1] - high[0] != low[1] - low[0]  # two float spellings of 0.1
     mart = read_table(path, "select * from mart_task_spread where variant = 'm1.wanda-2of4' and metric = 'acc'")
-    for source, ranking in mart.groupby("calibration_source"):
+    for _source, ranking in mart.groupby("calibration_source"):
         ranks = ranking.set_index("task")["sensitivity_rank"]
         ranges = ranking.set_index("task")["range_value"]
         assert ranks["tie1"] == ranks["tie2"] and ranks["cloze"] == ranks["zero"]
@@ -247,7 +247,8 @@ def test_headline_and_summary_say_no_difference(degenerate):
     assert headline.loc["m2.sparsegpt-2of4", "worst_calib"] == "no difference"
     assert headline.loc["m1.wanda-2of4", "best_calib"] != "no difference"
     summary = seed_spread_summary(read_table(path, "select * from mart_source_spread")).set_index(["method", "source"])
-    assert summary.loc[("wanda", "src-b"), "next acc range"] == 0 and summary.loc[("wanda", "src-b"), "next acc cv%"] == 0
+    assert summary.loc[("wanda", "src-b"), "next acc range"] == 0
+    assert summary.loc[("wanda", "src-b"), "next acc cv%"] == 0
     assert summary.loc[("wanda", "src-a"), "cloze acc range"] == 0
     assert np.isnan(summary.loc[("wanda", "src-a"), "zero acc cv%"])  # a mean of 0
     assert np.isnan(summary.loc[("sparsegpt", "src-a"), "ppl cv%"])  # a single set

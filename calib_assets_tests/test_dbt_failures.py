@@ -8,7 +8,6 @@ import os
 import shutil
 
 import dagster as dg
-import pandas as pd
 import pytest
 
 from calib_assets.findings import findings_summary, write_report
@@ -114,7 +113,8 @@ def _materialize_findings(root):
     try:
         with dg.instance_for_test() as instance:
             return dg.materialize([build_dbt_assets(), *build_findings_assets()], instance=instance,
-                                  resources={"dbt": dbt_resource(), "store": ArtifactStore(root=str(root), study="grid")})
+                                  resources={"dbt": dbt_resource(),
+                                             "store": ArtifactStore(root=str(root), study="grid")})
     finally:
         os.environ.pop(DUCKDB_ENV, None) if previous is None else os.environ.update({DUCKDB_ENV: previous})
 

@@ -130,8 +130,9 @@ def test_average_distribution_matches_pandas(warehouse):
     expected["sources"] = groups["calibration_source"].nunique().to_numpy()
     higher = scores["kind"] == "task_average"
     goodness = scores["value"].where(higher, -scores["value"])
-    expected["best"] = scores.loc[goodness.groupby([scores[k] for k in ALL_SETS_KEYS], dropna=False).idxmax(), "calib"].to_numpy()
-    expected["worst"] = scores.loc[goodness.groupby([scores[k] for k in ALL_SETS_KEYS], dropna=False).idxmin(), "calib"].to_numpy()
+    per_set = goodness.groupby([scores[k] for k in ALL_SETS_KEYS], dropna=False)
+    expected["best"] = scores.loc[per_set.idxmax(), "calib"].to_numpy()
+    expected["worst"] = scores.loc[per_set.idxmin(), "calib"].to_numpy()
     both = merged(read_table(path, "select * from mart_average_distribution"), expected, ALL_SETS_KEYS)
     for column, truth in [("mean_value", "mean"), ("min_value", "min"), ("q1_value", "q1"),
                           ("median_value", "median"), ("q3_value", "q3"), ("max_value", "max")]:
@@ -161,7 +162,8 @@ def test_source_ranking_counts_match_a_brute_force_count(warehouse):
     path, results = warehouse
     scores = set_scores(results).fillna({"n_samples": -1})
     criteria = scores[((scores["kind"] == "task") & (scores["metric"] == "acc")) | (scores["kind"] == "perplexity")]
-    means = criteria.groupby(["variant", "n_samples", "eval_dataset", "metric", "kind", "calibration_source"])["value"].mean()
+    keys = ["variant", "n_samples", "eval_dataset", "metric", "kind", "calibration_source"]
+    means = criteria.groupby(keys)["value"].mean()
     best, worst, n_criteria, discriminating = Counter(), Counter(), Counter(), Counter()
     for (variant, n_samples, _, _, kind), per_source in means.groupby(level=[0, 1, 2, 3, 4]):
         goodness = per_source.droplevel([0, 1, 2, 3, 4]) * (1 if kind == "task" else -1)
@@ -224,13 +226,13 @@ def _exact_bootstrap_quantiles(values: np.ndarray, probabilities: list[float]) -
     """Quantiles and std of the exact bootstrap distribution of the mean: every multiset of n draws from
     the n values, weighted by its multinomial probability."""
     n = len(values)
-    means, weights = [], []
+    draw_means, draw_weights = [], []
     for draw in itertools.combinations_with_replacement(range(n), n):
         counts = Counter(draw).values()
-        weights.append(math.factorial(n) / math.prod(math.factorial(c) for c in counts) / n ** n)
-        means.append(values[list(draw)].mean())
-    order = np.argsort(means)
-    means, weights = np.asarray(means)[order], np.asarray(weights)[order]
+        draw_weights.append(math.factorial(n) / math.prod(math.factorial(c) for c in counts) / n ** n)
+        draw_means.append(values[list(draw)].mean())
+    order = np.argsort(draw_means)
+    means, weights = np.asarray(draw_means)[order], np.asarray(draw_weights)[order]
     std = math.sqrt(np.dot((means - np.dot(means, weights)) ** 2, weights))
     return [float(means[np.searchsorted(np.cumsum(weights), p)]) for p in probabilities], std
 

@@ -80,7 +80,8 @@ def _greedy_cloze_examples(model, tokenizer, n_greedy: int, n_other: int):
     so that a space is often the greedy prediction."""
     rng = random.Random(0)
     space = tokenizer.encode(" ", add_special_tokens=False)[0]
-    greedy, other = [], []
+    greedy: list[dict[str, str]] = []
+    other: list[dict[str, str]] = []
     while len(greedy) < n_greedy or len(other) < n_other:
         contexts = ["".join(rng.choice(string.ascii_lowercase) for _ in range(12)) for _ in range(64)]
         ids = torch.tensor([tokenizer.encode(context, add_special_tokens=False) for context in contexts])

@@ -6,7 +6,7 @@ import pytest
 
 from calib_assets.defs import build_definitions
 from calib_assets.study import load_study
-from graph_snapshot import graph_snapshot
+from calib_assets_tests.graph_snapshot import graph_snapshot
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 

@@ -25,7 +25,8 @@ def test_sparsity_check_enforces_n_of_m():
 def test_evaluation_check_wants_every_dataset_and_finite_values():
     study = load_study("ci")
     expected = [f"{d}-heldout" for d in study.eval_datasets] + [task.name for task in study.evaluation.tasks]
-    table = pd.DataFrame({"eval_dataset": expected, "metric": "m", "value": [float("nan")] + [0.5] * (len(expected) - 1)})
+    values = [float("nan")] + [0.5] * (len(expected) - 1)
+    table = pd.DataFrame({"eval_dataset": expected, "metric": "m", "value": values})
     problems = evaluation_problems(study, table)
     assert len(problems) == 1 and "nan" in problems[0]
     assert evaluation_problems(study, table.iloc[1:]) == [f"missing {expected[0]}"]

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calib_assets.artifacts import CorruptArtifact, seal
 from calib_assets import steps
+from calib_assets.artifacts import CorruptArtifact, seal
 from calib_assets.runner import run_study
 
 # `materialized` (conftest.py): the CI study, materialized once per session; tests that use it share the
@@ -64,7 +64,8 @@ def test_spread_mart_matches_a_pandas_computation(materialized):
 
 def test_dense_model_is_evaluated_once_per_model_not_per_calibration_set(materialized):
     study, _, root, _, _ = materialized
-    baselines = _table(root, "select * from mart_baselines where metric = 'perplexity' and eval_dataset like '%-heldout'")
+    baselines = _table(root, "select * from mart_baselines where metric = 'perplexity' "
+                             "and eval_dataset like '%-heldout'")
     assert sorted(baselines["variant"].unique()) == sorted(study.baseline_keys)
     assert len(baselines) == len(study.baseline_keys) * len(study.eval_datasets)
 
@@ -288,7 +289,7 @@ def test_weekly_reevaluation_requests_every_materialized_checkpoint(materialized
     schedule = next(s for s in defs.schedules if s.name == "weekly_reevaluate_checkpoints")
     import datetime
 
-    tick = datetime.datetime(2026, 11, 23, 3, tzinfo=datetime.timezone.utc)
+    tick = datetime.datetime(2026, 11, 23, 3, tzinfo=datetime.UTC)
     with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick,
                                    repository_def=defs.get_repository_def()) as context:
         requests = list(schedule.evaluate_tick(context).run_requests)

@@ -95,7 +95,8 @@ def _step_records(instance, run_ids):
             if event is not None and event.step_key in ACCELERATOR_STEPS:
                 events.setdefault((event.event_type, event.step_key), (entry.timestamp, event))
         for step in ACCELERATOR_STEPS:
-            start, end = events[(DagsterEventType.STEP_START, step)][0], events[(DagsterEventType.STEP_SUCCESS, step)][0]
+            start = events[(DagsterEventType.STEP_START, step)][0]
+            end = events[(DagsterEventType.STEP_SUCCESS, step)][0]
             materialization = events[(DagsterEventType.ASSET_MATERIALIZATION, step)][1]
             worker = events[(DagsterEventType.STEP_WORKER_STARTING, step)][1]
             steps.append({"run": run_id, "step": step, "start": start, "end": end,
@@ -200,8 +201,6 @@ def _kill_when_step_starts(instance, known_runs: set[str], step_key: str, killed
 def test_a_ray_worker_killed_mid_step_fails_the_run_and_a_rerun_completes_it(ray_runs, monkeypatch):
     """The checkpoint of one partition is set aside (the test's own copy), so that its step computes again;
     its Ray job process is killed once the step has started."""
-    import dagster as dg
-
     from calib_assets import steps
     from calib_assets.artifacts import stale_temporaries
     from calib_assets.queue_runner import run_study_on_ray

@@ -120,7 +120,9 @@ def wait_for(condition, timeout_s: float, what: str):
 
 def read_until(process: subprocess.Popen, marker, timeout_s: float) -> list[str]:
     """Lines of the process's output up to the first that `marker` accepts (fails on timeout or exit)."""
-    lines, deadline = [], time.monotonic() + timeout_s
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    assert process.stdout is not None  # started with stdout=PIPE
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
@@ -612,7 +614,7 @@ HOLD = textwrap.dedent("""
 def hold(path, mode: str, seconds: float) -> subprocess.Popen:
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path), mode, str(seconds)], stdout=subprocess.PIPE,
                               text=True)
-    assert holder.stdout.readline().strip() == "holding"
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
     return holder
 
 

@@ -38,7 +38,8 @@ def test_the_executor_comes_from_the_environment_and_an_unknown_one_is_refused(m
 @pytest.mark.parametrize("device, gpus", [("auto", 1), ("cuda", 1), ("cpu", None)])
 def test_on_ray_accelerator_steps_ask_for_a_gpu_unless_pinned_to_the_cpu_and_no_pool_throttles_them(
         tmp_path, device, gpus):
-    study = load_study("ci").model_copy(update={"compute": load_study("ci").compute.model_copy(update={"device": device})})
+    ci = load_study("ci")
+    study = ci.model_copy(update={"compute": ci.compute.model_copy(update={"device": device})})
     defs = build_definitions(study, root=str(tmp_path), executor="ray")
     assert defs.executor.name == "ray"
     for name, (pool, tags) in _ops(defs).items():

@@ -37,7 +37,9 @@ TXT_FOLDER = FIXTURES / "txt_folder"
 
 
 def package_dir(name: str) -> Path:
-    return Path(list(importlib.util.find_spec(name).submodule_search_locations)[0])
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations is not None, f"{name} is not an installed package"
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 GENSIM_DATA = package_dir("gensim") / "test" / "test_data"
@@ -418,7 +420,8 @@ def test_fingerprint_changes_with_content_and_order():
 def test_save_and_load_round_trip(tmp_path):
     df = build_corpus(local_spec(C4_JSONL))
     manifest = save_corpus(df, tmp_path / "corpus", metadata={"source": "c4-fixture"})
-    assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == ["contents.json", "corpus.parquet", "manifest.json"]
+    names = sorted(p.name for p in (tmp_path / "corpus").iterdir())
+    assert names == ["contents.json", "corpus.parquet", "manifest.json"]
     on_disk = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
     assert on_disk["fingerprint"] == manifest["fingerprint"] == corpus_fingerprint(df)
     assert on_disk["summary"] == corpus_summary(df)

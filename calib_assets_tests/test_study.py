@@ -116,7 +116,8 @@ def test_missing_local_task_files_fail_before_any_compression(tmp_path):
     present = tmp_path / "boolq.jsonl"
     present.write_text("{}\n")
     study = _study(evaluation={"tasks": [{"kind": "lm_eval", "name": "boolq", "data_files": str(present)},
-                                         {"kind": "lm_eval", "name": "rte", "data_files": [str(tmp_path / "rte.jsonl")]}]})
+                                         {"kind": "lm_eval", "name": "rte",
+                                          "data_files": [str(tmp_path / "rte.jsonl")]}]})
     with pytest.raises(FileNotFoundError, match=r"task 'rte'.*rte.jsonl"):
         steps.materialize_offline_tasks(study, tmp_path)
     steps.check_task_data_files(_study(evaluation={"tasks": [{"kind": "lm_eval", "name": "boolq",

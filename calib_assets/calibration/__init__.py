@@ -1,4 +1,5 @@
-"""Calibration data: sampling, selection and descriptors of calibration sets cut from a source's pool (see docs/calibration.md)."""
+"""Calibration data: sampling, selection and descriptors of calibration sets cut from a source's pool
+(see docs/calibration.md)."""
 
 from calib_assets.calibration.calibset import (
     CalibrationSet,

@@ -50,6 +50,7 @@ class CalibrationSet:
         (and, for packed or padded sets, its segments and real-token count)."""
         rows = [{"doc_id": d, "offset": o, "text": t} for d, o, t in zip(self.doc_ids, self.offsets, self.texts)]
         if self.segments is not None:
+            assert self.effective_tokens is not None  # set together with segments
             for row, segments, effective in zip(rows, self.segments, self.effective_tokens):
                 row.update(segments=segments, effective_tokens=effective)
         return sha256_bytes([token_fingerprint(self.token_ids).encode(), json.dumps(rows, sort_keys=True).encode()])
@@ -143,6 +144,7 @@ def save_calibration_set(calibration_set: CalibrationSet, directory: Path, *, ex
                     zip(calibration_set.doc_ids, calibration_set.offsets, calibration_set.texts)):
                 row = {"doc_id": doc_id, "offset": offset, "text": text}
                 if calibration_set.segments is not None:
+                    assert calibration_set.effective_tokens is not None  # set together with segments
                     row.update(segments=calibration_set.segments[index],
                                effective_tokens=calibration_set.effective_tokens[index])
                 handle.write(json.dumps(row) + "\n")

@@ -76,7 +76,8 @@ def word_ngram_set(texts: Iterable[str], n: int = 4) -> set[tuple]:
 def sample_flags(texts: Sequence[str], effective_tokens: Sequence[int],
                  thresholds: FlagThresholds = FlagThresholds()) -> list[list[str]]:
     """Anomaly flags of each sample, in FLAGS order."""
-    flags, seen = [], []
+    flags: list[list[str]] = []
+    seen: list[set[tuple]] = []
     for text, n_tokens in zip(texts, effective_tokens):
         tokens = words(text)
         grams = ngrams(tokens, 4)
@@ -100,7 +101,7 @@ def sample_flags(texts: Sequence[str], effective_tokens: Sequence[int],
 
 
 def describe(rows: Sequence[Sequence[int]], texts: Sequence[str], *, effective_tokens: Sequence[int] | None = None,
-             perplexities: Sequence[float] | None = None, eval_grams: set[tuple] | None = None,
+             perplexities: Sequence[float] | np.ndarray | None = None, eval_grams: set[tuple] | None = None,
              thresholds: FlagThresholds = FlagThresholds()) -> dict[str, Any]:
     """{'set': descriptors, 'samples': [{index, effective_tokens, perplexity, flags}], 'thresholds': ...}."""
     effective = list(effective_tokens) if effective_tokens is not None else [len(row) for row in rows]

@@ -54,9 +54,9 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_t
         for start in range(0, len(members), batch_size):
             batch = members[start:start + batch_size]
             torch.manual_seed(seed * 1_000_003 + length * 7919 + start)
-            ids = torch.tensor([list(prompt_ids[i]) for i in batch], dtype=torch.long, device=device)
+            batch_ids = torch.tensor([list(prompt_ids[i]) for i in batch], dtype=torch.long, device=device)
             with torch.inference_mode():
-                generated = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                generated = model.generate(batch_ids, attention_mask=torch.ones_like(batch_ids), do_sample=True,
                                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                            pad_token_id=pad)
             for i, row in zip(batch, generated.tolist()):
@@ -71,7 +71,7 @@ def _until_eos(row: list[int], prompt_length: int, eos: int | None) -> list[int]
     return row[:prompt_length] + new
 
 
-def perplexity_filter(perplexities: Sequence[float], *, max_perplexity: float | None = None,
+def perplexity_filter(perplexities: Sequence[float] | np.ndarray, *, max_perplexity: float | None = None,
                       keep_fraction: float = 1.0) -> list[int]:
     """Indices kept (in input order): perplexity <= max_perplexity, then the lowest ceil(keep_fraction * n)."""
     values = np.asarray(perplexities, dtype=np.float64)

@@ -25,19 +25,19 @@ def zipcal_scores(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.array([sum(1.0 / frequency[token] for token in tokens) for tokens in distinct])
 
 
-def top_k(scores: Sequence[float], n_select: int, *, largest: bool = True) -> list[int]:
+def top_k(scores: Sequence[float] | np.ndarray, n_select: int, *, largest: bool = True) -> list[int]:
     """Indices of the n best scores; ties keep the lower index first."""
-    scores = np.asarray(scores, dtype=np.float64)
-    _check(n_select, len(scores))
-    keys = -scores if largest else scores
-    return [int(i) for i in np.lexsort((np.arange(len(scores)), keys))[:n_select]]
+    values = np.asarray(scores, dtype=np.float64)
+    _check(n_select, len(values))
+    keys = -values if largest else values
+    return [int(i) for i in np.lexsort((np.arange(len(values)), keys))[:n_select]]
 
 
 def select_zipcal(rows: Sequence[Sequence[int]], n_select: int) -> list[int]:
     return top_k(zipcal_scores(rows), n_select)
 
 
-def select_least_perplexity(perplexities: Sequence[float], n_select: int) -> list[int]:
+def select_least_perplexity(perplexities: Sequence[float] | np.ndarray, n_select: int) -> list[int]:
     return top_k(perplexities, n_select, largest=False)
 
 
@@ -69,13 +69,13 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = 0, iterations: int = 25) -
     points = np.asarray(points, dtype=np.float64)
     _check(k, len(points))
     rng = np.random.default_rng(seed)
-    centroids = [points[rng.integers(len(points))]]
+    chosen = [points[rng.integers(len(points))]]
     for _ in range(1, k):
-        distances = _squared_distances(points, np.array(centroids)).min(1)
+        distances = _squared_distances(points, np.array(chosen)).min(1)
         total = distances.sum()
         index = rng.choice(len(points), p=distances / total) if total > 0 else rng.integers(len(points))
-        centroids.append(points[index])
-    centroids = np.array(centroids)
+        chosen.append(points[index])
+    centroids = np.array(chosen)
     for _ in range(iterations):
         labels = _squared_distances(points, centroids).argmin(1)
         updated = np.array([points[labels == c].mean(0) if (labels == c).any() else centroids[c] for c in range(k)])

@@ -6,7 +6,7 @@ A study declares them per source entry (`sampling:`, `selection:`) with a study-
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -42,7 +42,7 @@ class Padding(_Spec):
     min_tokens: int = Field(16, gt=0)
 
 
-SamplingSpec = Annotated[Union[RandomWindow, ConcatChunk, Padding], Field(discriminator="kind")]
+SamplingSpec = Annotated[RandomWindow | ConcatChunk | Padding, Field(discriminator="kind")]
 SAMPLING_KINDS = ("random_window", "concat_chunk", "padding")
 
 
@@ -79,7 +79,7 @@ class ActivationKMeans(_Selection):
     iterations: int = Field(25, gt=0, le=1000)
 
 
-SelectionSpec = Annotated[Union[ZipCal, LeastPerplexity, TokenCoverage, ActivationKMeans],
+SelectionSpec = Annotated[ZipCal | LeastPerplexity | TokenCoverage | ActivationKMeans,
                           Field(discriminator="kind")]
 SELECTION_KINDS = ("zipcal", "least_perplexity", "coverage", "activation_kmeans")
 MODEL_SELECTIONS = ("least_perplexity", "activation_kmeans")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from calib_assets.calibration.sampler import SourceTooSmallError, check_capacity, eligible_documents, sample_windows
 from calib_assets.calibration.specs import ConcatChunk, Padding, RandomWindow
@@ -140,7 +141,8 @@ def draw_selected(documents: Mapping[str, Sequence[int]], sampling, selection, *
     """
     from calib_assets.calibration.selection import select
 
-    common = dict(seq_len=seq_len, sampler_seed=sampler_seed, source=source, pad_id=pad_id, eos_id=eos_id)
+    common: dict[str, Any] = dict(seq_len=seq_len, sampler_seed=sampler_seed, source=source, pad_id=pad_id,
+                                  eos_id=eos_id)
     if selection is None:
         return draw_samples(documents, sampling, n_samples=n_samples, seed=seed, **common), {}
     candidates = draw_samples(documents, sampling, n_samples=n_samples * selection.pool_factor, seed=seed, **common)
@@ -160,7 +162,8 @@ def draw_mixture(components: Sequence[Mapping[str, Sequence[int]]], counts: Sequ
     """counts[i] samples from component i (its k-th disjoint block, as if it were a source of its own), in
     component order. A document listed by several components belongs to the first."""
     seen: set[str] = set()
-    samples, provenance = [], {"components": []}
+    samples: list[Sample] = []
+    provenance: dict[str, Any] = {"components": []}
     for index, (documents, count) in enumerate(zip(components, counts)):
         own = {doc_id: ids for doc_id, ids in documents.items() if doc_id not in seen}
         seen |= set(own)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,7 +97,7 @@ def calibration_attention(model: nn.Module) -> Iterator[None]:
     hands every call it does not take (another device, fp32, a mask...) back to SDPA; any other
     implementation is left alone. Switch it only after the decoder's inputs were captured: the attention
     masks are built under the model's own implementation."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa":
         yield
         return

@@ -129,7 +129,7 @@ def apply_checkpoint(model: nn.Module, path: str | Path) -> dict:
 
 
 def _apply_extra(model: nn.Module, name: str, extra: ExtraTensor) -> None:
-    targets = dict(model.named_parameters())
+    targets: dict[str, torch.Tensor] = dict(model.named_parameters())
     targets.update(model.named_buffers())
     target = targets.get(name)
     if target is None:
@@ -149,10 +149,12 @@ def _encode(name: str, c: CompressedLinear) -> tuple[dict[str, torch.Tensor], di
     codes = None if c.packed_codes is None else c.packed_codes.unpack().cpu()
     mask = None if c.packed_mask is None else c.packed_mask.unpack().cpu().bool()
     if codes is not None:
+        assert c.bits is not None  # a result with codes has their bit width
         stored[f"{name}.codes"] = pack_codes(codes, c.bits)
         if c.second_level is not None:
             stored.update(_second_level(name, c, summary))
         else:
+            assert c.scales is not None and c.zeros is not None  # a grid without a second level is held
             zeros = c.zeros.detach().cpu().float()
             as_bytes = zeros.round().clamp(0, 255)
             compact = bool(torch.equal(as_bytes, zeros))
@@ -256,6 +258,7 @@ def _index_dtype(bound: int) -> torch.dtype:
 def _second_level(name: str, c: CompressedLinear, summary: dict[str, Any]) -> dict[str, torch.Tensor]:
     """SpQR's quantized statistics: packed codes and fp16 grids; they must give back `c.scales`/`c.zeros`
     where the result holds them."""
+    assert c.second_level is not None  # called for results with a second level only
     levels = {key: stat.to("cpu") for key, stat in c.second_level.items()}
     for key, value in zip(("scales", "zeros"), spqr_statistics(levels)):
         held = getattr(c, key)  # None: SpQR's own results, which the second level reproduces by construction

@@ -54,6 +54,9 @@ COMPRESSORS: dict[str, type] = {"rtn": RTN, "magnitude": Magnitude, "wanda": Wan
                                 "sparsegpt": SparseGPT, "spqr": SpQR}  # method -> per-linear compressor
 
 Progress = Callable[[int, int, str], None]
+# The module holding embed_tokens and the decoder layers (see _decoder): duck-typed, since nn.Module's
+# __getattr__ is typed Tensor | Module.
+Decoder = Any
 
 
 def make_compressor(config: MethodConfig, layer: Any):
@@ -115,6 +118,7 @@ def compress_model(
     with _eval_mode(model), contextlib.ExitStack() as stack:
         inputs = None
         if config.needs_calibration:
+            assert calibration_ids is not None  # checked by _check_ids above
             inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
             stack.enter_context(calibration_attention(model))
         total = len(decoder.layers)
@@ -239,11 +243,12 @@ def _split_rows(result: CompressedLinear, rows: list[int]) -> list[CompressedLin
         return [result]
     if result.second_level is not None:  # SpQR's second-level runs span rows: it is never row-stacked
         raise ValueError("a result with second-level statistics cannot be split by rows")
-    pieces = {"weight": result.weight, "codes": unpacked(result.packed_codes), "scales": result.scales,
-              "zeros": result.zeros, "mask": unpacked(result.packed_mask)}
+    weights = result.weight.split(rows)
+    pieces = {"codes": unpacked(result.packed_codes), "scales": result.scales, "zeros": result.zeros,
+              "mask": unpacked(result.packed_mask)}
     split = {field: (t.split(rows) if t is not None else [None] * len(rows)) for field, t in pieces.items()}
     return [
-        dataclasses.replace(result, info=dict(result.info), weight=split["weight"][i],
+        dataclasses.replace(result, info=dict(result.info), weight=weights[i],
                             packed_codes=packed(split["codes"][i]), scales=split["scales"][i],
                             zeros=split["zeros"][i], packed_mask=packed(split["mask"][i]))
         for i in range(len(rows))
@@ -312,7 +317,7 @@ FRONT_MODULES = ("embed_tokens", "embed_positions", "project_in", "rotary_emb") 
 
 
 def _capture_layer0_inputs(
-    decoder: nn.Module, input_ids: torch.Tensor, device: torch.device, forward_dtype: torch.dtype, batch_size: int
+    decoder: Decoder, input_ids: torch.Tensor, device: torch.device, forward_dtype: torch.dtype, batch_size: int
 ) -> LayerInputs:
     captured: LayerInputs = []
 
@@ -345,7 +350,7 @@ def _capture_layer0_inputs(
     return captured
 
 
-def _decoder(model: nn.Module) -> nn.Module:
+def _decoder(model: nn.Module) -> Decoder:
     """The module holding embed_tokens and the decoder layers: model.model (Llama, Mistral, Qwen...),
     model.model.decoder (OPT) or the model itself (a bare decoder)."""
     inner = getattr(model, "model", None)
@@ -356,12 +361,12 @@ def _decoder(model: nn.Module) -> nn.Module:
                      f"layers in model.model (Llama-style) or model.model.decoder (OPT-style)")
 
 
-def _prefix_of(model: nn.Module, decoder: nn.Module) -> str:
+def _prefix_of(model: nn.Module, decoder: Decoder) -> str:
     name = next(name for name, module in model.named_modules() if module is decoder)
     return f"{name}." if name else ""
 
 
-def _final_norm(decoder: nn.Module) -> nn.Module | None:
+def _final_norm(decoder: Decoder) -> Any:  # a norm layer, or None
     return getattr(decoder, "norm", None) or getattr(decoder, "final_layer_norm", None)
 
 

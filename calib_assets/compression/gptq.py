@@ -70,7 +70,8 @@ class GPTQ(HessianCompressor):
             scales, zeros = static
             group_of = (perm // group).tolist()  # processing position -> original group
             grids = list(zip(scales.T.contiguous(), zeros.T.contiguous()))
-        scale = zero = None
+        scale: torch.Tensor  # the grid of the current group: set at column 0 (a group start) and after
+        zero: torch.Tensor
 
         for block in obs_blocks(W, U, cfg.blocksize):
             for i, ((w, err, tail, step), c) in enumerate(zip(block.columns(), codes_t[block.i1 : block.i2])):

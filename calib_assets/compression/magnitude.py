@@ -94,6 +94,7 @@ class Magnitude(DataFree):
         if cfg.sparsity is not None:
             mask = lowest_mask(w.abs().reshape(1, -1), cfg.sparsity).reshape(w.shape)
         else:
+            assert cfg.n is not None and cfg.m is not None  # N:M (the config holds sparsity or n and m)
             mask = nm_mask(w.abs(), cfg.n, cfg.m)
         return CompressedLinear(
             weight=apply_mask(w, mask), packed_mask=packed(mask), info={"seconds": time.perf_counter() - start}

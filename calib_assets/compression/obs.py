@@ -65,7 +65,9 @@ class HessianCompressor:
             raise RuntimeError(f"{self.name} needs calibration inputs: add_batch was never called")
         W = weight.detach().float().clone()
         check_finite("weight", W)
-        H = self.H.to(W.device)
+        H = self.H
+        assert H is not None  # add_batch was called (checked above)
+        H = H.to(W.device)
         check_finite("Hessian", H)
         dead = torch.diag(H) == 0
         H[dead, dead] = 1

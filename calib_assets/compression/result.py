@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .packing import PackedTensor, unpacked
+
+_Movable = TypeVar("_Movable", torch.Tensor, PackedTensor)
 
 
 @dataclass
@@ -75,14 +77,15 @@ class CompressedLinear:
         return unpacked(self.packed_mask)
 
     def to(self, device: torch.device | str) -> CompressedLinear:
-        def move(t: torch.Tensor | PackedTensor | None) -> torch.Tensor | PackedTensor | None:
+        def move(t: _Movable | None) -> _Movable | None:
             return None if t is None else t.to(device)
 
         return dataclasses.replace(
             self,
             weight=self.weight.to(device),
             g_idx=move(self.g_idx),
-            **{name: move(getattr(self, name)) for name in ("packed_codes", "scales", "zeros", "packed_mask")},
+            packed_codes=move(self.packed_codes), scales=move(self.scales), zeros=move(self.zeros),
+            packed_mask=move(self.packed_mask),
             second_level=None if self.second_level is None
             else {key: stat.to(device) for key, stat in self.second_level.items()},
         )

@@ -52,25 +52,28 @@ class SparseGPT(HessianCompressor):
         mask = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
         codes_t = torch.zeros_like(Q_t) if quantized else None
         scales = torch.zeros(rows, cols // group, device=W.device) if quantized else None
-        zeros = torch.zeros_like(scales) if quantized else None
-        scale = zero = None
+        zeros = torch.zeros_like(scales) if scales is not None else None  # quantized
+        scale: torch.Tensor  # the grid of the current group: set at column 0 (a group start) and after
+        zero: torch.Tensor
         nothing = torch.zeros((), device=W.device)
         nm = cfg.sparsity is None
+        n, m = cfg.n or 0, cfg.m or 0  # read for N:M only, where the config holds both (1 <= n < m)
 
         for block in obs_blocks(W, U, cfg.blocksize):
             i1, i2 = block.i1, block.i2
             inv_d2 = 1 / block.d**2
-            if nm:
+            if cfg.sparsity is None:  # N:M
                 mask1t = torch.ones_like(block.W1t, dtype=torch.bool)  # transposed, like W1t
             else:
                 mask1t = block_mask(block.W1t, inv_d2, cfg.sparsity)
             columns = zip(block.columns(), Q_t[i1:i2], mask1t)
             for i, ((w, err, tail, step), q, keep) in enumerate(columns):
                 col = i1 + i
-                if nm and i % cfg.m == 0:  # keep: a view of mask1t, so it sees this assignment
-                    score = block.W1t[i : i + cfg.m].square().mul_(inv_d2[i : i + cfg.m, None])
-                    nm_keep_columns(score, cfg.n, out=mask1t[i : i + cfg.m])
+                if nm and i % m == 0:  # keep: a view of mask1t, so it sees this assignment
+                    score = block.W1t[i : i + m].square().mul_(inv_d2[i : i + m, None])
+                    nm_keep_columns(score, n, out=mask1t[i : i + m])
                 if quantized:
+                    assert cfg.bits is not None and codes_t is not None and scales is not None and zeros is not None
                     torch.where(keep, w, nothing, out=q)  # the pruned weights are 0
                     if col % group == 0:
                         scale, zero = fit_params(block.current_group(W, i, col + group), cfg.bits, cfg.symmetric)
@@ -87,7 +90,7 @@ class SparseGPT(HessianCompressor):
                 # exactly w where kept, exactly +0.0 where pruned.
                 Q_t[i1:i2] = block.W1t
             mask[:, i1:i2] = mask1t.T
-        codes = codes_t.T.to(torch.uint8).contiguous() if quantized else None
+        codes = codes_t.T.to(torch.uint8).contiguous() if codes_t is not None else None  # quantized
         return Q_t.T.contiguous(), mask, codes, scales, zeros
 
 

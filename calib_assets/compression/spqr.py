@@ -65,6 +65,8 @@ def outlier_mask(result: CompressedLinear) -> torch.Tensor:
     """True where `weight` is not (bitwise) what the codes give, rounded to the weight's dtype: the
     weights kept in full precision (`quantizer.off_grid`)."""
     scales, zeros = grid_statistics(result)
+    if result.packed_codes is None or scales is None or zeros is None:
+        raise ValueError("outlier_mask needs a quantized result (codes, and scales and zeros or a second level)")
     mask = None if result.packed_mask is None else result.packed_mask.unpack()
     return off_grid(result.weight, result.packed_codes.unpack(), scales, zeros, result.group_size, result.g_idx,
                     mask)
@@ -146,7 +148,8 @@ class SpQR(HessianCompressor):
         kept_t = torch.zeros(cols, rows, dtype=torch.float32, device=W.device)  # values of the outliers
         find_outliers = math.isfinite(threshold)
         d = torch.diag(U)
-        scale = zero = None
+        scale: torch.Tensor  # the grid of the current group: set at column 0 (a group start) and after
+        zero: torch.Tensor
 
         for block in obs_blocks(W, U, cfg.blocksize):
             W1t, d1 = block.W1t, block.d.tolist()

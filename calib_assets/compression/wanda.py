@@ -17,7 +17,7 @@ class Wanda:
     def __init__(self, config: WandaConfig, layer: Any):
         self.config = config
         self.rows, self.columns = weight_shape_of(layer)
-        self.sq_norm = None  # running mean over tokens of x_j^2, per input feature j
+        self.sq_norm: torch.Tensor | None = None  # running mean over tokens of x_j^2, per input feature j
         self.ntokens = 0
 
     def add_batch(self, inp: torch.Tensor) -> None:
@@ -41,6 +41,7 @@ class Wanda:
         if cfg.sparsity is not None:
             mask = lowest_mask(metric, cfg.sparsity)
         else:
+            assert cfg.n is not None and cfg.m is not None  # N:M (the config holds sparsity or n and m)
             mask = nm_mask(metric, cfg.n, cfg.m)
         return CompressedLinear(
             weight=apply_mask(w, mask),

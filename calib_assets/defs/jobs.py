@@ -46,7 +46,7 @@ def build_reevaluation(parts: StudyPartitions) -> tuple[list, list]:
 def build_jobs(parts: StudyPartitions, dbt_assets_def: dg.AssetsDefinition) -> list:
     jobs = []
     for name, assets, partitions_def in stages(parts):
-        selection = dg.AssetSelection.assets(*[a for a in assets if a != DBT])
+        selection: dg.AssetSelection = dg.AssetSelection.assets(*[a for a in assets if a != DBT])
         if DBT in assets:
             selection |= dg.AssetSelection.assets(dbt_assets_def)
         jobs.append(dg.define_asset_job(name, selection=selection, partitions_def=partitions_def,

@@ -84,7 +84,8 @@ def _number(value: Any) -> Any:
 
 def eval_results_metadata(results: pd.DataFrame, lineage_counts: dict[str, int], duckdb_path: Path) -> dict[str, Any]:
     """Row counts (in all, per metric, per lineage table) and a preview of eval_results."""
-    preview = results.sort_values(["variant", "calib", "eval_dataset", "metric"], na_position="first").head(PREVIEW_ROWS)
+    preview = results.sort_values(["variant", "calib", "eval_dataset", "metric"],
+                                  na_position="first").head(PREVIEW_ROWS)
     per_metric = results["metric"].value_counts().sort_index()
     return {
         "rows": len(results),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -26,7 +25,7 @@ class StudyPartitions:
     study: Study
 
     @classmethod
-    def from_study(cls, study: Study) -> "StudyPartitions":
+    def from_study(cls, study: Study) -> StudyPartitions:
         models = dg.StaticPartitionsDefinition([model.name for model in study.models])
         calibs = dg.StaticPartitionsDefinition(study.calib_keys)
         sources = dg.StaticPartitionsDefinition(study.source_names)

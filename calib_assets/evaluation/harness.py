@@ -63,7 +63,7 @@ class TaskSpec:
     """
 
     name: str
-    data_files: str | Path | tuple[str, ...] | None = None
+    data_files: str | Path | tuple[str, ...] | list[str] | None = None  # a list is held as a tuple
     include_path: str | Path | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +115,7 @@ def upstream_yaml(name: str) -> Path:
 
 
 def _data_file_list(spec: TaskSpec) -> list[str]:
+    assert spec.data_files is not None  # called for tasks on local files only
     files = [spec.data_files] if isinstance(spec.data_files, (str, Path)) else list(spec.data_files)
     resolved = []
     for file in files:

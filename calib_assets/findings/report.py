@@ -12,7 +12,7 @@ import pandas as pd
 from calib_assets.artifacts import atomic_dir
 from calib_assets.findings.build_status import BuildStatus, build_status, format_build_status
 from calib_assets.findings.figures import FIGURES, render_figures
-from calib_assets.findings.tables import (REPORT_MARTS, format_table, headline_from_marts, read_available_marts)
+from calib_assets.findings.tables import REPORT_MARTS, format_table, headline_from_marts, read_available_marts
 
 INDEX = "index.html"
 MAX_TABLE_ROWS = 200

@@ -40,9 +40,8 @@ def read_available_marts(duckdb_path: Path, names: list[str] | None = None
                          ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """(the named marts that the last dbt build built, {mart: why it is left out} for the others): a
     mart that does not exist, or that the last build skipped or failed to build, would show stale rows."""
-    from calib_assets.warehouse import connect as connect_warehouse
-
     from calib_assets.findings.build_status import read_build_status
+    from calib_assets.warehouse import connect as connect_warehouse
 
     names = list(names or REPORT_MARTS)
     with connect_warehouse(duckdb_path, read_only=True) as connection:
@@ -79,7 +78,8 @@ def headline_from_marts(marts: dict[str, pd.DataFrame]) -> pd.DataFrame:
         "mean_value": "mean", "min_value": "min", "max_value": "max", "range_value": "range"})
     for column in ("best_calib", "worst_calib"):
         table[column] = table[column].where(table["sets_differ"].astype(bool), NO_DIFFERENCE)
-    return table.sort_values(["model", "method", "variant", "n_samples", "score"])[HEADLINE_COLUMNS].reset_index(drop=True)
+    ordered = table.sort_values(["model", "method", "variant", "n_samples", "score"])
+    return ordered[HEADLINE_COLUMNS].reset_index(drop=True)
 
 
 def format_table(table: pd.DataFrame, digits: int = 3) -> str:

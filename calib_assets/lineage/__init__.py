@@ -10,8 +10,16 @@ was built from. Plain Python: no Dagster.
 
 from calib_assets.lineage.export import EXPORT_FILES, export_calibration
 from calib_assets.lineage.tables import EVAL_LINEAGE_SQL, TABLE_SCHEMAS, lineage_tables, write_lineage_tables
-from calib_assets.lineage.trace import (LineageError, Node, Target, _allowed, chain_as_dicts, format_chain,
-                                        parse_target, trace)
+from calib_assets.lineage.trace import (
+    LineageError,
+    Node,
+    Target,
+    _allowed,
+    chain_as_dicts,
+    format_chain,
+    parse_target,
+    trace,
+)
 
 __all__ = ["EVAL_LINEAGE_SQL", "EXPORT_FILES", "LineageError", "Node", "TABLE_SCHEMAS", "Target", "_allowed",
            "chain_as_dicts", "export_calibration", "format_chain", "lineage_tables", "parse_target", "trace",

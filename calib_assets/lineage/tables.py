@@ -13,7 +13,7 @@ import pandas as pd
 from calib_assets.steps import calibration_dir, checkpoint_dir, corpus_dir, model_dir, pool_dir, stored_manifest
 from calib_assets.study import Study
 
-V, I, F = "VARCHAR", "BIGINT", "DOUBLE"
+V, I, F = "VARCHAR", "BIGINT", "DOUBLE"  # noqa: E741  (DuckDB type shorthands: Varchar, Integer, Float)
 TABLE_SCHEMAS = {  # column -> DuckDB type (explicit, so that an empty table still has its types)
     "lineage_base_models": {"model": V, "fingerprint": V, "folder": V, "spec": V, "path": V},
     "lineage_source_snapshots": {"source": V, "fingerprint": V, "spec": V, "heldout_fraction": F, "documents": I,
@@ -67,11 +67,11 @@ def lineage_tables(study: Study, root: Path) -> dict[str, pd.DataFrame]:
         for calib in study.calib_keys:
             if calibration := stored_manifest(calibration_dir(root, spec.name, calib)):
                 rows["lineage_calibration_sets"].append(_set_row(study, spec.name, calib, calibration, root))
-    partitions = [(v, c) for v in study.variant_keys for c in study.calib_keys]
+    partitions: list[tuple[str, str | None]] = [(v, c) for v in study.variant_keys for c in study.calib_keys]
     partitions += [(v, None) for v in study.baseline_keys if study.parse_variant(v)[1] is not None]
-    for variant, calib in partitions:
-        if checkpoint := stored_manifest(checkpoint_dir(root, variant, calib)):
-            rows["lineage_checkpoints"].append(_checkpoint_row(variant, calib, checkpoint, root))
+    for variant, variant_calib in partitions:
+        if checkpoint := stored_manifest(checkpoint_dir(root, variant, variant_calib)):
+            rows["lineage_checkpoints"].append(_checkpoint_row(variant, variant_calib, checkpoint, root))
     return {name: pd.DataFrame(rows[name], columns=list(schema)) for name, schema in TABLE_SCHEMAS.items()}
 
 

@@ -11,8 +11,17 @@ from typing import Any
 import pandas as pd
 
 from calib_assets.artifacts import verify_contents
-from calib_assets.steps import (calibration_dir, checkpoint_dir, corpus_dir, evaluation_dir, model_dir, pool_dir,
-                                read_evaluation, rebuild_hint, stored_manifest)
+from calib_assets.steps import (
+    calibration_dir,
+    checkpoint_dir,
+    corpus_dir,
+    evaluation_dir,
+    model_dir,
+    pool_dir,
+    read_evaluation,
+    rebuild_hint,
+    stored_manifest,
+)
 from calib_assets.study import Study
 
 
@@ -40,7 +49,7 @@ class Target:
     a baseline variant, a model or a source."""
 
     kind: str
-    keys: dict[str, str | None]
+    keys: dict[str, str]  # role (variant, baseline, calib, model, source) -> key
 
 
 def _allowed(keys: list[str], limit: int = 12) -> str:

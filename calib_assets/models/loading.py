@@ -153,7 +153,8 @@ def load_model(folder: Path, *, dtype=None, device: str = "cpu", trust_remote_co
         folder, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
     )
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), tokenizer
+    # transformers decorates to() with functools.wraps(nn.Module.to), which hides the bound self from mypy
+    return model.to(device).eval(), tokenizer  # type: ignore[arg-type]
 
 
 def weights_fingerprint(folder: Path) -> str:

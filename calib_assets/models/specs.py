@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -69,7 +69,7 @@ class RandomLlama(_Spec):
     seed: int = 0
 
 
-ModelSpec = Annotated[Union[EmbeddedModel, HubModel, LocalModel, RandomLlama], Field(discriminator="kind")]
+ModelSpec = Annotated[EmbeddedModel | HubModel | LocalModel | RandomLlama, Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(ModelSpec)
 
 

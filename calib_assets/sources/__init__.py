@@ -3,8 +3,8 @@
 from calib_assets.sources.corpus import (
     COLUMNS,
     build_corpus,
-    corpus_from_texts,
     corpus_fingerprint,
+    corpus_from_texts,
     corpus_summary,
     iter_texts,
     load_corpus,
@@ -13,10 +13,10 @@ from calib_assets.sources.corpus import (
 )
 from calib_assets.sources.normalize import CALIBRATION, HELDOUT, document_id, normalize_text, split_of
 from calib_assets.sources.specs import (
+    DERIVED_KINDS,
     EMBEDDED_SOURCES,
     HUGGINGFACE_PRESETS,
     LOCAL_EXTENSIONS,
-    DERIVED_KINDS,
     EmbeddedSource,
     GeneratedSource,
     HuggingFaceSource,

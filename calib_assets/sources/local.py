@@ -32,7 +32,8 @@ def list_local_files(root: Path, pattern: str | None) -> list[Path]:
     files = [path for path in candidates if _is_supported_file(path, root)]
     if not files:
         shown = f"{str(root)!r}" + (f" (pattern {pattern!r})" if pattern else "")
-        raise ValueError(f"local source path {shown} holds no supported files; allowed extensions: {list(LOCAL_EXTENSIONS)}")
+        raise ValueError(f"local source path {shown} holds no supported files; "
+                         f"allowed extensions: {list(LOCAL_EXTENSIONS)}")
     return files
 
 

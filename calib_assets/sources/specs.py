@@ -11,7 +11,7 @@ Every spec has a `label`, which becomes the source's Dagster partition key.
 from __future__ import annotations
 
 import codecs
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator, model_validator
 
@@ -76,7 +76,7 @@ def check_label(value: str) -> str:
     return check_key_name(value, "source label")
 
 
-def _check_not_blank(value: str, what: str) -> str:
+def _check_not_blank(value: str, what: str | None) -> str:
     if not value.strip():
         raise ValueError(f"{what} {value!r} is empty; give a non-empty string")
     return value
@@ -129,7 +129,7 @@ class EmbeddedSource(_Spec):
         return value
 
     @model_validator(mode="after")
-    def _default_label(self) -> "EmbeddedSource":
+    def _default_label(self) -> EmbeddedSource:
         object.__setattr__(self, "label", check_label(self.label or self.name))
         return self
 
@@ -265,8 +265,8 @@ class GeneratedSource(_LabelledSpec):
     batch_size: int = Field(8, gt=0)
 
 
-SourceSpec = Annotated[Union[EmbeddedSource, HuggingFaceSource, LocalFilesSource, TaskSource, MixtureSource,
-                             GeneratedSource], Field(discriminator="kind")]
+SourceSpec = Annotated[EmbeddedSource | HuggingFaceSource | LocalFilesSource | TaskSource | MixtureSource
+                       | GeneratedSource, Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(SourceSpec)
 SOURCE_KINDS = ("embedded", "huggingface", "local", "task", "mixture", "generated")
 SPEC_CLASSES = (EmbeddedSource, HuggingFaceSource, LocalFilesSource, TaskSource, MixtureSource, GeneratedSource)

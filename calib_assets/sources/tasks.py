@@ -60,7 +60,7 @@ def format_examples(rows: list[dict], task: str, *, template: str = "zero_shot",
     if len(examples) <= shots:
         raise ValueError(f"in_context with shots={shots} needs more than {shots} rows; the split has {len(examples)}")
     texts = []
-    for index, example in enumerate(examples):
+    for index in range(len(examples)):
         others = [i for i in range(len(examples)) if i != index]
         chosen = random.Random(seed * 1_000_003 + index).sample(others, shots)
         texts.append("\n\n".join(render(examples[i]) for i in chosen + [index]))

@@ -15,26 +15,82 @@ does new work).
 The names below are the package's interface (`from calib_assets import steps; steps.X`).
 """
 
-from calib_assets.steps.calibration import (DESCRIPTORS_FILE, FLAGS, INSPECTION_SAMPLES, calibration_manifest,
-                                            check_pool_capacity, flagged_samples, inspect_calibration_set,
-                                            inspection_seed, materialize_calibration_pool, materialize_calibration_set,
-                                            materialize_descriptors)
-from calib_assets.steps.compression import (dense_baseline_manifest, export_variant_model, load_variant_model,
-                                            materialize_checkpoint, variant_manifest)
-from calib_assets.steps.evaluation import (BOOTSTRAP_ITERS, CORRECT_FILE, EVAL_COLUMNS, LEAKED_TASKS_FINGERPRINT,
-                                           RESULTS_FILE, check_task_data_files, evaluate_variant,
-                                           materialize_offline_tasks, offline_tasks_with_leak_check, read_evaluation,
-                                           task_specs)
-from calib_assets.steps.inputs import (GENERATED_MIN_CHARS, TASK_MIN_CHARS, base_model_manifest, build_source_corpus,
-                                       derived_corpus_inputs, load_base, load_base_tokenizer, load_corpus_split,
-                                       materialize_base_model, materialize_corpus, scoring_model)
-from calib_assets.steps.layout import (CODE_VERSIONS, MANIFEST, calibration_dir, checkpoint_dir, corpus_dir,
-                                       evaluation_dir, model_dir, pool_dir, read_manifest, rebuild_hint, reuse_or_build,
-                                       step_inputs, stored_manifest, study_artifacts, tasks_dir, verify_study,
-                                       warehouse_path)
-from calib_assets.steps.warehouse import (DESCRIPTOR_COLUMNS, collect_descriptors, collect_results,
-                                          evaluated_partitions, expected_descriptor_rows, expected_evaluations,
-                                          materialize_descriptor_table, write_descriptor_table, write_eval_results)
+from calib_assets.steps.calibration import (
+    DESCRIPTORS_FILE,
+    FLAGS,
+    INSPECTION_SAMPLES,
+    calibration_manifest,
+    check_pool_capacity,
+    flagged_samples,
+    inspect_calibration_set,
+    inspection_seed,
+    materialize_calibration_pool,
+    materialize_calibration_set,
+    materialize_descriptors,
+)
+from calib_assets.steps.compression import (
+    dense_baseline_manifest,
+    export_variant_model,
+    load_variant_model,
+    materialize_checkpoint,
+    variant_manifest,
+)
+from calib_assets.steps.evaluation import (
+    BOOTSTRAP_ITERS,
+    CORRECT_FILE,
+    EVAL_COLUMNS,
+    LEAKED_TASKS_FINGERPRINT,
+    RESULTS_FILE,
+    check_task_data_files,
+    evaluate_variant,
+    materialize_offline_tasks,
+    offline_tasks_with_leak_check,
+    read_evaluation,
+    task_specs,
+)
+from calib_assets.steps.inputs import (
+    GENERATED_MIN_CHARS,
+    TASK_MIN_CHARS,
+    base_model_manifest,
+    build_source_corpus,
+    derived_corpus_inputs,
+    load_base,
+    load_base_tokenizer,
+    load_corpus_split,
+    materialize_base_model,
+    materialize_corpus,
+    scoring_model,
+)
+from calib_assets.steps.layout import (
+    CODE_VERSIONS,
+    MANIFEST,
+    calibration_dir,
+    checkpoint_dir,
+    corpus_dir,
+    evaluation_dir,
+    model_dir,
+    pool_dir,
+    read_manifest,
+    rebuild_hint,
+    reuse_or_build,
+    step_inputs,
+    stored_manifest,
+    study_artifacts,
+    tasks_dir,
+    verify_study,
+    warehouse_path,
+)
+from calib_assets.steps.warehouse import (
+    DESCRIPTOR_COLUMNS,
+    collect_descriptors,
+    collect_results,
+    evaluated_partitions,
+    expected_descriptor_rows,
+    expected_evaluations,
+    materialize_descriptor_table,
+    write_descriptor_table,
+    write_eval_results,
+)
 
 __all__ = [
     "BOOTSTRAP_ITERS", "CODE_VERSIONS", "CORRECT_FILE", "DESCRIPTORS_FILE", "DESCRIPTOR_COLUMNS", "EVAL_COLUMNS",

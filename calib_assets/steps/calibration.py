@@ -9,16 +9,33 @@ from pathlib import Path
 from typing import Any
 
 from calib_assets.artifacts import temporary_prefix, write_json
-from calib_assets.calibration import (build_calibration_set, check_capacity, load_calibration_set, load_token_pool,
-                                      save_calibration_set, save_token_pool, tokenize_documents)
+from calib_assets.calibration import (
+    build_calibration_set,
+    check_capacity,
+    load_calibration_set,
+    load_token_pool,
+    save_calibration_set,
+    save_token_pool,
+    tokenize_documents,
+)
 from calib_assets.calibration.calibset import calibration_set_from_samples
 from calib_assets.calibration.descriptors import describe, inspection_markdown, word_ngram_set
 from calib_assets.calibration.scoring import row_embeddings, row_perplexities
-from calib_assets.calibration.strategies import (check_strategy_capacity, draw_mixture, draw_selected, eligible_count,
-                                                 pool_size)
+from calib_assets.calibration.strategies import (
+    check_strategy_capacity,
+    draw_mixture,
+    draw_selected,
+    eligible_count,
+    pool_size,
+)
 from calib_assets.sources import MixtureSource
-from calib_assets.steps.inputs import (base_model_manifest, corpus_fingerprints, load_base_tokenizer, load_corpus_split,
-                                       scoring_model)
+from calib_assets.steps.inputs import (
+    base_model_manifest,
+    corpus_fingerprints,
+    load_base_tokenizer,
+    load_corpus_split,
+    scoring_model,
+)
 from calib_assets.steps.layout import calibration_dir, corpus_dir, pool_dir, read_manifest, reuse_or_build, step_inputs
 from calib_assets.study import Study, mixture_counts
 

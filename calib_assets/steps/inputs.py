@@ -12,10 +12,24 @@ from calib_assets.artifacts import atomic_dir, write_json
 from calib_assets.calibration.generation import self_generate
 from calib_assets.compute import resolve_device, resolve_forward_dtype, reuse_freed_memory
 from calib_assets.models import context_length, load_model, prepare_model_folder, trust_remote_code, weights_fingerprint
-from calib_assets.sources import (GeneratedSource, MixtureSource, TaskSource, build_corpus, corpus_from_texts,
-                                  load_corpus, save_corpus)
-from calib_assets.steps.layout import (CODE_VERSIONS, MANIFEST, corpus_dir, model_dir, read_manifest, reuse_or_build,
-                                       step_inputs)
+from calib_assets.sources import (
+    GeneratedSource,
+    MixtureSource,
+    TaskSource,
+    build_corpus,
+    corpus_from_texts,
+    load_corpus,
+    save_corpus,
+)
+from calib_assets.steps.layout import (
+    CODE_VERSIONS,
+    MANIFEST,
+    corpus_dir,
+    model_dir,
+    read_manifest,
+    reuse_or_build,
+    step_inputs,
+)
 from calib_assets.study import Study
 
 GENERATED_MIN_CHARS = 20

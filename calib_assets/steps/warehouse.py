@@ -31,7 +31,8 @@ DESCRIPTOR_COLUMNS = {
 def collect_results(study: Study, root: Path) -> pd.DataFrame:
     """Every evaluation of the study that exists on disk, in one long table, plus the share of task
     answers that flip between correct and wrong relative to the dense model."""
-    partitions = [(variant, calib) for variant in study.variant_keys for calib in study.calib_keys]
+    partitions: list[tuple[str, str | None]] = [(variant, calib) for variant in study.variant_keys
+                                                for calib in study.calib_keys]
     partitions += [(variant, None) for variant in study.baseline_keys]
     found = [(variant, calib) for variant, calib in partitions
              if (evaluation_dir(root, variant, calib) / RESULTS_FILE).is_file()]
