@@ -34,9 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     lineage = commands.add_parser(
         "lineage", help="print the chain result -> checkpoint -> calibration set -> pool -> corpus -> base model",
         description="TARGET is a partition key of any asset: VARIANT|CALIB (a checkpoint and its evaluation, "
-                    "e.g. smollm2-135m.gptq-w3g64|bbc-tech.s0), MODEL|CALIB (a calibration set), MODEL|SOURCE "
+                    "e.g. smollm2-135m.gptq-w3g16|bbc-tech.s0), MODEL|CALIB (a calibration set), MODEL|SOURCE "
                     "(a token pool), a baseline variant (smollm2-135m.dense), a model or a source.")
-    lineage.add_argument("target", metavar="TARGET", help="partition key, e.g. 'smollm2-135m.gptq-w3g64|bbc-tech.s0'")
+    lineage.add_argument("target", metavar="TARGET", help="partition key, e.g. 'smollm2-135m.gptq-w3g16|bbc-tech.s0'")
     lineage.add_argument("--metric", help="show only results of this metric (e.g. perplexity, acc)")
     lineage.add_argument("--dataset", help="show only results on this evaluation dataset or task")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     model = commands.add_parser(
         "export-model", help="write a compressed model as a plain Hugging Face folder (usable without this project)")
     model.add_argument("target", metavar="TARGET",
-                       help="VARIANT|CALIB (e.g. 'smollm2-135m.gptq-w3g64|bbc-tech.s0') or a calibration-free "
-                            "baseline (e.g. smollm2-135m.rtn-w3g64)")
+                       help="VARIANT|CALIB (e.g. 'smollm2-135m.gptq-w3g16|bbc-tech.s0') or a calibration-free "
+                            "baseline (e.g. smollm2-135m.rtn-w3g16)")
     model.add_argument("--out", required=True, type=Path, help="directory to create")
     model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the base model's")
     model.add_argument("--force", action="store_true", help="replace an existing --out")

@@ -1,7 +1,7 @@
 """Study specs: the one place where a study's grid is declared (studies/*.yaml), validated at load time.
 
 A study is models x methods x calibration sources x seeds, plus evaluation datasets. Partitions:
-- variant = "<model>.<method label>" for methods that use calibration data (e.g. smollm2-135m.gptq-w3g64)
+- variant = "<model>.<method label>" for methods that use calibration data (e.g. smollm2-135m.gptq-w3g16)
 - calib   = "<source>.s<seed>" (e.g. bbc-tech.s2), or "<source>.n<size>.s<seed>" when the study sweeps the
   number of calibration examples (calibration.n_samples given as a list, e.g. c4.n128.s0)
 - baseline = "<model>.dense" and "<model>.<label>" for calibration-free methods, once per model.

@@ -239,3 +239,51 @@ def test_bootstrap_stderr_runs_without_forking(monkeypatch):
     assert 0 < stderr < 1
     with pytest.raises(AssertionError, match="forked"):
         bootstrap_stderr(mean, values, 200)
+
+
+def _random_requests(vocab: int, n: int, seed: int):
+    """(key, context ids, continuation ids) of mixed lengths: contexts 1-40 tokens, continuations 1-6, some
+    contexts shared by several continuations and some one-token continuations (HFLM's logits cache)."""
+    rng = random.Random(seed)
+    requests = []
+    while len(requests) < n:
+        context = [rng.randrange(vocab) for _ in range(rng.randint(1, 40))]
+        for _ in range(rng.choice([1, 1, 3])):
+            continuation = [rng.randrange(vocab) for _ in range(rng.choice([1, 1, 2, 6]))]
+            requests.append(((str(len(requests)), "c"), context, continuation))
+    return requests[:n]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_continuation_only_scorer_equals_hflm(tiny, dtype):
+    """The lean loglikelihood against lm-eval's own HFLM path on the same requests: the same log-probabilities
+    within float tolerance and the same greedy flags (the plain version is HFLM itself)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from calib_assets.evaluation.loglikelihood import ContinuationOnlyLM
+
+    model, tokenizer = tiny
+    model = copy.deepcopy(model).to(dtype)
+    requests = _random_requests(model.config.vocab_size, 45, seed=3)
+    answers = {}
+    for kind in (HFLM, ContinuationOnlyLM):
+        lm = kind(pretrained=model, tokenizer=tokenizer, batch_size=4, softmax_dtype=torch.float32)
+        answers[kind] = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    ours, theirs = answers[ContinuationOnlyLM], answers[HFLM]
+    assert len(ours) == len(theirs) == len(requests)
+    tolerance = 1e-4 if dtype == torch.float32 else 0.15
+    for (ll_ours, greedy_ours), (ll_theirs, greedy_theirs) in zip(ours, theirs):
+        assert abs(ll_ours - ll_theirs) <= tolerance * max(1.0, abs(ll_theirs))
+        assert greedy_ours == greedy_theirs
+    if dtype == torch.float32:  # and each request scored alone, unpadded, in float64 log-softmax
+        for (ll_ours, greedy_ours), (_, context, continuation) in zip(ours[:8], requests[:8]):
+            ll_alone, greedy_alone = _ll_and_greedy_ids(model, context, continuation)
+            assert ll_ours == pytest.approx(ll_alone, rel=1e-4, abs=1e-4) and greedy_ours == greedy_alone
+
+
+def _ll_and_greedy_ids(model, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+    with torch.no_grad():
+        logits = model(torch.tensor([(context + continuation)[:-1]])).logits[0].double()
+    log_probs = torch.log_softmax(logits, dim=-1)[len(context) - 1:]
+    total = sum(log_probs[i, token].item() for i, token in enumerate(continuation))
+    return total, all(log_probs[i].argmax().item() == token for i, token in enumerate(continuation))

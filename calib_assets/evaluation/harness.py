@@ -199,8 +199,9 @@ def _bootstrap_in_process():
 def _evaluate(model, tokenizer, specs, batch_size, limit, device, bootstrap_iters, work_dir) -> HarnessResult:
     import lm_eval
     import torch
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from calib_assets.evaluation.loglikelihood import ContinuationOnlyLM
 
     lm_names: dict[str, str] = {}  # lm-eval task name -> reported name
     include_paths: list[str] = []
@@ -221,7 +222,7 @@ def _evaluate(model, tokenizer, specs, batch_size, limit, device, bootstrap_iter
         raise ValueError(f"lm-eval knows no task {unknown}; paper tasks: {PAPER_TASKS} (or give include_path)")
 
     model = model.to(device).eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
+    lm = ContinuationOnlyLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
     with _bootstrap_in_process():
         results = lm_eval.simple_evaluate(
             model=lm,
