@@ -3,7 +3,8 @@ sat (mean held-out perplexity about 1.3-2.5x dense, task accuracy clearly above 
 compressed on one calibration set and evaluated as the study evaluates (held-out perplexity per source,
 the offline tasks), beside the dense model.
 
-    .venv/bin/python benchmarks/default_settings.py ROOT [--calib bbc-tech.s0] [--candidates gptq:bits=4,group_size=128 ...]
+    .venv/bin/python benchmarks/default_settings.py ROOT [--calib bbc-tech.s0]
+        [--candidates gptq:bits=4,group_size=64 ...]
 
 ROOT: an artifact root of the default study with its upstream stages materialized (see
 benchmarks/profile_checkpoint.py); everything is written under a temporary copy of it.
@@ -32,7 +33,7 @@ CANDIDATES = [
 
 def parse_candidate(text: str) -> dict:
     method, _, options = text.partition(":")
-    entry = {"method": method}
+    entry: dict[str, str | int | float] = {"method": method}
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         entry[key] = float(value) if "." in value else int(value)
@@ -46,7 +47,6 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="*", default=CANDIDATES)
     args = parser.parse_args()
 
-    import pandas as pd
 
     from calib_assets.compute import resolve_device, resolve_forward_dtype
     from calib_assets.steps.compression import materialize_checkpoint
@@ -80,7 +80,8 @@ def summarize(rows) -> None:
     for label, results in rows:
         ppl = results[(results["metric"] == "perplexity") & results["eval_dataset"].str.endswith("-heldout")]
         acc = results[results["metric"] == "acc"].set_index("eval_dataset")["value"]
-        table.append({"variant": label, "mean_ppl": ppl["value"].mean(), **{f"{task} acc": acc[task] for task in acc.index}})
+        accuracies = {f"{task} acc": acc[task] for task in acc.index}
+        table.append({"variant": label, "mean_ppl": ppl["value"].mean(), **accuracies})
     frame = pd.DataFrame(table)
     frame.insert(2, "ppl_x_dense", frame["mean_ppl"] / frame["mean_ppl"].iloc[0])
     print(frame.round(3).to_string(index=False), flush=True)

@@ -132,8 +132,8 @@ def main() -> None:
         base = Path(directory)
         study = study_file(args.study, base)
         upstream_root, upstream_home = base / "upstream-root", base / "upstream-home"
-        print(f"upstream stages of {args.study!r} in process: {cli(study, upstream_root, upstream_home, '--jobs', UPSTREAM):.1f} s",
-              flush=True)
+        upstream_seconds = cli(study, upstream_root, upstream_home, "--jobs", UPSTREAM)
+        print(f"upstream stages of {args.study!r} in process: {upstream_seconds:.1f} s", flush=True)
         rows = []
         for repeat in range(args.repeats):
             for mode in ("in-process", "ray-1", "ray-2"):

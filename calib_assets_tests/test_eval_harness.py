@@ -245,7 +245,7 @@ def _random_requests(vocab: int, n: int, seed: int):
     """(key, context ids, continuation ids) of mixed lengths: contexts 1-40 tokens, continuations 1-6, some
     contexts shared by several continuations and some one-token continuations (HFLM's logits cache)."""
     rng = random.Random(seed)
-    requests = []
+    requests: list[tuple[tuple[str, str], list[int], list[int]]] = []
     while len(requests) < n:
         context = [rng.randrange(vocab) for _ in range(rng.randint(1, 40))]
         for _ in range(rng.choice([1, 1, 3])):

@@ -44,7 +44,10 @@ class ContinuationOnlyLM(HFLM):
         inputs = [(context + continuation)[-(self.max_length + 1):][:-1] for _, context, continuation in chunk]
         length = max(len(tokens) for tokens in inputs)
         batch = torch.zeros((len(inputs), length), dtype=torch.long)
-        rows, positions, targets, sizes = [], [], [], []
+        rows: list[int] = []
+        positions: list[int] = []
+        targets: list[int] = []
+        sizes: list[int] = []
         for row, (tokens, (_, _, continuation)) in enumerate(zip(inputs, chunk)):
             batch[row, :len(tokens)] = torch.tensor(tokens)
             # position p predicts token p + 1: the continuation's tokens come from its last len(cont) positions
