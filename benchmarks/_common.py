@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
+import shutil
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from calib_assets.artifacts import artifact_root
+from calib_assets.artifacts import STUDY_FILE, artifact_root, check_root_study
 from calib_assets.calibration import sample_windows, tokenize_documents
 from calib_assets.evaluation import heldout_token_stream
 from calib_assets.models import load_model, parse_model_spec, prepare_model_folder
@@ -20,6 +21,19 @@ from calib_assets.sources import build_corpus, parse_source_spec
 
 def embedded_model_folder() -> Path:
     return prepare_model_folder(parse_model_spec("smollm2-135m"), artifact_root() / "model-cache")
+
+
+def scratch_copy_of_root(root: Path, study: str, into: Path, *left_out: str) -> Path:
+    """`into`/root: a copy of the artifact root of `study` (one with its upstream stages materialized)
+    without the top-level folders `left_out`, so that a benchmark writes nothing under `root`."""
+    if not (Path(root) / STUDY_FILE).is_file():
+        raise SystemExit(f"{root} is not an artifact root (no {STUDY_FILE}); materialize the study's upstream "
+                         "stages there first")
+    check_root_study(root, study, claim=False)
+    copy = Path(into) / "root"
+    shutil.copytree(root, copy, ignore=lambda folder, names: [n for n in names if Path(folder) == Path(root)
+                                                             and n in left_out])
+    return copy
 
 
 def fixed_inputs(source: str, n_samples: int, seq_len: int, eval_tokens: int, out: Path,

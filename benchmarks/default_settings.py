@@ -13,14 +13,15 @@ benchmarks/profile_checkpoint.py); everything is written under a temporary copy 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 CANDIDATES = [
@@ -47,10 +48,8 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="*", default=CANDIDATES)
     args = parser.parse_args()
 
-
-    from calib_assets.compute import resolve_device, resolve_forward_dtype
-    from calib_assets.steps.compression import materialize_checkpoint
-    from calib_assets.steps.evaluation import evaluate_variant, read_evaluation
+    from _common import scratch_copy_of_root
+    from calib_assets.steps import evaluate_variant, forward_placement, materialize_checkpoint, read_evaluation
     from calib_assets.study import load_study
 
     with tempfile.TemporaryDirectory(prefix="settings-") as scratch:
@@ -59,10 +58,11 @@ def main() -> None:
         study_path = Path(scratch) / "default.yaml"
         study_path.write_text(yaml.safe_dump(base))
         study = load_study(str(study_path))
-        root = Path(scratch) / "root"
-        shutil.copytree(args.root, root, ignore=shutil.ignore_patterns("checkpoints"))
-        device = resolve_device(study.compute.device)
-        dtype = resolve_forward_dtype(study.compute.forward_dtype, device)
+        if args.calib not in study.calib_keys:
+            raise SystemExit(f"--calib {args.calib!r} is not a calibration set of the default study; allowed: "
+                             f"{study.calib_keys}")
+        root = scratch_copy_of_root(args.root, study.name, Path(scratch), "checkpoints")
+        device, dtype = forward_placement(study)
         dense_variant = study.baseline_keys[0]
         rows = [("dense", read_evaluation(root, dense_variant, None))]
         for variant in study.variant_keys:

@@ -17,13 +17,14 @@ import argparse
 import cProfile
 import io
 import pstats
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> None:
@@ -35,9 +36,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
 
-    from calib_assets.compute import resolve_device, resolve_forward_dtype
-    from calib_assets.steps.compression import materialize_checkpoint
-    from calib_assets.steps.evaluation import evaluate_variant
+    from _common import scratch_copy_of_root
+    from calib_assets.steps import evaluate_variant, forward_placement, materialize_checkpoint
     from calib_assets.study import load_study
 
     study = load_study(args.study)
@@ -46,13 +46,9 @@ def main() -> None:
     if variant not in study.variant_keys or calib not in study.calib_keys:
         raise SystemExit(f"{variant}|{calib} is not a partition of {study.name!r}; variants: {study.variant_keys}, "
                          f"calibration sets: {study.calib_keys}")
-    if not (args.root / "study.json").is_file():
-        raise SystemExit(f"{args.root} is not an artifact root (no study.json)")
-    device = resolve_device(study.compute.device)
-    dtype = resolve_forward_dtype(study.compute.forward_dtype, device)
+    device, dtype = forward_placement(study)
     with tempfile.TemporaryDirectory(prefix="profile-") as scratch:
-        root = Path(scratch) / "root"
-        shutil.copytree(args.root, root, ignore=shutil.ignore_patterns("checkpoints", "evaluations"))
+        root = scratch_copy_of_root(args.root, study.name, Path(scratch), "checkpoints", "evaluations")
         phases = {
             "compression": lambda: materialize_checkpoint(study, variant, calib, root, device=device,
                                                           forward_dtype=dtype, log=lambda line: None),

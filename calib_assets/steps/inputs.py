@@ -78,10 +78,15 @@ def load_base_tokenizer(study: Study, root: Path, model_name: str):
                                          trust_remote_code=trust_remote_code(study.model(model_name)))
 
 
+def forward_placement(study: Study):
+    """(device, forward dtype) that the study's compute settings resolve to on this machine."""
+    device = resolve_device(study.compute.device)
+    return device, resolve_forward_dtype(study.compute.forward_dtype, device)
+
+
 def scoring_model(study: Study, root: Path, model_name: str):
     """The base model for forward passes that only score data (bf16 where the hardware has it)."""
-    device = resolve_device(study.compute.device)
-    dtype = resolve_forward_dtype(study.compute.forward_dtype, device)
+    device, dtype = forward_placement(study)
     model, _, _ = load_base(study, root, model_name, device=device)
     return model.to(dtype=dtype), device, dtype
 
