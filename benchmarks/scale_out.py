@@ -1,15 +1,18 @@
-"""The `ci` study's compress_and_evaluate stage in process, on a 1-GPU and on a 2-GPU local Ray cluster
-(logical GPUs, 2 CPUs): wall time of each, and Ray's overhead per step.
+"""The `ci` study's compress_and_evaluate stage in process, on a 1-GPU local Ray cluster with a Ray job per
+step (dagster-ray's executor, CALIB_ASSETS_EXECUTOR=ray-jobs), and on a 1-GPU and a 2-GPU cluster with warm
+workers (the default Ray executor); logical GPUs, 2 CPUs: wall time of each, and Ray's overhead per step.
 
     .venv/bin/python benchmarks/scale_out.py [--study ci] [--repeats 1]
 
 The upstream stages run once, in process; each mode then starts from its own copy of that artifact root
 and Dagster home, so that every mode computes every partition. Per accelerator step (compressed_model,
 evaluation), from the runs' event logs:
-  submit->start  Ray's job submission (STEP_WORKER_STARTING) to the step's first event in its worker
-                 (STEP_START): a fresh process that imports the library and loads the definitions;
+  submit->start  the step's submission to Ray (STEP_WORKER_STARTING) to its first event in its worker
+                 (STEP_START): with Ray jobs, a fresh process that imports the library and loads the
+                 definitions; with warm workers, a call on a process that did so for an earlier step
+                 (cold: the first step a worker process runs, which starts it);
   step           STEP_START to STEP_SUCCESS, the step's own work (in process: the same span).
-Overhead per step is submit->start on the 1-GPU cluster, where steps never share the CPU. The target
+Overhead per step is the warm submit->start on the 1-GPU cluster, where steps never share the CPU. The target
 compares it with a default-study compression step on this CPU, from `calib-assets plan`'s cost model
 (constants measured by benchmarks/plan_costs.py), and with the fastest one measured in this run's
 in-process mode. About 10 minutes on 2 cores.
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -40,6 +44,7 @@ UPSTREAM = "prepare_models,prepare_corpora,tokenize_pools,build_calibration_sets
 STAGE = "compress_and_evaluate"
 STEPS = ("compressed_model", "evaluation")
 TARGET_SHARE = 0.05
+MODES = ("in-process", "ray-jobs-1", "ray-1", "ray-2")  # executor-GPUs
 
 
 def study_file(name: str, directory: Path) -> Path:
@@ -51,12 +56,14 @@ def study_file(name: str, directory: Path) -> Path:
     return path
 
 
-def cli(study: Path, root: Path, home: Path, *args: str) -> float:
+def cli(study: Path, root: Path, home: Path, *args: str, executor: str | None = None) -> float:
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     env.pop("CALIB_ASSETS_EXECUTOR", None)
+    if executor:
+        env["CALIB_ASSETS_EXECUTOR"] = executor
     started = time.perf_counter()
     done = subprocess.run([str(CLI), "--study", str(study), "--root", str(root), "run", *args], env=env,
                           capture_output=True, text=True)
@@ -70,19 +77,26 @@ def step_spans(home: Path) -> list[dict]:
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(str(home))
-    spans = []
+    spans: list[dict[str, Any]] = []
     for run in instance.get_runs(dg.RunsFilter(job_name=STAGE)):
         first: dict[tuple, float] = {}
+        pids: dict[str | None, Any] = {}
         for entry in instance.all_logs(run.run_id):
             event = entry.dagster_event
             if event is not None and event.step_key in STEPS:
                 first.setdefault((event.event_type, event.step_key), entry.timestamp)
+                if event.event_type == dg.DagsterEventType.STEP_WORKER_STARTED:
+                    pids[event.step_key] = event.event_specific_data.metadata["pid"].value  # type: ignore[union-attr]
         for step in STEPS:
             start = first[(dg.DagsterEventType.STEP_START, step)]
             submitted = first.get((dg.DagsterEventType.STEP_WORKER_STARTING, step))
-            spans.append({"step": step, "run": run.run_id,
+            spans.append({"step": step, "run": run.run_id, "pid": pids.get(step), "start": start,
                           "submit_to_start": None if submitted is None else start - submitted,
                           "seconds": first[(dg.DagsterEventType.STEP_SUCCESS, step)] - start})
+    seen_pids = set()
+    for span in sorted(spans, key=lambda span: span["start"]):  # a process's first step is the one that started it
+        span["cold"] = span["pid"] not in seen_pids
+        seen_pids.add(span["pid"])
     return spans
 
 
@@ -104,9 +118,9 @@ def run_mode(mode: str, study: Path, upstream_root: Path, upstream_home: Path, b
     shutil.copytree(upstream_home, home)
     if mode == "in-process":
         return {"mode": mode, "wall": cli(study, root, home, "--jobs", STAGE), "spans": step_spans(home)}
-    gpus = int(mode.split("-")[1])
-    with local_ray_cluster(num_gpus=gpus, num_cpus=2) as address:
-        wall = cli(study, root, home, "--ray", address, "--jobs", STAGE)
+    executor, gpus = mode.rsplit("-", 1)
+    with local_ray_cluster(num_gpus=int(gpus), num_cpus=2) as address:
+        wall = cli(study, root, home, "--ray", address, "--jobs", STAGE, executor=executor)
     return {"mode": mode, "wall": wall, "spans": step_spans(home)}
 
 
@@ -115,16 +129,19 @@ def summary(result: dict) -> dict:
     row = {"mode": result["mode"], "runs": len({span["run"] for span in spans}), "wall_s": result["wall"]}
     for step in STEPS:
         row[f"{step}_median_s"] = statistics.median(s["seconds"] for s in spans if s["step"] == step)
-    overheads = [s["submit_to_start"] for s in spans if s["submit_to_start"] is not None]
-    row["submit_to_start_median_s"] = statistics.median(overheads) if overheads else None
-    row["submit_to_start_max_s"] = max(overheads) if overheads else None
+    row["processes"] = len({s["pid"] for s in spans})
+    warm = [s["submit_to_start"] for s in spans if s["submit_to_start"] is not None and not s["cold"]]
+    cold = [s["submit_to_start"] for s in spans if s["submit_to_start"] is not None and s["cold"]]
+    row["submit_to_start_median_s"] = statistics.median(warm) if warm else None
+    row["submit_to_start_max_s"] = max(warm) if warm else None
+    row["cold_start_median_s"] = statistics.median(cold) if cold else None
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", default="ci")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of the three modes, alternating")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the four modes, alternating")
     args = parser.parse_args()
     if args.repeats < 1:
         raise SystemExit(f"--repeats {args.repeats} is not allowed; allowed: an integer >= 1")
@@ -136,7 +153,7 @@ def main() -> None:
         print(f"upstream stages of {args.study!r} in process: {upstream_seconds:.1f} s", flush=True)
         rows = []
         for repeat in range(args.repeats):
-            for mode in ("in-process", "ray-1", "ray-2"):
+            for mode in MODES:
                 row = summary(run_mode(mode, study, upstream_root, upstream_home, base / f"round-{repeat}"))
                 rows.append(row)
                 print(" ".join(f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}"
@@ -152,7 +169,11 @@ def report(rows: list[dict]) -> None:
     print(table.round(2).to_string())
     overhead = table.loc["ray-1", "submit_to_start_median_s"]
     in_process = min(table.loc["in-process", f"{step}_median_s"] for step in STEPS)
-    print(f"\nRay's overhead per step (submission to the step's start, 1-GPU cluster, median): {overhead:.2f} s")
+    jobs, cold = table.loc["ray-jobs-1", "cold_start_median_s"], table.loc["ray-1", "cold_start_median_s"]
+    print(f"\nRay's overhead per step with a Ray job per step (1-GPU cluster, median): {jobs:.2f} s (every step "
+          f"a fresh process); a warm worker's first step, which starts it (median): {cold:.2f} s")
+    print(f"Ray's overhead per step on warm workers (submission to the step's start, 1-GPU cluster, median): "
+          f"{overhead:.2f} s")
     print(f"  against this run's fastest in-process step kind (median {in_process:.2f} s): {overhead / in_process:.0%}")
     for method, seconds in default_compression_step_seconds().items():
         share = overhead / seconds

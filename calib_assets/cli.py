@@ -108,7 +108,7 @@ def _run(study, args) -> int:
     from calib_assets.artifacts import hold_root
     from calib_assets.recovery import recover
     from calib_assets.runner import StudyRunFailed, run_study, stage_plan
-    from calib_assets.scale_out import check_cluster_fits, connect_cluster
+    from calib_assets.scale_out import check_cluster_fits, connect_cluster, ray_executor_choice
 
     only = dict.fromkeys(args.jobs) if args.jobs else None
     stage_plan(study, only)  # unknown job names fail here, before any work
@@ -135,7 +135,7 @@ def _run(study, args) -> int:
             else:
                 from calib_assets.queue_runner import run_study_on_ray
 
-                run_study_on_ray(study, instance, cluster, only=only)
+                run_study_on_ray(study, instance, cluster, only=only, executor=ray_executor_choice())
         except StudyRunFailed as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

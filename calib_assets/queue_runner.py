@@ -31,9 +31,9 @@ HEARTBEAT_TOLERANCE_S = 10
 
 def run_study_on_ray(study: Study, instance: dg.DagsterInstance, cluster: Cluster,
                      echo: Callable[[str], None] = print, log_path: Path | None = None,
-                     only: Mapping[str, Sequence[str] | None] | None = None) -> None:
+                     only: Mapping[str, Sequence[str] | None] | None = None, executor: str = "ray") -> None:
     """Materialize every partition (or those `only` names, as in runner.run_study), stage by stage, on
-    `cluster`; stop submitting at the first failed run."""
+    `cluster` with `executor` (ray or ray-jobs: scale_out.EXECUTORS); stop submitting at the first failed run."""
     if instance.is_ephemeral:
         raise ValueError("running on Ray needs a persistent Dagster instance (DAGSTER_HOME): the daemon, the run "
                          "workers and the steps on Ray all read and write it")
@@ -49,8 +49,8 @@ def run_study_on_ray(study: Study, instance: dg.DagsterInstance, cluster: Cluste
     if queue_limit is not None and queue_limit < slots:
         echo(f"note: the instance's run queue starts at most {queue_limit} runs at once "
              f"(concurrency.runs.max_concurrent_runs in dagster.yaml), fewer than the cluster's {slots}")
-    location_env = {**ray_location_env(cluster.address), "DAGSTER_HOME": instance.root_directory}
-    tags = {STUDY_TAG: study.name, EXECUTOR_TAG: "ray"}
+    location_env = {**ray_location_env(cluster.address, executor), "DAGSTER_HOME": instance.root_directory}
+    tags = {STUDY_TAG: study.name, EXECUTOR_TAG: executor}
     with _environment(location_env), _daemon(instance, dict(os.environ), log_path), _workspace(instance) as workspace:
         progress = _Progress(total, echo)
         for stage in plan:

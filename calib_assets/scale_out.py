@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 
 EXECUTOR_ENV = "CALIB_ASSETS_EXECUTOR"
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "ray-jobs")  # ray: warm Ray workers; ray-jobs: a Ray job per step
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 PROBE_TIMEOUT_S = 5
 
@@ -24,10 +24,21 @@ FORWARDED_ENV = (
 )
 
 
-def ray_location_env(address: str) -> dict[str, str]:
-    """The environment of a code location whose runs execute on the Ray cluster at `address`. Steps on Ray
-    are started as `<this environment's python> -m dagster`, not a `dagster` looked up on a worker's PATH."""
-    return {EXECUTOR_ENV: "ray", RAY_ADDRESS_ENV: address, "DAGSTER_USE_PYTHON_ENVIRONMENT_ENTRY_POINT": "1"}
+def ray_location_env(address: str, executor: str = "ray") -> dict[str, str]:
+    """The environment of a code location whose runs execute on the Ray cluster at `address`. Steps started
+    as Ray jobs run `<this environment's python> -m dagster`, not a `dagster` looked up on a worker's PATH."""
+    return {EXECUTOR_ENV: executor, RAY_ADDRESS_ENV: address, "DAGSTER_USE_PYTHON_ENVIRONMENT_ENTRY_POINT": "1"}
+
+
+def ray_executor_choice() -> str:
+    """Which Ray executor `run --ray` uses: $CALIB_ASSETS_EXECUTOR when it names one (ray-jobs: dagster-ray's
+    Ray job per step, kept to compare), else ray (warm workers)."""
+    choice = executor_choice()
+    return choice if choice.startswith("ray") else "ray"
+
+
+def on_ray(executor: str) -> bool:
+    return executor.startswith("ray")
 
 
 class ScaleOutError(ValueError):

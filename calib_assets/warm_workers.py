@@ -149,7 +149,7 @@ class Pool:
         amounts = dict(spec.resources)
         options = {"num_cpus": amounts.pop("CPU", 0), "num_gpus": amounts.pop("GPU", 0), "resources": amounts,
                    "runtime_env": {"env_vars": dict(spec.env)}, "max_restarts": 0, "max_concurrency": 1}
-        handle = ray.remote(Worker).options(**options).remote()  # type: ignore[call-overload]
+        handle: Any = ray.remote(Worker).options(**options).remote()  # type: ignore[call-overload]
         self.slots[slot_id] = _Slot(spec, handle)
         try:
             await handle.pid.remote()

@@ -1,5 +1,5 @@
 """The study's compression and evaluation on a real local Ray cluster (logical GPUs), through Dagster's run
-queue and dagster-ray's executor, against the same partitions run in process.
+queue and the warm-worker executor (calib_assets/defs/ray_steps.py), against the same partitions run in process.
 
 One module-scoped fixture runs, on a reduced `ci` study (3 calibration-based methods x 2 calibration sets,
 compute.device auto so that each accelerator step asks Ray for a GPU): the whole study in process (root A),
@@ -99,9 +99,11 @@ def _step_records(instance, run_ids):
             end = events[(DagsterEventType.STEP_SUCCESS, step)][0]
             materialization = events[(DagsterEventType.ASSET_MATERIALIZATION, step)][1]
             worker = events[(DagsterEventType.STEP_WORKER_STARTING, step)][1]
+            started = events[(DagsterEventType.STEP_WORKER_STARTED, step)][1]
             steps.append({"run": run_id, "step": step, "start": start, "end": end,
                           "metadata": materialization.event_specific_data.materialization.metadata,
-                          "worker_metadata": worker.event_specific_data.metadata})
+                          "worker_metadata": worker.event_specific_data.metadata,
+                          "pid": started.event_specific_data.metadata["pid"].value})
     return steps
 
 
@@ -114,7 +116,7 @@ def _most_at_once(intervals) -> int:
     return most
 
 
-def test_each_partition_is_a_queued_run_whose_steps_are_ray_jobs_on_one_gpu(ray_runs):
+def test_each_partition_is_a_queued_run_whose_steps_run_on_warm_workers_of_one_gpu(ray_runs):
     import dagster as dg
 
     instance = _instance(ray_runs["home"])
@@ -126,11 +128,14 @@ def test_each_partition_is_a_queued_run_whose_steps_are_ray_jobs_on_one_gpu(ray_
     steps = _step_records(instance, [run.run_id for run in runs])
     assert len(steps) == 2 * len(partitions)
     for step in steps:
-        assert "Ray Submission ID" in step["worker_metadata"], step
+        assert "Warm worker call" in step["worker_metadata"], step
         assert step["metadata"]["cuda_visible_devices"].value in {"0", "1"}, step  # exactly one of the two GPUs
         assert step["metadata"]["device"].value == "cpu"  # logical GPUs: torch sees no CUDA, auto picks the CPU
     intervals = [(step["start"], step["end"]) for step in steps]
     assert _most_at_once(intervals) == 2  # never more than the cluster's 2 GPUs, and at least two at once
+    pids = {step["pid"] for step in steps}
+    assert len(pids) == 2, pids  # one warm process per GPU served all the steps: none started per step
+    assert all(pid != os.getpid() for pid in pids)
     assert f"{len(partitions)} runs in 1 stages on the Ray cluster at {ray_runs['address']}" in ray_runs["stdout"]
 
 
@@ -179,28 +184,29 @@ def test_eval_results_holds_every_row_once(ray_runs):
 
 
 def _kill_when_step_starts(instance, known_runs: set[str], step_key: str, killed: dict, stop: threading.Event):
-    """SIGKILL the Ray job process executing `step_key` of a new run as soon as the step has started."""
+    """SIGKILL the warm worker process executing `step_key` of a new run (the pid its STEP_WORKER_STARTED
+    event names) as soon as the step has started."""
     import dagster as dg
     import psutil
 
     while not stop.is_set():
         for run in instance.get_runs(dg.RunsFilter(job_name="compress_and_evaluate")):
-            started = run.run_id not in known_runs and any(
-                entry.dagster_event.step_key == step_key
-                for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START))
-            processes = [process for process in psutil.process_iter(["cmdline"])
-                         if "execute_step" in " ".join(process.info["cmdline"] or [])] if started else []
-            if processes:
-                for process in processes:
-                    process.kill()
-                killed["pids"] = [process.pid for process in processes]
-                return
+            if run.run_id in known_runs or not any(
+                    entry.dagster_event.step_key == step_key
+                    for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)):
+                continue
+            for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED):
+                if entry.dagster_event.step_key == step_key:
+                    pid = int(entry.dagster_event.event_specific_data.metadata["pid"].value)
+                    psutil.Process(pid).kill()
+                    killed["pids"] = [pid]
+                    return
         time.sleep(0.05)
 
 
 def test_a_ray_worker_killed_mid_step_fails_the_run_and_a_rerun_completes_it(ray_runs, monkeypatch):
     """The checkpoint of one partition is set aside (the test's own copy), so that its step computes again;
-    its Ray job process is killed once the step has started."""
+    its warm worker process is killed once the step has started."""
     from calib_assets import steps
     from calib_assets.artifacts import stale_temporaries
     from calib_assets.queue_runner import run_study_on_ray
@@ -231,9 +237,9 @@ def test_a_ray_worker_killed_mid_step_fails_the_run_and_a_rerun_completes_it(ray
     finally:
         stop.set()
         killer.join()
-    assert killed.get("pids"), "the step's Ray job process was never found"
+    assert killed.get("pids"), "the step's worker process was never found"
     message = str(failure.value)
-    assert "compressed_model" in message and "Ray job" in message and "failed" in message, message
+    assert "compressed_model failed on its Ray worker" in message and "died" in message, message
     assert not checkpoint.exists()  # no half artifact under the partition's path
     run_study_on_ray(study, instance, cluster, echo=lambda line: None, only=only)
     tensors = read_manifest_tensors(checkpoint)

@@ -8,7 +8,7 @@ from calib_assets.study import Study
 
 
 def build_definitions(study: Study, root: str | None = None, executor: str | None = None) -> dg.Definitions:
-    """`executor`: 'local' or 'ray' (default: $CALIB_ASSETS_EXECUTOR, else local)."""
+    """`executor`: one of scale_out.EXECUTORS (default: $CALIB_ASSETS_EXECUTOR, else local)."""
     from calib_assets.defs.assets import build_assets
     from calib_assets.defs.automation import automation_sensor
     from calib_assets.defs.calibration_data import build_calibration_data_assets
