@@ -18,7 +18,7 @@ from calib_assets.defs.jobs import stages
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.findings import findings_summary, report_dir
 from calib_assets.findings.build_status import BuildStatus, build_status
-from calib_assets.findings.tables import read_available_marts
+from calib_assets.findings.tables import paired_test_summary, read_available_marts
 from calib_assets.recovery import fail_dead_runs, interruptible, process_tags
 from calib_assets.study import Study
 
@@ -147,7 +147,8 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> Bu
     last dbt build's failed tests with their rows, and the report's path (every mart, per evaluation dataset
     and metric, is in the warehouse and the report). Returns that build's status: a caller exits non-zero
     when it has problems."""
-    marts, missing = read_available_marts(duckdb_path, ["mart_source_spread", "mart_baselines"])
+    marts, missing = read_available_marts(duckdb_path, ["mart_source_spread", "mart_paired_calibration_test",
+                                                        "mart_baselines"])
     with _pandas_wide():
         if "mart_source_spread" in marts:
             summary = seed_spread_summary(marts["mart_source_spread"])
@@ -158,6 +159,16 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> Bu
         else:
             echo(f"\nAcross calibration sets, per method and source (mart_source_spread): not available: "
                  f"{missing['mart_source_spread']}")
+        if "mart_paired_calibration_test" in marts:
+            paired = paired_test_summary(marts["mart_paired_calibration_test"])
+            if not paired.empty:
+                echo("\nBest against worst calibration set (over all sets) on the same task examples: is the "
+                     "difference beyond evaluation noise? (paired bootstrap over examples, "
+                     "mart_paired_calibration_test)")
+                echo(paired.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        else:
+            echo(f"\nBest against worst calibration set (mart_paired_calibration_test): not available: "
+                 f"{missing['mart_paired_calibration_test']}")
         echo("\nDense model and calibration-free controls (mart_baselines):")
         if "mart_baselines" in marts:
             baselines = marts["mart_baselines"].sort_values(["method", "eval_dataset"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calib_assets.steps import DESCRIPTOR_COLUMNS
+from calib_assets.steps import DESCRIPTOR_COLUMNS, OUTCOME_COLUMNS
 
 MODEL = "m1"
 GRID_SOURCES = {"src-a": 8, "src-b": 3, "src-c": 1}  # calibration sets per source
@@ -27,6 +27,11 @@ PERPLEXITY_DATASETS = ["src-a-heldout", "wikitext2"]
 HAND_GROUP = {"variant": "m1.gptq-w3", "calibration_source": "src-b", "eval_dataset": "t1", "metric": "acc",
               "values": [0.5, 0.6, 0.7]}
 QUANTITY_COUNTS = [1, 4, 16]
+OUTCOME_EXAMPLES = 30  # per task of the grid's task_outcomes
+# Hand-made paired groups of the grid's task_outcomes (Wanda, src-b's three sets): on t3 acc set s2 answers
+# every example right and s0 none (best - worst = 1 on every example); on t2 acc the sets answer alike.
+PAIRED_ALL_OR_NOTHING = {"variant": "m1.wanda-2of4", "calibration_source": "src-b", "task": "t3", "metric": "acc"}
+PAIRED_ALIKE = {"variant": "m1.wanda-2of4", "calibration_source": "src-b", "task": "t2", "metric": "acc"}
 
 
 def _row(variant: str, method: str, calib: str | None, source: str | None, seed: int | None,
@@ -70,6 +75,31 @@ def grid_eval_results(seed: int = 0) -> pd.DataFrame:
         table.loc[(table["variant"] == HAND_GROUP["variant"]) & (table["calib"] == f"src-b.s{set_seed}")
                   & (table["eval_dataset"] == "t1") & (table["metric"] == "acc"), "value"] = value
     return table
+
+
+def grid_task_outcomes(results: pd.DataFrame, seed: int = 3) -> pd.DataFrame:
+    """Per example of each task and accuracy metric of every calibrated set of the grid: right with the
+    probability of its eval_results score; the paired groups above by hand; t1's last example unanswered
+    by src-a.s0 (so that only shared examples are compared)."""
+    rng = np.random.default_rng(seed)
+    scores = results[results["calib"].notna() & results["metric"].isin(["acc", "acc_norm"])]
+    rows = []
+    for score in scores.itertuples():
+        correct = rng.random(OUTCOME_EXAMPLES) < score.value
+        group = {"variant": score.variant, "calibration_source": score.calibration_source,
+                 "task": score.eval_dataset, "metric": score.metric}
+        if group == PAIRED_ALL_OR_NOTHING:
+            correct[:] = {"src-b.s0": False, "src-b.s1": True, "src-b.s2": True}[score.calib]
+            correct[: OUTCOME_EXAMPLES // 2] &= score.calib != "src-b.s1"  # s1 between the two
+        elif group == PAIRED_ALIKE:
+            correct = np.arange(OUTCOME_EXAMPLES) % 3 == 0
+        examples = range(OUTCOME_EXAMPLES - 1 if (score.calib, score.eval_dataset) == ("src-a.s0", "t1")
+                         else OUTCOME_EXAMPLES)
+        rows += [{"model": score.model, "method": score.method, "variant": score.variant, "calib": score.calib,
+                  "calibration_source": score.calibration_source, "n_samples": score.n_samples,
+                  "task": score.eval_dataset, "metric": score.metric, "example": example,
+                  "correct": bool(correct[example])} for example in examples]
+    return pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS))
 
 
 def quantity_eval_results(seed: int = 1) -> pd.DataFrame:
@@ -169,12 +199,15 @@ def built_warehouse(study: str) -> tuple[Path, pd.DataFrame, subprocess.Complete
     results = builders[study]()
     # the descriptors mart's source; empty for the studies that describe no calibration set
     descriptors = degenerate_descriptors(results) if study == "degenerate" else None
-    path = write_warehouse(Path(tempfile.mkdtemp(prefix=f"calib-findings-{study}-")), results, descriptors)
+    outcomes = grid_task_outcomes(results) if study == "grid" else None
+    path = write_warehouse(Path(tempfile.mkdtemp(prefix=f"calib-findings-{study}-")), results, descriptors, outcomes)
     return path, results, dbt_build(path, path.parent)
 
 
-def write_warehouse(work_dir: Path, results: pd.DataFrame, descriptors: pd.DataFrame | None = None) -> Path:
-    """`work_dir`/warehouse.duckdb with the tables dbt reads: eval_results and calibration_descriptors."""
+def write_warehouse(work_dir: Path, results: pd.DataFrame, descriptors: pd.DataFrame | None = None,
+                    outcomes: pd.DataFrame | None = None) -> Path:
+    """`work_dir`/warehouse.duckdb with the tables dbt reads: eval_results, calibration_descriptors and
+    task_outcomes (the last two empty unless given)."""
     import duckdb
 
     path = work_dir / "warehouse.duckdb"
@@ -186,6 +219,11 @@ def write_warehouse(work_dir: Path, results: pd.DataFrame, descriptors: pd.DataF
         if descriptors is not None:
             connection.register("described", descriptors)
             connection.execute("INSERT INTO calibration_descriptors SELECT * FROM described")
+        schema = ", ".join(f"{name} {kind}" for name, kind in OUTCOME_COLUMNS.items())
+        connection.execute(f"CREATE TABLE task_outcomes ({schema})")
+        if outcomes is not None:
+            connection.register("answered", outcomes)
+            connection.execute("INSERT INTO task_outcomes SELECT * FROM answered")
     return path
 
 

@@ -190,15 +190,19 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
         pool="duckdb", deps=[evaluation, baseline_evaluation], automation_condition=FINDINGS_CONDITION,
         description="Every evaluation of the study in one long DuckDB table (one row per model, method, "
                     "calibration set, evaluation dataset and metric): the source of the dbt marts. Beside it, "
-                    "the lineage_* tables (from every artifact's manifest) and the view eval_lineage, which joins "
+                    "task_outcomes (each calibrated checkpoint's per-example task answers), the lineage_* "
+                    "tables (from every artifact's manifest) and the view eval_lineage, which joins "
                     "each row to its checkpoint, calibration set, source snapshot and base model.",
     )
     def eval_results(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         results = steps.collect_results(study, store.path)
         lineage_counts: dict[str, int] = {}
+        outcomes: dict[str, int] = {}
         fingerprint = steps.write_eval_results(results, steps.warehouse_path(store.path), also=[
-            lambda connection: lineage_counts.update(lineage.write_lineage_tables(study, store.path, connection))])
+            lambda connection: lineage_counts.update(lineage.write_lineage_tables(study, store.path, connection)),
+            lambda connection: outcomes.update(rows=steps.write_task_outcomes(study, store.path, connection))])
         return _result({"fingerprint": fingerprint}, evaluated_partitions=steps.evaluated_partitions(results),
+                       task_outcome_rows=outcomes["rows"],
                        expected_partitions=steps.expected_evaluations(study),
                        **metadata.eval_results_metadata(results, lineage_counts, steps.warehouse_path(store.path)))
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 from dagster_dbt.dbt_project import DagsterDbtProjectPreparer, using_dagster_dev
 from dagster_shared.record import replace
 
@@ -90,7 +90,8 @@ class Translator(DagsterDbtTranslator):
 
 def build_dbt_assets():
     @dbt_assets(manifest=ensure_manifest(), project=dbt_project, pool="duckdb", name="dbt_marts",
-                dagster_dbt_translator=Translator())
+                # eval_results and task_outcomes are both the eval_results asset's tables
+                dagster_dbt_translator=Translator(DagsterDbtTranslatorSettings(enable_duplicate_source_asset_keys=True)))
     def dbt_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, store: ArtifactStore):
         warehouse = {DUCKDB_VAR: str(warehouse_path(store.path))}  # read by dbt/profiles.yml
         invocation = dbt.cli(["build", "--vars", json.dumps(warehouse)], context=context, raise_on_error=False)

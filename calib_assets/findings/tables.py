@@ -12,6 +12,8 @@ REPORT_MARTS = {
     "mart_task_spread": "Per-task spread within one source (Figure 2)",
     "mart_average_distribution": "Task average and perplexity over all calibration sets (Figure 4)",
     "mart_perplexity_vs_task_variation": "Coefficients of variation: perplexity against tasks (Table 2)",
+    "mart_paired_calibration_test": "Best against worst calibration set on the same examples: does the spread "
+                                    "exceed evaluation noise? (paired bootstrap over examples)",
     "mart_source_ranking": "Calibration sources ranked, with best and worst counts",
     "mart_sample_count_curve": "Scores against the number of calibration examples (Figure 3)",
     "mart_variance_decomposition": "Between-source against within-source variation",
@@ -80,6 +82,23 @@ def headline_from_marts(marts: dict[str, pd.DataFrame]) -> pd.DataFrame:
         table[column] = table[column].where(table["sets_differ"].astype(bool), NO_DIFFERENCE)
     ordered = table.sort_values(["model", "method", "variant", "n_samples", "score"])
     return ordered[HEADLINE_COLUMNS].reset_index(drop=True)
+
+
+def paired_test_summary(paired: pd.DataFrame) -> pd.DataFrame:
+    """The rows of mart_paired_calibration_test over all calibration sets of a study ('(all)'), one per
+    (method, variant, task, metric): best and worst set, their accuracies and the difference with its
+    interval in %, and the verdict. The statistics are the mart's; this only lays them out."""
+    rows = paired[paired["calibration_source"] == "(all)"].sort_values(["method", "variant", "task", "metric"])
+    several = rows.groupby("method")["variant"].nunique().max() > 1 if len(rows) else False
+    percent = {name: rows[name] * 100 for name in ("best_value", "worst_value", "difference", "ci_low", "ci_high")}
+    table = pd.DataFrame({
+        "method": rows["method"], **({"variant": rows["variant"]} if several else {}),
+        "task": rows["task"], "metric": rows["metric"], "sets": rows["n_sets"], "examples": rows["n_examples"],
+        "best": rows["best_calib"], "best %": percent["best_value"], "worst": rows["worst_calib"],
+        "worst %": percent["worst_value"], "diff %": percent["difference"],
+        "95% CI": [f"[{low:.1f}, {high:.1f}]" for low, high in zip(percent["ci_low"], percent["ci_high"])],
+        "beyond noise": rows["exceeds_noise"].map({True: "yes", False: "no"})})
+    return table.rename(columns={"95% CI": f"{rows['confidence'].iloc[0]:.0%} CI"} if len(rows) else {})
 
 
 def format_table(table: pd.DataFrame, digits: int = 3) -> str:

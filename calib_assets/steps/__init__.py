@@ -10,7 +10,7 @@ does new work).
     calibration  token pools, calibration sets, descriptors, inspection
     compression  checkpoints; loading and exporting a variant
     evaluation   offline tasks and each variant's evaluation
-    warehouse    the DuckDB tables eval_results and calibration_descriptors
+    warehouse    the DuckDB tables eval_results, task_outcomes and calibration_descriptors
 
 The names below are the package's interface (`from calib_assets import steps; steps.X`).
 """
@@ -83,6 +83,7 @@ from calib_assets.steps.layout import (
 )
 from calib_assets.steps.warehouse import (
     DESCRIPTOR_COLUMNS,
+    OUTCOME_COLUMNS,
     collect_descriptors,
     collect_results,
     evaluated_partitions,
@@ -91,11 +92,13 @@ from calib_assets.steps.warehouse import (
     materialize_descriptor_table,
     write_descriptor_table,
     write_eval_results,
+    write_task_outcomes,
 )
 
 __all__ = [
     "BOOTSTRAP_ITERS", "CODE_VERSIONS", "CORRECT_FILE", "DESCRIPTORS_FILE", "DESCRIPTOR_COLUMNS", "EVAL_COLUMNS",
-    "FLAGS", "GENERATED_MIN_CHARS", "INSPECTION_SAMPLES", "LEAKED_TASKS_FINGERPRINT", "MANIFEST", "RESULTS_FILE",
+    "FLAGS", "GENERATED_MIN_CHARS", "INSPECTION_SAMPLES", "LEAKED_TASKS_FINGERPRINT", "MANIFEST", "OUTCOME_COLUMNS",
+    "RESULTS_FILE",
     "TASK_MIN_CHARS", "base_model_manifest", "build_source_corpus", "calibration_dir", "calibration_manifest",
     "check_pool_capacity", "check_task_data_files", "checkpoint_dir", "collect_descriptors", "collect_results",
     "corpus_dir", "dense_baseline_manifest", "derived_corpus_inputs", "evaluate_variant", "evaluated_partitions",
@@ -107,5 +110,5 @@ __all__ = [
     "materialize_offline_tasks", "model_dir", "offline_tasks_with_leak_check", "pool_dir", "read_evaluation",
     "read_manifest", "rebuild_hint", "reuse_or_build", "scoring_model", "step_inputs", "stored_manifest",
     "study_artifacts", "task_specs", "tasks_dir", "variant_manifest", "verify_study", "warehouse_path",
-    "write_descriptor_table", "write_eval_results",
+    "write_descriptor_table", "write_eval_results", "write_task_outcomes",
 ]

@@ -23,7 +23,7 @@ CODE_VERSIONS = {
     "compressed_model": "4",
     "offline_tasks": "1",
     "evaluation": "3",  # 3: task rows carry lm-eval's stderr
-    "eval_results": "1",
+    "eval_results": "2",  # 2: task_outcomes (per-example answers) written beside eval_results
     "findings_report": "1",
 }
 MANIFEST = "manifest.json"

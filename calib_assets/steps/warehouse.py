@@ -1,5 +1,6 @@
 """The study's tables in the DuckDB warehouse: eval_results (every evaluation on disk, plus answer flips
-against the dense model) and calibration_descriptors (every set's descriptors), each replaced whole."""
+against the dense model), task_outcomes (each calibrated checkpoint's per-example task answers, for paired
+tests between calibration sets) and calibration_descriptors (every set's descriptors), each replaced whole."""
 
 from __future__ import annotations
 
@@ -90,6 +91,45 @@ def write_eval_results(results: pd.DataFrame, duckdb_path: Path, also: Iterable[
     ordered = results.drop(columns=["run_id", "evaluated_at"]).sort_values(["variant", "calib", "eval_dataset",
                                                                             "metric"], na_position="first")
     return sha256_bytes([ordered.to_json(orient="records").encode()])
+
+
+# -- task_outcomes -------------------------------------------------------------------------------
+OUTCOME_COLUMNS = {
+    "model": "VARCHAR", "method": "VARCHAR", "variant": "VARCHAR", "calib": "VARCHAR",
+    "calibration_source": "VARCHAR", "n_samples": "INTEGER", "task": "VARCHAR", "metric": "VARCHAR",
+    "example": "INTEGER", "correct": "BOOLEAN",
+}
+
+
+def collect_task_outcomes(study: Study, root: Path) -> pd.DataFrame:
+    """Per example of every task, whether each evaluated calibrated checkpoint answered it right (its
+    correct.parquet): one row per (variant, calibration set, task, metric, example)."""
+    tables = []
+    for variant in study.variant_keys:
+        model_spec, method = study.parse_variant(variant)
+        for calib in study.calib_keys:
+            path = evaluation_dir(root, variant, calib) / CORRECT_FILE
+            if method is None or not path.is_file():
+                continue
+            outcomes = pd.read_parquet(path)
+            source, _ = study.parse_calib(calib)
+            tables.append(outcomes.assign(model=model_spec.name, method=method.config.method, variant=variant,
+                                          calib=calib, calibration_source=source, n_samples=study.calib_size(calib)))
+    if not tables:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in OUTCOME_COLUMNS})
+    return pd.concat(tables, ignore_index=True)[list(OUTCOME_COLUMNS)]
+
+
+def write_task_outcomes(study: Study, root: Path, connection) -> int:
+    """Replace the DuckDB table task_outcomes (an open duckdb connection); return its row count."""
+    table = collect_task_outcomes(study, root)
+    schema = ", ".join(f"{name} {kind}" for name, kind in OUTCOME_COLUMNS.items())
+    connection.execute(f"CREATE OR REPLACE TABLE task_outcomes ({schema})")
+    if len(table):
+        connection.register("incoming_outcomes", table)
+        connection.execute(f"INSERT INTO task_outcomes SELECT {', '.join(OUTCOME_COLUMNS)} FROM incoming_outcomes")
+        connection.unregister("incoming_outcomes")
+    return len(table)
 
 
 # -- calibration_descriptors ---------------------------------------------------------------------
