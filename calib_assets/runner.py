@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import dagster as dg
 
+from calib_assets import timing
 from calib_assets.defs.jobs import stages
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.findings import findings_summary, report_dir
@@ -69,6 +70,8 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
     plan = stage_plan(study, only)
     total = sum(len(stage.keys) for stage in plan)
     done, started = 0, time.perf_counter()
+    stage_seconds: dict[str, float] = {}
+    timing.reset()
     log_path = Path(log_path or Path(instance.root_directory or ".") / f"calib-assets-{study.name}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     echo(f"study {study.name!r}: {total} runs in {len(plan)} stages (Dagster home: {instance.root_directory}; "
@@ -94,8 +97,24 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
             reused = _all_reused(result)
             echo(f"{label} {'reused' if reused else 'done'} in {seconds:5.1f}s "
                  f"(elapsed {time.perf_counter() - started:6.1f}s)")
+            stage_seconds[job_name] = stage_seconds.get(job_name, 0.0) + seconds
             if REPORT_ASSET in assets and not _materialized(result, REPORT_ASSET):
                 _write_report_after_skipped_marts(echo)
+    echo(where_time_went(stage_seconds, timing.tally()))
+
+
+def where_time_went(stage_seconds: dict[str, float], kinds: dict[str, tuple[float, int]]) -> str:
+    """Seconds per stage (with its share of the whole) and per step kind (spans the steps tallied in this
+    process; `timing`), as the lines `make run` ends with."""
+    total = sum(stage_seconds.values())
+    lines = [f"\nWhere the time went ({total:.1f} s in all):", "  per stage:"]
+    lines += [f"    {stage:<34} {seconds:8.1f} s  {seconds / total if total else 0:6.1%}"
+              for stage, seconds in stage_seconds.items()]
+    if kinds:
+        lines.append("  per step kind (each part of a step; reused steps cost nothing):")
+        lines += [f"    {kind:<58} {seconds:8.1f} s  in {count:>4} call(s)"
+                  for kind, (seconds, count) in sorted(kinds.items(), key=lambda item: -item[1][0])]
+    return "\n".join(lines)
 
 
 def _interrupted(instance: dg.DagsterInstance, job_name: str, key: str | None) -> None:

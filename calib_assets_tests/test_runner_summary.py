@@ -65,3 +65,40 @@ def test_a_task_a_source_lacks_has_no_mean_and_a_range_of_0(mart):
     summary = seed_spread_summary(pd.concat([mart, other], ignore_index=True)).set_index("source")
     assert math.isnan(summary.loc["news", "cloze acc"]) and summary.loc["news", "cloze acc range"] == 0
     assert math.isnan(summary.loc["news", "cloze acc cv%"])
+
+
+def test_timing_spans_tally_each_name_and_nest():
+    import time
+
+    from calib_assets import timing
+
+    timing.reset()
+    with timing.span("outer"):
+        for _ in range(3):
+            with timing.span("inner"):
+                time.sleep(0.01)
+    tally = timing.tally()
+    assert list(tally) == ["inner", "outer"] and tally["inner"][1] == 3 and tally["outer"][1] == 1
+    assert 0.03 <= tally["inner"][0] <= tally["outer"][0]
+    try:
+        with timing.span("raised"):
+            raise KeyError("x")
+    except KeyError:
+        pass
+    assert timing.tally()["raised"][1] == 1  # a span that raised still counts
+    timing.reset()
+    assert timing.tally() == {}
+
+
+def test_where_the_time_went_lists_stages_with_shares_and_kinds_longest_first():
+    from calib_assets.runner import where_time_went
+
+    text = where_time_went({"baselines": 30.0, "compress_and_evaluate": 90.0},
+                           {"evaluation: tasks (lm-eval)": (20.0, 4), "compression: method math": (50.0, 120)})
+    lines = text.splitlines()
+    assert "120.0 s in all" in lines[1]
+    assert any("baselines" in line and "25.0%" in line for line in lines)
+    assert any("compress_and_evaluate" in line and "75.0%" in line for line in lines)
+    kinds = [line for line in lines if " call(s)" in line]
+    assert "method math" in kinds[0] and "120 call(s)" in kinds[0] and "tasks" in kinds[1]
+    assert "per step kind" not in where_time_went({"x": 1.0}, {})

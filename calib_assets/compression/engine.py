@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from calib_assets.timing import span
+
 from .attention import calibration_attention
 from .awq import compress_layer_awq
 from .config import MethodConfig, check_layer_compatible
@@ -49,6 +51,9 @@ from .rtn import RTN
 from .sparsegpt import SparseGPT
 from .spqr import SpQR, recount_outliers
 from .wanda import Wanda
+
+CALIBRATION_PASSES = "compression: calibration forward passes"
+METHOD_MATH = "compression: method math"
 
 COMPRESSORS: dict[str, type] = {"rtn": RTN, "magnitude": Magnitude, "wanda": Wanda, "gptq": GPTQ,
                                 "sparsegpt": SparseGPT, "spqr": SpQR}  # method -> per-linear compressor
@@ -119,7 +124,8 @@ def compress_model(
         inputs = None
         if config.needs_calibration:
             assert calibration_ids is not None  # checked by _check_ids above
-            inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
+            with span(CALIBRATION_PASSES):
+                inputs = _capture_layer0_inputs(decoder, calibration_ids, device, forward_dtype, batch_size)
             stack.enter_context(calibration_attention(model))
         total = len(decoder.layers)
         groups = None  # linears sharing an input: found on layer 0, the same in every decoder layer
@@ -200,14 +206,17 @@ def compress_layer(
             compressors = {group[0]: _stacked_compressor(config, [linears[n] for n in group]) for group in stage}
             if inputs is not None:
                 hooked = {name: linears[name] for name in compressors}
-                _collect_statistics(layer, hooked, compressors, inputs, prefix)
+                with span(CALIBRATION_PASSES):
+                    _collect_statistics(layer, hooked, compressors, inputs, prefix)
                 release()
             for group in stage:
-                results.update(_compress_group(compressors.pop(group[0]), group, master, prefix))
+                with span(METHOD_MATH):
+                    results.update(_compress_group(compressors.pop(group[0]), group, master, prefix))
                 release()
             load(layer, master, device, forward_dtype)  # the next stage (or rerun) sees this one compressed
         if inputs is not None and rerun:
-            advance(layer, inputs)
+            with span(CALIBRATION_PASSES):
+                advance(layer, inputs)
     share_result_weights(layer, prefix, results, on_rounded=recount_outliers)
     return results
 

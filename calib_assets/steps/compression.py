@@ -15,6 +15,7 @@ from calib_assets.steps.calibration import calibration_manifest
 from calib_assets.steps.inputs import base_model_manifest, load_base
 from calib_assets.steps.layout import calibration_dir, checkpoint_dir, read_manifest, reuse_or_build, step_inputs
 from calib_assets.study import Study
+from calib_assets.timing import span
 
 
 def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: Path, *, device: str,
@@ -35,19 +36,21 @@ def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: 
         forward_dtype=str(forward_dtype), batch_size=study.compute.batch_size, **_held_in(study))
 
     def build() -> dict[str, Any]:
-        model, _, _ = load_base(study, root, model_spec.name, dtype=study.compute.model_dtype)
-        ids = load_calibration_set(calibration_dir(root, model_spec.name, calib)).input_ids() if calib else None
+        with span("compression: load model and calibration set"):
+            model, _, _ = load_base(study, root, model_spec.name, dtype=study.compute.model_dtype)
+            ids = load_calibration_set(calibration_dir(root, model_spec.name, calib)).input_ids() if calib else None
         started = time.perf_counter()
         compressed = compress_model(model, ids, method.config, device=device, forward_dtype=forward_dtype,
                                     batch_size=study.compute.batch_size,
                                     progress=lambda done, total, layer: log(f"compressed {layer} ({done}/{total})"))
         seconds = time.perf_counter() - started
-        return save_checkpoint(directory, compressed, {
-            "variant": variant, "calib": calib, "model": model_spec.name, "method": method.config.to_dict(),
-            "method_label": method.label, "base_fingerprint": base["fingerprint"],
-            "calibration_fingerprint": calibration["fingerprint"] if calibration else None,
-            "inputs": inputs, "inputs_hash": inputs_hash, "compress_seconds": round(seconds, 2),
-            "device": device, "forward_dtype": str(forward_dtype), "library_version": __version__})
+        with span("compression: pack and save"):
+            return save_checkpoint(directory, compressed, {
+                "variant": variant, "calib": calib, "model": model_spec.name, "method": method.config.to_dict(),
+                "method_label": method.label, "base_fingerprint": base["fingerprint"],
+                "calibration_fingerprint": calibration["fingerprint"] if calibration else None,
+                "inputs": inputs, "inputs_hash": inputs_hash, "compress_seconds": round(seconds, 2),
+                "device": device, "forward_dtype": str(forward_dtype), "library_version": __version__})
 
     return reuse_or_build(f"compressed_model [{variant}|{calib}]", directory, inputs_hash, build, log=log)
 

@@ -38,6 +38,7 @@ from calib_assets.steps.layout import (
     tasks_dir,
 )
 from calib_assets.study import DENSE, Study
+from calib_assets.timing import span
 
 EVAL_COLUMNS = [
     "model", "method", "method_config", "variant", "calib", "calibration_source", "seed", "n_samples",
@@ -115,8 +116,9 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
                                       forward_dtype=str(forward_dtype))
 
     def build() -> dict[str, Any]:
-        model, tokenizer, _ = load_variant_model(study, variant, calib, root, device=device)
-        model = model.to(dtype=forward_dtype)
+        with span("evaluation: load model"):
+            model, tokenizer, _ = load_variant_model(study, variant, calib, root, device=device)
+            model = model.to(dtype=forward_dtype)
         measurements, correct = _measure(study, root, model, tokenizer, model_spec.name if method else None, device,
                                          forward_dtype)
         source, seed = study.parse_calib(calib) if calib else (None, None)
@@ -150,7 +152,8 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
     for dataset, name in scored + [(dataset, dataset) for dataset in study.extra_dataset_names]:
         texts = load_corpus_split(root, dataset, "heldout")["text"].tolist()
         stream = heldout_token_stream(texts, tokenizer, spec.max_tokens)
-        result = perplexity(model, stream, seq_len=spec.seq_len, batch_size=spec.batch_size, device=device)
+        with span("evaluation: held-out perplexity"):
+            result = perplexity(model, stream, seq_len=spec.seq_len, batch_size=spec.batch_size, device=device)
         rows.append({"eval_dataset": name, "metric": "perplexity", "value": result.perplexity,
                      "token_count": result.n_tokens})
     if dense_name and spec.kl_tokens:
@@ -158,8 +161,9 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
         texts = load_corpus_split(root, dataset, "heldout")["text"].tolist()
         stream = heldout_token_stream(texts, tokenizer, spec.kl_tokens)
         windows = [stream[i:i + spec.seq_len] for i in range(0, len(stream) - spec.seq_len + 1, spec.seq_len)]
-        dense, _, _ = load_base(study, root, dense_name, device=device)
-        kl = next_token_kl(dense.to(dtype=forward_dtype), model, windows, spec.batch_size, device=device)
+        with span("evaluation: KL to the dense model (its load included)"):
+            dense, _, _ = load_base(study, root, dense_name, device=device)
+            kl = next_token_kl(dense.to(dtype=forward_dtype), model, windows, spec.batch_size, device=device)
         rows.append({"eval_dataset": name, "metric": "kl_vs_dense", "value": kl,
                      "token_count": len(windows) * spec.seq_len})
     correct = pd.DataFrame(columns=["task", "metric", "example", "correct"])
@@ -167,8 +171,9 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
     if specs:
         # stderr: analytic for accuracies, a seeded 1,000-draw bootstrap for the cloze perplexity, run
         # in-process (harness._bootstrap_in_process); with 0 draws lm-eval would give no stderr at all
-        harness = evaluate_tasks_detailed(model, tokenizer, specs, batch_size=spec.batch_size, limit=spec.limit,
-                                          device=device, bootstrap_iters=BOOTSTRAP_ITERS)
+        with span("evaluation: tasks (lm-eval)"):
+            harness = evaluate_tasks_detailed(model, tokenizer, specs, batch_size=spec.batch_size, limit=spec.limit,
+                                              device=device, bootstrap_iters=BOOTSTRAP_ITERS)
         rows += [{"eval_dataset": row["task"], "metric": row["metric"], "value": row["value"],
                   "stderr": row["stderr"], "n_examples": row["n_samples"]} for row in harness.rows]
         correct = pd.DataFrame([{"task": task, "metric": metric, "example": int(example), "correct": bool(ok)}
