@@ -10,7 +10,7 @@ import pytest
 from calib_assets.cli import main
 from calib_assets.defs import build_definitions
 from calib_assets.runner import stage_plan
-from calib_assets.scale_out import Cluster, ScaleOutError, check_cluster_fits, executor_choice
+from calib_assets.scale_out import Cluster, ScaleOutError, check_cluster_fits, executor_choice, ray_executor_choice
 from calib_assets.study import load_study
 
 ACCELERATOR_ASSETS = {"compressed_model", "baseline_model", "evaluation", "baseline_evaluation"}
@@ -30,18 +30,24 @@ def test_the_executor_comes_from_the_environment_and_an_unknown_one_is_refused(m
     assert executor_choice() == "local"
     monkeypatch.setenv("CALIB_ASSETS_EXECUTOR", "ray")
     assert executor_choice() == "ray"
+    assert ray_executor_choice() == "ray"
+    monkeypatch.setenv("CALIB_ASSETS_EXECUTOR", "ray-jobs")
+    assert executor_choice() == ray_executor_choice() == "ray-jobs"
+    monkeypatch.setenv("CALIB_ASSETS_EXECUTOR", "local")
+    assert ray_executor_choice() == "ray"  # `run --ray` runs on Ray whatever the local choice
     monkeypatch.setenv("CALIB_ASSETS_EXECUTOR", "slurm")
-    with pytest.raises(ScaleOutError, match=r"'slurm'.*allowed: \['local', 'ray'\]"):
+    with pytest.raises(ScaleOutError, match=r"'slurm'.*allowed: \['local', 'ray', 'ray-jobs'\]"):
         executor_choice()
 
 
+@pytest.mark.parametrize("executor, name", [("ray", "ray_warm_workers"), ("ray-jobs", "ray")])
 @pytest.mark.parametrize("device, gpus", [("auto", 1), ("cuda", 1), ("cpu", None)])
 def test_on_ray_accelerator_steps_ask_for_a_gpu_unless_pinned_to_the_cpu_and_no_pool_throttles_them(
-        tmp_path, device, gpus):
+        tmp_path, device, gpus, executor, name):
     ci = load_study("ci")
     study = ci.model_copy(update={"compute": ci.compute.model_copy(update={"device": device})})
-    defs = build_definitions(study, root=str(tmp_path), executor="ray")
-    assert defs.executor.name == "ray"
+    defs = build_definitions(study, root=str(tmp_path), executor=executor)
+    assert defs.executor.name == name
     for name, (pool, tags) in _ops(defs).items():
         resources = json.loads(tags.get("dagster-ray/config", "{}"))
         if name in ACCELERATOR_ASSETS:
@@ -49,6 +55,17 @@ def test_on_ray_accelerator_steps_ask_for_a_gpu_unless_pinned_to_the_cpu_and_no_
         else:
             assert "num_gpus" not in resources, name
     assert {pool for pool, _ in _ops(defs).values()} == {None, "duckdb"}  # DuckDB writers stay serialized
+
+
+def test_a_warm_worker_asks_ray_for_one_cpu_plus_what_its_step_tag_asks():
+    from calib_assets.defs.ray_steps import step_resources
+
+    assert step_resources({}, 1.0) == {"CPU": 1.0, "GPU": 0.0}
+    assert step_resources({"dagster-ray/config": json.dumps({"num_gpus": 1})}, 1.0) == {"CPU": 1.0, "GPU": 1.0}
+    assert step_resources({"dagster-ray/config": {"num_cpus": 4, "resources": {"node:a": 0.5}}}, 1.0) == {
+        "CPU": 4.0, "GPU": 0.0, "node:a": 0.5}
+    with pytest.raises(ValueError, match=r"unknown keys \['memory'\]; allowed: num_cpus, num_gpus, resources"):
+        step_resources({"dagster-ray/config": {"memory": 10}}, 1.0)
 
 
 def test_locally_accelerator_steps_share_the_gpu_pool_and_carry_no_ray_tags(tmp_path):
