@@ -4,10 +4,8 @@
 -- int(first 15 hex digits of md5('seed:n_sets:r:d')) mod n_sets (sets numbered from 0 by calibration key),
 -- so every score of a (variant, source) is resampled with the same sets. The interval is NULL for a single
 -- set (nothing to resample), [mean, mean] when the sets score the same, and never leaves [min, max].
--- Vars: bootstrap_replicates, bootstrap_seed, bootstrap_confidence.
+-- Vars: bootstrap_replicates, bootstrap_seed, bootstrap_confidence (macros/bootstrap.sql).
 {%- set replicates = var('bootstrap_replicates') | int %}
-{%- set seed = var('bootstrap_seed') | int %}
-{%- set alpha = (1 - var('bootstrap_confidence') | float) / 2 %}
 with scores as (
     select model, method, variant, calib, calibration_source, n_samples, eval_dataset, metric, kind, value
     from {{ ref('int_set_scores') }}
@@ -28,35 +26,8 @@ sets as (
     window score as (partition by variant, calibration_source, n_samples, eval_dataset, metric)
 ),
 
-set_counts as (
-    select distinct n_sets from sets
-),
-
-draws as (  -- depend on the number of sets only
-    select
-        set_counts.n_sets,
-        replicate,
-        cast('0x' || left(md5(concat_ws(':', {{ seed }}, set_counts.n_sets, replicate, draw)), 15) as bigint)
-            % set_counts.n_sets as set_index
-    from set_counts
-    cross join range({{ replicates }}) as replicates(replicate)
-    cross join lateral (select unnest(range(set_counts.n_sets)) as draw)
-),
-
-replicate_means as (
-    select sets.group_id, draws.replicate, avg(sets.value) as mean_value
-    from draws
-    join sets on sets.n_sets = draws.n_sets and sets.set_index = draws.set_index
-    group by sets.group_id, draws.replicate
-),
-
 intervals as (
-    select
-        group_id,
-        quantile_cont(mean_value, {{ alpha }}) as ci_low,
-        quantile_cont(mean_value, {{ 1 - alpha }}) as ci_high
-    from replicate_means
-    group by group_id
+    {{ bootstrap_intervals('sets', 'n_sets', 'set_index', 'value') }}
 )
 
 select

@@ -8,10 +8,8 @@
 -- numbered from 0 in example order). The interval is of the mean paired difference best - worst; it
 -- excludes 0 when the difference is larger than the examples' noise. Best and worst are chosen on the same
 -- examples, so the test is optimistic for many sets (the largest of many differences). Vars:
--- bootstrap_replicates, bootstrap_seed, bootstrap_confidence.
+-- bootstrap_replicates, bootstrap_seed, bootstrap_confidence (macros/bootstrap.sql).
 {%- set replicates = var('bootstrap_replicates') | int %}
-{%- set seed = var('bootstrap_seed') | int %}
-{%- set alpha = (1 - var('bootstrap_confidence') | float) / 2 %}
 {%- set group_keys = 'variant, calibration_source, n_samples, task, metric' %}
 with outcomes as (
     select model, method, variant, calib, calibration_source, n_samples, task, metric, example, correct
@@ -85,35 +83,8 @@ numbered as (
     from pairs
 ),
 
-example_counts as (
-    select distinct n_examples from numbered
-),
-
-draws as (  -- depend on the number of examples only
-    select
-        example_counts.n_examples,
-        replicate,
-        cast('0x' || left(md5(concat_ws(':', 'examples', {{ seed }}, example_counts.n_examples, replicate, draw)), 15)
-             as bigint) % example_counts.n_examples as example_index
-    from example_counts
-    cross join range({{ replicates }}) as replicates(replicate)
-    cross join lateral (select unnest(range(example_counts.n_examples)) as draw)
-),
-
-replicate_means as (
-    select numbered.group_id, draws.replicate, avg(numbered.difference) as mean_difference
-    from draws
-    join numbered on numbered.n_examples = draws.n_examples and numbered.example_index = draws.example_index
-    group by numbered.group_id, draws.replicate
-),
-
 intervals as (
-    select
-        group_id,
-        quantile_cont(mean_difference, {{ alpha }}) as ci_low,
-        quantile_cont(mean_difference, {{ 1 - alpha }}) as ci_high
-    from replicate_means
-    group by group_id
+    {{ bootstrap_intervals('numbered', 'n_examples', 'example_index', 'difference', salt='examples') }}
 )
 
 select
