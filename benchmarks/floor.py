@@ -188,7 +188,7 @@ def main() -> None:
             rows.append((f"{method}: method math", math, fp32_rate, math / fp32_rate / 1e9,
                          spans.get(METHOD_MATH, 0.0)))
         floor = calibration / forward_rate / 1e9 + math / fp32_rate / 1e9
-        rows.append((f"{method} (whole compression step)", calibration + math, None, floor, spans["total"]))
+        rows.append((f"{method} (whole compression step)", calibration + math, forward_rate, floor, spans["total"]))
     print(f"{study.name} | {calib}: matmul throughput {forward_rate:.0f} GFLOP/s in {dtype} (forward shapes), "
           f"{fp32_rate:.0f} GFLOP/s in fp32 (method-math shapes); {len(counter.lengths)} task requests")
     print(f"\n{'step kind':<58} {'GFLOP':>9} {'floor s':>8} {'measured s':>11} {'x floor':>8}")
