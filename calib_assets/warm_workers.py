@@ -122,7 +122,7 @@ class Pool:
         return True
 
     async def workers(self) -> list[dict]:
-        """Each live worker's spec fingerprint, resources and whether it is busy (for tests and the CLI)."""
+        """Each live worker's spec fingerprint, resources and whether it is busy (what the tests inspect)."""
         return [{"id": i, "code": s.spec.code, "resources": dict(s.spec.resources), "busy": s.busy}
                 for i, s in self.slots.items()]
 

@@ -212,8 +212,10 @@ def test_a_second_run_reuses_every_artifact(materialized):
     before = checkpoint.stat().st_mtime_ns
     lines: list[str] = []
     run_study(defs, study, instance, echo=lines.append)
-    stage_lines = [line for line in lines if "compress_and_evaluate" in line]
+    stage_lines = [line for line in lines if line.startswith("[") and "compress_and_evaluate" in line]
     assert stage_lines and all(" reused in " in line for line in stage_lines)
+    assert any("Where the time went" in line for line in lines)
+    assert not any(" call(s)" in line for line in lines)  # nothing was computed: no step kind took time
     assert checkpoint.stat().st_mtime_ns == before
 
 
