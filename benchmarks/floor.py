@@ -5,13 +5,16 @@ measured matmul throughput in the step's dtype, the floor that gives, and the me
 
 ROOT: an artifact root of the study with its upstream stages done (as for profile_checkpoint.py); each
 calibrated method's checkpoint of `--calib` and one evaluation (the first method's) are computed in a
-scratch copy of it, timed by the steps' own spans (calib_assets.timing). FLOPs, from the model's shapes:
+scratch copy of it (after one untimed compression of another set, which pays the first-time imports and
+allocations that `make run` pays once), timed by the steps' own spans (calib_assets.timing). FLOPs, from
+the model's shapes:
   forward of T tokens   2 x T x (decoder linear weights) + 4 x layers x hidden x (sum over sequences of
                         length^2) for attention (scores and values, the whole square: what SDPA computes),
                         plus 2 x hidden x vocab per position the output head is applied to;
   calibration passes    two forwards of the calibration tokens through every decoder layer (statistics,
-                        then the compressed layer's outputs for the next one) plus the Hessian sums,
-                        2 x T x d_in^2 per group of linears sharing an input;
+                        then the compressed layer's outputs for the next one), plus for the Hessian
+                        methods (GPTQ, SpQR, SparseGPT) the Hessian sums, 2 x T x d_in^2 per group of
+                        linears sharing an input;
   method math (GPTQ, SparseGPT)  per group of linears sharing an input: d_in^3 (the inverse factor) +
                         2 x d_out x d_in^2 (the error fed to the remaining columns); Wanda has none worth
                         counting (a norm and a sort), so its floor is that of its calibration passes.
@@ -69,10 +72,10 @@ def forward_flops(shapes: dict, lengths: list[int], head_positions: int) -> floa
     return 2 * tokens * shapes["linear_weights"] + attention + 2 * shapes["hidden"] * shapes["vocab"] * head_positions
 
 
-def calibration_flops(shapes: dict, n_samples: int, seq_len: int) -> float:
+def calibration_flops(shapes: dict, n_samples: int, seq_len: int, hessians: bool) -> float:
     passes = 2 * forward_flops(shapes, [seq_len] * n_samples, 0)
-    hessians = shapes["layers"] * sum(2 * n_samples * seq_len * d_in ** 2 for d_in, _ in shapes["groups"])
-    return passes + hessians
+    sums = shapes["layers"] * sum(2 * n_samples * seq_len * d_in ** 2 for d_in, _ in shapes["groups"])
+    return passes + (sums if hessians else 0.0)
 
 
 def obs_math_flops(shapes: dict) -> float:
@@ -106,6 +109,9 @@ def measure(study, root: Path, calib: str) -> tuple[dict, dict]:
     from calib_assets.steps import evaluate_variant, forward_placement, materialize_checkpoint
 
     device, dtype = forward_placement(study)
+    warm_up = next(key for key in study.calib_keys if key != calib)  # first-time imports and allocations
+    materialize_checkpoint(study, _first_calibrated(study), warm_up, root, device=device, forward_dtype=dtype,
+                           log=lambda line: None)
     compression = {}
     for variant in study.variant_keys:
         _, method = study.parse_variant(variant)
@@ -116,14 +122,18 @@ def measure(study, root: Path, calib: str) -> tuple[dict, dict]:
         materialize_checkpoint(study, variant, calib, root, device=device, forward_dtype=dtype, log=lambda line: None)
         compression[method.config.method] = {"total": time.perf_counter() - started, **dict(
             (name, seconds) for name, (seconds, _) in timing.tally().items())}
-    first = next(variant for variant in study.variant_keys
-                 if (method := study.parse_variant(variant)[1]) is not None and method.needs_calibration)
+    first = _first_calibrated(study)
     timing.reset()
     started = time.perf_counter()
     evaluate_variant(study, first, calib, root, device=device, forward_dtype=dtype, run_id="floor")
     evaluation = {"total": time.perf_counter() - started,
                   **{name: seconds for name, (seconds, _) in timing.tally().items()}}
     return compression, evaluation
+
+
+def _first_calibrated(study) -> str:
+    return next(variant for variant in study.variant_keys
+                if (method := study.parse_variant(variant)[1]) is not None and method.needs_calibration)
 
 
 def main() -> None:
@@ -179,9 +189,10 @@ def main() -> None:
     evaluation_floor = sum(row[3] for row in rows)
     rows.append(("evaluation (whole step)", sum(row[1] for row in rows), forward_rate, evaluation_floor,
                  evaluation["total"]))
-    calibration = calibration_flops(shapes, n_samples, seq_len)
     for method, spans in compression.items():
-        math = obs_math_flops(shapes) if method in {"gptq", "sparsegpt", "spqr"} else 0.0
+        hessian_method = method in {"gptq", "sparsegpt", "spqr"}
+        calibration = calibration_flops(shapes, n_samples, seq_len, hessians=hessian_method)
+        math = obs_math_flops(shapes) if hessian_method else 0.0
         rows.append((f"{method}: calibration forward passes", calibration, forward_rate,
                      calibration / forward_rate / 1e9, spans.get(CALIBRATION_PASSES, 0.0)))
         if math:
