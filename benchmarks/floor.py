@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -207,7 +206,7 @@ def main() -> None:
         multiple = seconds / floor if floor else float("nan")
         print(f"{kind:<58} {flops / 1e9:9.1f} {floor:8.2f} {seconds:11.2f} {multiple:8.1f}")
     print()
-    verdicts = defaultdict(str)
+    verdicts: dict[str, str] = {}
     for kind, _, _, floor, seconds in rows:
         name = kind.split(" ")[0].rstrip(":")
         if "whole" in kind and name in TARGETS:

@@ -34,7 +34,7 @@ def ray_executor_choice() -> str:
     """Which Ray executor `run --ray` uses: $CALIB_ASSETS_EXECUTOR when it names one (ray-jobs: dagster-ray's
     Ray job per step, kept to compare), else ray (warm workers)."""
     choice = executor_choice()
-    return choice if choice.startswith("ray") else "ray"
+    return choice if on_ray(choice) else "ray"
 
 
 def on_ray(executor: str) -> bool:

@@ -214,16 +214,12 @@ def write_warehouse(work_dir: Path, results: pd.DataFrame, descriptors: pd.DataF
     with duckdb.connect(str(path)) as connection:
         connection.register("incoming", results)
         connection.execute("CREATE TABLE eval_results AS SELECT * FROM incoming")
-        schema = ", ".join(f"{name} {kind}" for name, kind in DESCRIPTOR_COLUMNS.items())
-        connection.execute(f"CREATE TABLE calibration_descriptors ({schema})")
-        if descriptors is not None:
-            connection.register("described", descriptors)
-            connection.execute("INSERT INTO calibration_descriptors SELECT * FROM described")
-        schema = ", ".join(f"{name} {kind}" for name, kind in OUTCOME_COLUMNS.items())
-        connection.execute(f"CREATE TABLE task_outcomes ({schema})")
-        if outcomes is not None:
-            connection.register("answered", outcomes)
-            connection.execute("INSERT INTO task_outcomes SELECT * FROM answered")
+        for table, columns, rows in [("calibration_descriptors", DESCRIPTOR_COLUMNS, descriptors),
+                                     ("task_outcomes", OUTCOME_COLUMNS, outcomes)]:
+            connection.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {kind}' for n, kind in columns.items())})")
+            if rows is not None:
+                connection.register(f"incoming_{table}", rows)
+                connection.execute(f"INSERT INTO {table} SELECT * FROM incoming_{table}")
     return path
 
 

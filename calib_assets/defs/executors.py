@@ -21,7 +21,7 @@ def study_executor(executor: str) -> dg.ExecutorDefinition:
     if executor == "ray":
         from calib_assets.defs.ray_steps import warm_ray_executor
 
-        return warm_ray_executor.configured({"address": os.environ.get(RAY_ADDRESS_ENV, "auto"), "num_cpus": 1.0})
+        return warm_ray_executor.configured({"num_cpus": 1.0})  # address: $RAY_ADDRESS in the run worker
     if executor == "ray-jobs":
         from dagster_ray import ray_executor
 

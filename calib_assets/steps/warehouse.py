@@ -122,13 +122,17 @@ def collect_task_outcomes(study: Study, root: Path) -> pd.DataFrame:
 
 def write_task_outcomes(study: Study, root: Path, connection) -> int:
     """Replace the DuckDB table task_outcomes (an open duckdb connection); return its row count."""
-    table = collect_task_outcomes(study, root)
-    schema = ", ".join(f"{name} {kind}" for name, kind in OUTCOME_COLUMNS.items())
-    connection.execute(f"CREATE OR REPLACE TABLE task_outcomes ({schema})")
+    return _replace_table(connection, "task_outcomes", OUTCOME_COLUMNS, collect_task_outcomes(study, root))
+
+
+def _replace_table(connection, name: str, columns: dict[str, str], table: pd.DataFrame) -> int:
+    """Replace the DuckDB table `name` with `table`'s `columns` (name -> SQL type); return its row count."""
+    schema = ", ".join(f"{column} {kind}" for column, kind in columns.items())
+    connection.execute(f"CREATE OR REPLACE TABLE {name} ({schema})")
     if len(table):
-        connection.register("incoming_outcomes", table)
-        connection.execute(f"INSERT INTO task_outcomes SELECT {', '.join(OUTCOME_COLUMNS)} FROM incoming_outcomes")
-        connection.unregister("incoming_outcomes")
+        connection.register(f"incoming_{name}", table)
+        connection.execute(f"INSERT INTO {name} SELECT {', '.join(columns)} FROM incoming_{name}")
+        connection.unregister(f"incoming_{name}")
     return len(table)
 
 
@@ -163,14 +167,7 @@ def write_descriptor_table(study: Study, root: Path, connection) -> int:
 
 
 def _write_descriptors(table: pd.DataFrame, connection) -> int:
-    schema = ", ".join(f"{name} {kind}" for name, kind in DESCRIPTOR_COLUMNS.items())
-    connection.execute(f"CREATE OR REPLACE TABLE calibration_descriptors ({schema})")
-    if len(table):
-        connection.register("incoming_descriptors", table)
-        connection.execute(f"INSERT INTO calibration_descriptors SELECT {', '.join(DESCRIPTOR_COLUMNS)} "
-                           "FROM incoming_descriptors")
-        connection.unregister("incoming_descriptors")
-    return len(table)
+    return _replace_table(connection, "calibration_descriptors", DESCRIPTOR_COLUMNS, table)
 
 
 def materialize_descriptor_table(study: Study, root: Path) -> dict[str, Any]:
