@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -49,12 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, help="directory to write (new or empty)")
     export.add_argument("--force", action="store_true", help="replace the exported files in a non-empty --out")
     model = commands.add_parser(
-        "export-model", help="write a compressed model as a plain Hugging Face folder (usable without this project)")
+        "export-model", help="write a compressed model as a Hugging Face folder (usable without this project): "
+                             "dense weights (hf) or packed integer weights (compressed-tensors)")
     model.add_argument("target", metavar="TARGET",
                        help="VARIANT|CALIB (e.g. 'smollm2-135m.gptq-w3g16|bbc-tech.s0') or a calibration-free "
                             "baseline (e.g. smollm2-135m.rtn-w3g16)")
     model.add_argument("--out", required=True, type=Path, help="directory to create")
-    model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the base model's")
+    model.add_argument("--format", choices=["hf", "compressed-tensors"], default="hf",
+                       help="hf (default): dense weights, any method; compressed-tensors: pack-quantized integer "
+                            "weights that vLLM and transformers load (GPTQ, AWQ, RTN)")
+    model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                       help="of the weights left in floating point; default: the base model's")
     model.add_argument("--force", action="store_true", help="replace an existing --out")
     plan = commands.add_parser(
         "plan", help="print the study's partitions, runs and steps and an estimate of GPU-hours and wall time, "
@@ -210,12 +216,23 @@ def _export_model(study, args) -> int:
               f"calibration-free baseline", file=sys.stderr)
         return 2
     variant = target.keys.get("variant") or target.keys["baseline"]
+    study_ref = os.environ.get(STUDY_ENV) or study.name  # main() has put a --study there, resolved if a path
+    study_ref = str(Path(study_ref).resolve()) if Path(study_ref).suffix else study_ref
+    command = shlex.join(["calib-assets", "--study", study_ref, "--root", str(artifact_root())])
     manifest = export_variant_model(study, variant, target.keys.get("calib"), artifact_root(), args.out,
-                                    dtype=args.dtype, overwrite=args.force)
+                                    format=args.format, dtype=args.dtype, overwrite=args.force, export_command=command)
     out = args.out.expanduser().resolve()
-    print(f"wrote a Hugging Face folder to {out} ({manifest.get('dtype', 'base dtype')}): load it with "
-          f"AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    print(f"wrote a {args.format} folder to {out} ({manifest['dtype']}): load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}){_loading_hint(manifest)}; calibration.json names "
+          f"its calibration data")
     return 0
+
+
+def _loading_hint(manifest: dict) -> str:
+    """What asymmetric pack-quantized folders need from transformers (docs/export.md)."""
+    symmetric = manifest.get("scheme", {}).get("symmetric", True)
+    return "" if symmetric else (" (zero points: pass quantization_config=CompressedTensorsConfig(dequantize=True) "
+                                 "to transformers; vLLM reads them as they are)")
 
 
 if __name__ == "__main__":

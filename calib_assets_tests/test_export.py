@@ -1,4 +1,4 @@
-"""export_hf_folder: the exported folder loads with plain transformers and computes what the base model
+"""export_model_folder (format hf): the exported folder loads with plain transformers and computes what the base model
 with the checkpoint applied computes; bad arguments are refused before anything is written."""
 
 import json
@@ -8,7 +8,7 @@ import torch
 
 from calib_assets.compression import compress_model, make_method_config, save_checkpoint
 from calib_assets.compression.checkpoint import apply_checkpoint
-from calib_assets.compression.export import export_hf_folder
+from calib_assets.compression.export import export_model_folder
 from calib_assets.models import load_model, weights_fingerprint
 
 IDS = torch.randint(0, 257, (4, 16), generator=torch.Generator().manual_seed(3))
@@ -35,7 +35,7 @@ def _logits(model):
 def test_exported_folder_gives_the_logits_of_the_applied_checkpoint(tiny_model_folder, awq_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    export = export_hf_folder(awq_checkpoint, tiny_model_folder, tmp_path / "hf")
+    export = export_model_folder(awq_checkpoint, tiny_model_folder, tmp_path / "hf")
     assert export["dtype"] == "float32" and sorted(p.name for p in (tmp_path / "hf").glob("*.safetensors"))
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     applied, _ = load_model(tiny_model_folder)
@@ -53,7 +53,7 @@ def test_export_in_another_dtype_and_pruned(tiny_model_folder, tmp_path):
     from transformers import AutoModelForCausalLM
 
     checkpoint = _checkpoint(tiny_model_folder, "wanda", {"n": 2, "m": 4}, tmp_path / "wanda")
-    export_hf_folder(checkpoint, tiny_model_folder, tmp_path / "hf", dtype="bfloat16")
+    export_model_folder(checkpoint, tiny_model_folder, tmp_path / "hf", dtype="bfloat16")
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype="auto")
     applied, _ = load_model(tiny_model_folder)
     apply_checkpoint(applied, checkpoint)
@@ -67,17 +67,17 @@ def test_export_in_another_dtype_and_pruned(tiny_model_folder, tmp_path):
 def test_bad_arguments_are_refused_before_writing(tiny_model_folder, awq_checkpoint, tmp_path):
     out = tmp_path / "hf"
     with pytest.raises(ValueError, match=r"dtype='int8'.*float32"):
-        export_hf_folder(awq_checkpoint, tiny_model_folder, out, dtype="int8")
+        export_model_folder(awq_checkpoint, tiny_model_folder, out, dtype="int8")
     with pytest.raises(FileNotFoundError, match="not a compressed checkpoint"):
-        export_hf_folder(tmp_path, tiny_model_folder, out)
+        export_model_folder(tmp_path, tiny_model_folder, out)
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        export_hf_folder(awq_checkpoint, tmp_path, out)
+        export_model_folder(awq_checkpoint, tmp_path, out)
     assert not out.exists()
     out.mkdir()  # an empty folder is as good as a new one
-    export_hf_folder(awq_checkpoint, tiny_model_folder, out)
+    export_model_folder(awq_checkpoint, tiny_model_folder, out)
     with pytest.raises(ValueError, match="earlier export; pass overwrite=True"):
-        export_hf_folder(awq_checkpoint, tiny_model_folder, out)
-    export_hf_folder(awq_checkpoint, tiny_model_folder, out, overwrite=True)
+        export_model_folder(awq_checkpoint, tiny_model_folder, out)
+    export_model_folder(awq_checkpoint, tiny_model_folder, out, overwrite=True)
 
 
 def test_a_checkpoint_of_another_base_model_is_refused(tiny_model_folder, tmp_path):
@@ -86,5 +86,5 @@ def test_a_checkpoint_of_another_base_model_is_refused(tiny_model_folder, tmp_pa
     other = prepare_model_folder(RandomLlama(name="other", seed=1), tmp_path / "models")
     checkpoint = _checkpoint(other, "rtn", {"bits": 4, "group_size": 32}, tmp_path / "rtn")
     with pytest.raises(ValueError, match="another base model"):
-        export_hf_folder(checkpoint, tiny_model_folder, tmp_path / "hf")
+        export_model_folder(checkpoint, tiny_model_folder, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

@@ -29,7 +29,7 @@ from .engine import (
     layerwise_hidden_states,
     make_compressor,
 )
-from .export import export_hf_folder
+from .export import export_model_folder
 from .gptq import GPTQ
 from .magnitude import Magnitude
 from .result import CompressedLinear, ExtraTensor
@@ -64,7 +64,7 @@ __all__ = [
     "check_layer_compatible",
     "compress_model",
     "compressible_linears",
-    "export_hf_folder",
+    "export_model_folder",
     "layerwise_hidden_states",
     "load_checkpoint",
     "make_compressor",

@@ -111,6 +111,13 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[dict[str,
 def apply_checkpoint(model: nn.Module, path: str | Path) -> dict:
     """Write the checkpoint's weights into `model` (same architecture as the base) in place; return the manifest."""
     compressed, manifest = load_checkpoint(path)
+    apply_compressed(model, compressed)
+    return manifest
+
+
+@torch.no_grad()
+def apply_compressed(model: nn.Module, compressed: dict[str, CompressedLinear]) -> None:
+    """Write loaded results (`load_checkpoint`'s) into `model` in place."""
     modules = dict(model.named_modules())
     for name, result in compressed.items():
         if isinstance(result, ExtraTensor):
@@ -125,7 +132,6 @@ def apply_checkpoint(model: nn.Module, path: str | Path) -> dict:
                 f"the model's has {tuple(module.weight.shape)}"
             )
         module.weight.data.copy_(result.weight)
-    return manifest
 
 
 def _apply_extra(model: nn.Module, name: str, extra: ExtraTensor) -> None:

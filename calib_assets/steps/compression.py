@@ -9,7 +9,7 @@ from typing import Any
 
 from calib_assets import __version__
 from calib_assets.calibration import load_calibration_set
-from calib_assets.compression import apply_checkpoint, compress_model, export_hf_folder, save_checkpoint
+from calib_assets.compression import apply_checkpoint, compress_model, export_model_folder, save_checkpoint
 from calib_assets.models import trust_remote_code
 from calib_assets.steps.calibration import calibration_manifest
 from calib_assets.steps.inputs import base_model_manifest, load_base
@@ -93,13 +93,49 @@ def load_variant_model(study: Study, variant: str, calib: str | None, root: Path
 
 
 def export_variant_model(study: Study, variant: str, calib: str | None, root: Path, out: Path, *,
-                         dtype: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """A plain Hugging Face folder of a compressed variant (weights as the method produced them)."""
+                         format: str = "hf", dtype: str | None = None, overwrite: bool = False,
+                         export_command: str = "calib-assets") -> dict[str, Any]:
+    """A Hugging Face folder of a compressed variant in `format` (weights as the method produced them), with
+    calibration.json naming what it was calibrated on; `export_command` is how the user's shell calls this
+    study (`calib-assets --study ...`), for the sidecar's command that exports the calibration data."""
     model_spec, method = study.parse_variant(variant)
     base_folder = base_model_manifest(root, model_spec.name)["folder"]
     if method is None:
         raise ValueError(f"{variant!r} is the dense model: its folder is {base_folder!r}")
-    variant_manifest(study, variant, calib, root)  # materialized, and from this study's base model
-    return export_hf_folder(checkpoint_dir(root, variant, calib), Path(base_folder), out, dtype=dtype,
-                            overwrite=overwrite, trust_remote_code=trust_remote_code(model_spec),
-                            protected=(Path(root),), overwrite_flag="--force")
+    manifest = variant_manifest(study, variant, calib, root)  # materialized, and from this study's base model
+    sidecar = calibration_sidecar(study, variant, calib, root, manifest, export_command)
+    return export_model_folder(checkpoint_dir(root, variant, calib), Path(base_folder), out, format=format,
+                               dtype=dtype, overwrite=overwrite, trust_remote_code=trust_remote_code(model_spec),
+                               protected=(Path(root),), overwrite_flag="--force", calibration=sidecar)
+
+
+def calibration_sidecar(study: Study, variant: str, calib: str | None, root: Path, manifest: dict[str, Any],
+                        export_command: str) -> dict[str, Any]:
+    """calibration.json of an exported variant: the checkpoint, its method (a pruned one's sparsity pattern) and
+    the calibration set it was compressed on (asset partition, fingerprint, the command that exports its exact
+    data); `calibration_set` is None for a calibration-free method."""
+    model_spec, method = study.parse_variant(variant)
+    assert method is not None  # the dense model is not exported
+    sidecar: dict[str, Any] = {
+        "study": study.name, "variant": variant, "method": method.config.to_dict(), "method_label": method.label,
+        "checkpoint": {"asset": "compressed_model", "partition": f"{variant}|{calib}" if calib else variant,
+                       "fingerprint": manifest["fingerprint"]},
+        "base_model": {"name": model_spec.name, "fingerprint": manifest["base_fingerprint"]},
+        "calibration_set": None,
+    }
+    config = method.config
+    if hasattr(config, "target_sparsity") and manifest.get("sparsity"):
+        pattern = f"{config.n}:{config.m}" if getattr(config, "n", None) else "unstructured"
+        sidecar["sparsity"] = {"pattern": pattern, "target": config.target_sparsity,
+                               "measured": manifest["sparsity"]}
+    if calib is not None:
+        calibration = calibration_manifest(root, model_spec.name, calib)
+        sidecar["calibration_set"] = {
+            "asset": "calibration_set", "partition": f"{model_spec.name}|{calib}",
+            "fingerprint": calibration["fingerprint"], "source": calibration["source"],
+            "n_samples": calibration["n_samples"], "seq_len": calibration["seq_len"], "seed": calibration["seed"],
+            "export": f"{export_command} export-calibration {model_spec.name} {calib} --out calibration-{calib}",
+        }
+    return sidecar
+
+
