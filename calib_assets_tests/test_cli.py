@@ -1,8 +1,9 @@
-"""`calib-assets lineage` and `calib-assets export-calibration` on the materialized CI study."""
+"""`calib-assets lineage`, `export-calibration` and `export-model` on the materialized CI study."""
 
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,51 @@ def test_export_model_writes_a_folder_with_the_compressed_weights(materialized, 
         assert torch.equal(exported.state_dict()[name].float(), tensor.float()), name
     code, _, err = cli("export-model", f"{variant}|{calib}", "--out", str(tmp_path / "hf"))
     assert code == 2 and "holds an earlier export; pass --force" in err
+
+
+def test_export_model_as_compressed_tensors_names_its_calibration_data(materialized, cli, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    study, _, root, _, _ = materialized
+    calib = study.calib_keys[1]
+    for variant in ("tiny-llama.gptq-w3g32", "tiny-llama.awq-w3g32"):
+        out = tmp_path / variant
+        code, stdout, _ = cli("export-model", f"{variant}|{calib}", "--format", "compressed-tensors", "--out", str(out))
+        assert code == 0 and "wrote a compressed-tensors folder" in stdout and "dequantize=True" in stdout
+        exported = AutoModelForCausalLM.from_pretrained(out, quantization_config=CompressedTensorsConfig(
+            dequantize=True))
+        expected, _, _ = steps.load_variant_model(study, variant, calib, root)
+        ids = torch.arange(40).reshape(2, 20)
+        with torch.no_grad():
+            assert torch.equal(exported(ids).logits, expected(ids).logits), variant
+    sidecar = json.loads((out / "calibration.json").read_text())
+    calibration = steps.calibration_manifest(root, "tiny-llama", calib)
+    assert sidecar["calibration_set"]["partition"] == f"tiny-llama|{calib}"
+    assert sidecar["calibration_set"]["fingerprint"] == calibration["fingerprint"]
+    assert sidecar["checkpoint"]["fingerprint"] == steps.variant_manifest(study, variant, calib, root)["fingerprint"]
+    command = shlex.split(sidecar["calibration_set"]["export"])  # the command it gives exports that very set
+    assert command[:5] == ["calib-assets", "--study", "ci", "--root", str(root)]
+    code, _, _ = cli(*command[5:-1], str(tmp_path / "data"))
+    published = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert code == 0 and published["calibration_set"]["fingerprint"] == calibration["fingerprint"]
+
+
+def test_export_model_hf_sidecars_and_what_compressed_tensors_refuses(materialized, cli, tmp_path):
+    study, _, _, _, _ = materialized
+    calib = study.calib_keys[0]
+    code, _, _ = cli("export-model", f"tiny-llama.wanda-2of4|{calib}", "--out", str(tmp_path / "wanda"))
+    sidecar = json.loads((tmp_path / "wanda" / "calibration.json").read_text())
+    assert code == 0 and sidecar["sparsity"]["pattern"] == "2:4" and sidecar["sparsity"]["measured"] == 0.5
+    code, _, _ = cli("export-model", "tiny-llama.rtn-w3g32", "--format", "compressed-tensors", "--out",
+                     str(tmp_path / "rtn"))
+    assert code == 0 and json.loads((tmp_path / "rtn" / "calibration.json").read_text())["calibration_set"] is None
+    for variant, message in (("tiny-llama.spqr-w3g16", "quantized statistics"),
+                             ("tiny-llama.sparsegpt-2of4", "holds no quantized weights")):
+        code, out, err = cli("export-model", f"{variant}|{calib}", "--format", "compressed-tensors", "--out",
+                             str(tmp_path / "refused"))
+        assert code == 2 and message in err and "format 'hf'" in err
+        assert out == "" and not (tmp_path / "refused").exists()
 
 
 @pytest.mark.parametrize("target, message", [

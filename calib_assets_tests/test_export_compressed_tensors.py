@@ -91,7 +91,8 @@ def test_round_trip_through_transformers_gives_the_applied_checkpoints_logits(ti
     assert torch.equal(_logits(exported), _logits(applied))
     base, _ = load_model(tiny_model_folder)
     assert not torch.allclose(_logits(exported), _logits(base))  # the compression is really in there
-    assert json.loads((tmp_path / "ct" / "calibration.json").read_text())["calibration_set"]["partition"] == "tiny|src.s0"
+    sidecar = json.loads((tmp_path / "ct" / "calibration.json").read_text())
+    assert sidecar["calibration_set"]["partition"] == "tiny|src.s0"
 
 
 @pytest.mark.parametrize("scheme", ["gptq-asym", "gptq-sym", "rtn-channel"])
@@ -119,17 +120,21 @@ def test_packed_tensors_decode_to_the_checkpoints_codes(tiny_model_folder, tmp_p
             assert np.array_equal(zero_point + half, result.zeros.numpy()), name
         # (q - zp) * scale, as the format defines it, is the checkpoint's weight
         step = params["group_size"] or cols
-        per_column = lambda t: torch.as_tensor(t).repeat_interleave(step, dim=1)[:, :cols]  # noqa: E731
-        zp = 0 if params.get("symmetric") else per_column(zero_point)
-        dequantized = (torch.from_numpy(q) - zp).float() * per_column(result.scales)
+        zp = 0 if params.get("symmetric") else _per_column(zero_point, step, cols)
+        dequantized = (torch.from_numpy(q) - zp).float() * _per_column(result.scales, step, cols)
         assert torch.equal(dequantized, result.weight), name
+
+
+def _per_column(per_group, step: int, cols: int) -> torch.Tensor:
+    return torch.as_tensor(per_group).repeat_interleave(step, dim=1)[:, :cols]
 
 
 def _expected_weight_bytes(checkpoint, exported_tensors) -> float:
     """Bytes the manifest's bits per parameter give the linears, plus the tensors left in floating point."""
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     packed = {key.rsplit(".", 1)[0] for key in exported_tensors if key.endswith(".weight_packed")}
-    rest = sum(t.numel() * t.element_size() for key, t in exported_tensors.items() if key.rsplit(".", 1)[0] not in packed)
+    rest = sum(t.numel() * t.element_size() for key, t in exported_tensors.items()
+               if key.rsplit(".", 1)[0] not in packed)
     return manifest["bits_per_param"] * manifest["n_params"] / 8 + rest
 
 

@@ -45,16 +45,17 @@ def weight_scheme(name: str, result: CompressedLinear, symmetric: bool, act_orde
         raise NotExpressible(f"layer {name!r}: act-order groups out of column order (a g_idx) are no longer "
                              f"part of the format, which holds {EXPRESSIBLE} in column order (GPTQ: act_order "
                              "with static_groups)")
-    if result.bits not in BITS or result.scales is None or result.zeros is None:
-        raise NotExpressible(f"layer {name!r}: bits={result.bits!r}; the format holds {EXPRESSIBLE}")
-    zeros, maxq = result.zeros.float(), 2**result.bits - 1
-    if symmetric and not bool((zeros == 2 ** (result.bits - 1)).all()):
-        raise NotExpressible(f"layer {name!r}: a symmetric scheme's zero points must all be {2 ** (result.bits - 1)}")
+    bits = result.bits
+    if bits not in BITS or bits is None or result.scales is None or result.zeros is None:
+        raise NotExpressible(f"layer {name!r}: bits={bits!r}; the format holds {EXPRESSIBLE}")
+    zeros, maxq = result.zeros.float(), 2**bits - 1
+    if symmetric and not bool((zeros == 2 ** (bits - 1)).all()):
+        raise NotExpressible(f"layer {name!r}: a symmetric scheme's zero points must all be {2 ** (bits - 1)}")
     if not bool((zeros == zeros.round()).all() and (zeros >= 0).all() and (zeros <= maxq).all()):
         raise NotExpressible(f"layer {name!r}: zero points that are not integers in 0..{maxq} are not {EXPRESSIBLE}")
     cols = result.weight.shape[1]
     grouped = result.group_size is not None and result.group_size < cols
-    return {"num_bits": result.bits, "type": "int", "symmetric": symmetric,
+    return {"num_bits": bits, "type": "int", "symmetric": symmetric,
             "strategy": "group" if grouped else "channel", "group_size": result.group_size if grouped else None,
             "actorder": "weight" if act_order else None, "dynamic": False, "observer": "minmax",
             "observer_kwargs": {}, "block_structure": None}
