@@ -16,7 +16,7 @@ PACKAGE = "calib_assets.compression"
 FOLDER = Path(calib_assets.compression.__file__).parent
 MODULES = sorted(path.stem for path in FOLDER.glob("*.py") if path.stem != "__init__")
 
-# packing -> result -> quantizer -> obs -> methods -> engine -> checkpoint: a module may import from its
+# packing -> result -> quantizer -> obs -> methods -> engine -> checkpoint -> export: a module may import from its
 # own layer or an earlier one.
 LAYERS = [
     {"packing", "config", "attention"},  # import nothing of the package
@@ -25,7 +25,7 @@ LAYERS = [
     {"obs", "layerwise"},
     {"rtn", "magnitude", "wanda", "gptq", "sparsegpt", "spqr", "awq"},
     {"engine"},
-    {"checkpoint"},
+    {"checkpoint", "pack_quantized"},  # our storage, and compressed-tensors' layout of the same results
     {"export"},
 ]
 
