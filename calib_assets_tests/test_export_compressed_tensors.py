@@ -33,13 +33,14 @@ def _checkpoint(folder, method, params, path, ids=IDS):
     return path
 
 
-def _load_exported(folder, symmetric: bool):
+def _load_exported(folder, symmetric: bool, dequantize: bool = False):
     """transformers with compressed-tensors; asymmetric folders through dequantize=True: with transformers 5.25
     and compressed-tensors 0.20 the compressed route builds zero-point parameters of the unpacked shape and
     refuses the format's packed ones (docs/export.md)."""
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-    kwargs = {} if symmetric else {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+    dequantize = dequantize or not symmetric
+    kwargs = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if dequantize else {}
     return AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
 
 
@@ -93,6 +94,24 @@ def test_round_trip_through_transformers_gives_the_applied_checkpoints_logits(ti
     assert not torch.allclose(_logits(exported), _logits(base))  # the compression is really in there
     sidecar = json.loads((tmp_path / "ct" / "calibration.json").read_text())
     assert sidecar["calibration_set"]["partition"] == "tiny|src.s0"
+
+
+@pytest.mark.parametrize("scheme", ["gptq-sym", "awq"])
+def test_a_bfloat16_export_computes_what_the_dense_bfloat16_export_computes(tiny_model_folder, tmp_path, scheme):
+    from transformers import AutoModelForCausalLM
+
+    method, params = SCHEMES[scheme]
+    checkpoint = _checkpoint(tiny_model_folder, method, params, tmp_path / "ckpt")
+    export_model_folder(checkpoint, tiny_model_folder, tmp_path / "ct", format="compressed-tensors", dtype="bfloat16")
+    export_model_folder(checkpoint, tiny_model_folder, tmp_path / "hf", dtype="bfloat16")
+    symmetric = params.get("symmetric", False)
+    exported = _load_exported(tmp_path / "ct", symmetric, dequantize=True)
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert exported.dtype == dense.dtype == torch.bfloat16
+    assert torch.equal(_logits(exported), _logits(dense))
+    if symmetric:  # the compressed route dequantizes with the scales cast to bf16 first: one rounding apart
+        torch.testing.assert_close(_logits(_load_exported(tmp_path / "ct", True)), _logits(dense),
+                                   rtol=0.05, atol=0.01)
 
 
 @pytest.mark.parametrize("scheme", ["gptq-asym", "gptq-sym", "rtn-channel"])
