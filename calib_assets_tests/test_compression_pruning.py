@@ -123,6 +123,23 @@ def test_small_group_ranks_equal_a_stable_sort(size, fraction):
     assert (mask.logical_not().sum(dim=-1) == count).all()
 
 
+@pytest.mark.parametrize("shape, levels", [((300, 576), 5), ((300, 576), 10**6), ((1, 70_000), 7), ((4, 129), 2)])
+@pytest.mark.parametrize("fraction", [0.5, 0.3, 0.9])
+def test_lowest_mask_by_selection_equals_a_stable_sort(shape, levels, fraction):
+    """The selection path of lowest_mask (rows longer than a small group: Wanda's rows, SparseGPT's and
+    magnitude's flattened blocks) against the plain stable sort, with and without exact ties."""
+    from calib_assets.compression.magnitude import lowest_mask
+
+    gen = torch.Generator().manual_seed(levels + shape[1])
+    scores = torch.randint(0, levels, shape, generator=gen).float() / levels
+    count = int(shape[1] * fraction)
+    order = torch.sort(scores, dim=-1, stable=True).indices
+    expected = torch.ones_like(scores, dtype=torch.bool).scatter_(-1, order[:, :count], False)
+    mask = lowest_mask(scores, fraction)
+    assert torch.equal(mask, expected)
+    assert (mask.logical_not().sum(dim=-1) == count).all()
+
+
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (3, 4), (4, 8), (2, 8), (5, 16)])
 def test_transposed_nm_group_keep_equals_a_stable_sort(n, m):
     """SparseGPT's per-group N:M mask (scores given as [m, rows]) against argsort(stable) itself, with

@@ -41,6 +41,19 @@ def test_pack_matches_numpy_little_endian_packbits_across_chunks(bits):
     assert torch.equal(unpack_codes(torch.from_numpy(expected), bits, numel), codes.to(torch.uint8))
 
 
+@pytest.mark.parametrize("numel", [1, 8, 1001, (1 << 20) + 13])
+def test_one_bit_codes_by_numpy_equal_the_torch_packer(numel):
+    """Masks are packed on the CPU by numpy's packbits; the torch path (used on accelerators) is the plain version."""
+    from calib_assets.compression.packing import _pack_chunk, _unpack_chunk
+
+    mask = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) > 0.5
+    packed = pack_codes(mask, 1)
+    chunks = [_pack_chunk(mask[i : i + (1 << 20)], 1) for i in range(0, numel, 1 << 20)]
+    assert torch.equal(packed, torch.cat(chunks))
+    assert torch.equal(unpack_codes(packed, 1, numel), _unpack_chunk(packed, 1, numel) if numel < (1 << 20) else
+                       torch.cat([_unpack_chunk(packed[: 1 << 17], 1, 1 << 20), _unpack_chunk(packed[1 << 17:], 1, 13)]))
+
+
 def test_packed_tensor_uses_the_fewest_bits_and_restores_dtype_and_shape():
     mask = torch.rand(37, 11, generator=torch.Generator().manual_seed(0)) > 0.5
     packed = PackedTensor.pack(mask)

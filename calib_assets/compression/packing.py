@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 _CHUNK = 1 << 20  # codes per chunk (a multiple of 8): bounds the int64 working memory at 8 MB
@@ -18,10 +19,12 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     code k holds bits k*bits .. k*bits + bits - 1 of the stream, byte i its bits 8i .. 8i + 7."""
     _check_bits(bits)
     flat = codes.reshape(-1)
-    if flat.numel():
+    if flat.numel() and flat.dtype != torch.bool:  # a bool is 0 or 1
         low, high = (int(v) for v in torch.aminmax(flat))
         if low < 0 or high >= 2**bits:
             raise ValueError(f"codes out of range for {bits} bits: [{low}, {high}]")
+    if bits == 1 and flat.device.type == "cpu":  # masks: numpy's bit packer, same layout, ~100x faster
+        return torch.from_numpy(np.packbits(flat.numpy().astype(np.bool_, copy=False), bitorder="little"))
     chunks = [_pack_chunk(flat[i : i + _CHUNK], bits) for i in range(0, flat.numel(), _CHUNK)]
     return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8, device=codes.device)
 
@@ -32,6 +35,8 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     packed = packed.reshape(-1)
     if packed.numel() * 8 < numel * bits:
         raise ValueError(f"{packed.numel()} packed bytes cannot hold {numel} codes of {bits} bits")
+    if bits == 1 and packed.device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(packed.numpy(), count=numel, bitorder="little"))
     step = _CHUNK * bits // 8  # bytes per full chunk
     chunks = []
     for start in range(0, numel, _CHUNK):
@@ -86,7 +91,7 @@ class PackedTensor:
     def pack(cls, tensor: torch.Tensor) -> PackedTensor:
         if tensor.is_floating_point() or tensor.is_complex():
             raise ValueError(f"only integer or bool tensors can be bit-packed, got {tensor.dtype}")
-        high = int(tensor.max()) if tensor.numel() else 0
+        high = int(tensor.max()) if tensor.numel() and tensor.dtype != torch.bool else 1
         bits = max(1, high.bit_length())
         return cls(pack_codes(tensor, bits), tensor.shape, tensor.dtype, bits)
 
