@@ -50,8 +50,10 @@ def test_one_bit_codes_by_numpy_equal_the_torch_packer(numel):
     packed = pack_codes(mask, 1)
     chunks = [_pack_chunk(mask[i : i + (1 << 20)], 1) for i in range(0, numel, 1 << 20)]
     assert torch.equal(packed, torch.cat(chunks))
-    assert torch.equal(unpack_codes(packed, 1, numel), _unpack_chunk(packed, 1, numel) if numel < (1 << 20) else
-                       torch.cat([_unpack_chunk(packed[: 1 << 17], 1, 1 << 20), _unpack_chunk(packed[1 << 17:], 1, 13)]))
+    chunk_bytes = (1 << 20) // 8
+    plain = [_unpack_chunk(packed[i // 8 : i // 8 + chunk_bytes], 1, min(1 << 20, numel - i))
+             for i in range(0, numel, 1 << 20)]
+    assert torch.equal(unpack_codes(packed, 1, numel), torch.cat(plain))
 
 
 def test_packed_tensor_uses_the_fewest_bits_and_restores_dtype_and_shape():
