@@ -23,23 +23,20 @@ from calib_assets.steps import export_variant_model
 from calib_assets.study import load_study
 
 
-def _tensor_bytes(file: Path) -> tuple[int, int]:
-    """(bytes of the packed linears' tensors, bytes of every other tensor) of a safetensors file."""
-    packed, rest = 0, 0
+def _floating_bytes(file: Path) -> int:
+    """Bytes of the tensors of a safetensors file that are not a packed linear's (weight_packed, its scales,
+    zero points and shape): what stays in floating point."""
+    import math
+
+    rest = 0
     with safe_open(str(file), "pt") as handle:
         names = list(handle.keys())
         linears = {name.rsplit(".", 1)[0] for name in names if name.endswith(".weight_packed")}
         for name in names:
-            tensor = handle.get_slice(name)
-            count = 1
-            for size in tensor.get_shape():
-                count *= size
-            nbytes = count * {"F32": 4, "BF16": 2, "F16": 2, "I32": 4, "I64": 8}[tensor.get_dtype()]
-            if name.rsplit(".", 1)[0] in linears:
-                packed += nbytes
-            else:
-                rest += nbytes
-    return packed, rest
+            if name.rsplit(".", 1)[0] not in linears:
+                tensor = handle.get_slice(name)
+                rest += math.prod(tensor.get_shape()) * {"F32": 4, "BF16": 2, "F16": 2}[tensor.get_dtype()]
+    return rest
 
 
 def main() -> None:
@@ -61,10 +58,8 @@ def main() -> None:
             export = export_variant_model(study, variant, calib, root, out, format=format, dtype=dtype)
             manifest = export["checkpoint_manifest"]
             file = out / WEIGHTS_FILE
-            _, rest = _tensor_bytes(file)
-            expected = manifest["bits_per_param"] * manifest["n_params"] / 8 + rest
-            if format == "hf":
-                expected = rest  # dense: every tensor in floating point
+            rest = _floating_bytes(file)  # dense (hf): every tensor
+            expected = rest + (manifest["bits_per_param"] * manifest["n_params"] / 8 if format != "hf" else 0)
             folder = sum(path.stat().st_size for path in out.iterdir())
             print(f"| {format}, {dtype} | {file.stat().st_size / 1e6:.1f} MB | {expected / 1e6:.1f} MB | "
                   f"{file.stat().st_size / expected - 1:+.1%} | {folder / 1e6:.1f} MB |")

@@ -199,7 +199,11 @@ def test_export_model_hf_sidecars_and_what_compressed_tensors_refuses(materializ
     assert code == 0 and sidecar["sparsity"]["pattern"] == "2:4" and sidecar["sparsity"]["measured"] == 0.5
     code, _, _ = cli("export-model", "tiny-llama.rtn-w3g32", "--format", "compressed-tensors", "--out",
                      str(tmp_path / "rtn"))
-    assert code == 0 and json.loads((tmp_path / "rtn" / "calibration.json").read_text())["calibration_set"] is None
+    sidecar = json.loads((tmp_path / "rtn" / "calibration.json").read_text())
+    assert code == 0 and sidecar["calibration_set"] is None
+    assert sidecar["checkpoint"] == {"asset": "baseline_model", "partition": "tiny-llama.rtn-w3g32",
+                                     "fingerprint": steps.variant_manifest(study, "tiny-llama.rtn-w3g32", None,
+                                                                           materialized[2])["fingerprint"]}
     for variant, message in (("tiny-llama.spqr-w3g16", "quantized statistics"),
                              ("tiny-llama.sparsegpt-2of4", "holds no quantized weights")):
         code, out, err = cli("export-model", f"{variant}|{calib}", "--format", "compressed-tensors", "--out",

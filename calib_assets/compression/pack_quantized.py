@@ -46,7 +46,7 @@ def weight_scheme(name: str, result: CompressedLinear, symmetric: bool, act_orde
                              f"part of the format, which holds {EXPRESSIBLE} in column order (GPTQ: act_order "
                              "with static_groups)")
     bits = result.bits
-    if bits not in BITS or bits is None or result.scales is None or result.zeros is None:
+    if bits is None or bits not in BITS or result.scales is None or result.zeros is None:
         raise NotExpressible(f"layer {name!r}: bits={bits!r}; the format holds {EXPRESSIBLE}")
     zeros, maxq = result.zeros.float(), 2**bits - 1
     if symmetric and not bool((zeros == 2 ** (bits - 1)).all()):

@@ -118,8 +118,8 @@ def calibration_sidecar(study: Study, variant: str, calib: str | None, root: Pat
     assert method is not None  # the dense model is not exported
     sidecar: dict[str, Any] = {
         "study": study.name, "variant": variant, "method": method.config.to_dict(), "method_label": method.label,
-        "checkpoint": {"asset": "compressed_model", "partition": f"{variant}|{calib}" if calib else variant,
-                       "fingerprint": manifest["fingerprint"]},
+        "checkpoint": {"asset": "compressed_model" if calib else "baseline_model",
+                       "partition": f"{variant}|{calib}" if calib else variant, "fingerprint": manifest["fingerprint"]},
         "base_model": {"name": model_spec.name, "fingerprint": manifest["base_fingerprint"]},
         "calibration_set": None,
     }
