@@ -14,3 +14,9 @@ def check_key_name(value: object, what: str) -> str:
             "starting with a letter or digit (it becomes a Dagster partition key)"
         )
     return value
+
+
+def partition_key(**dimensions: str) -> str:
+    """A partition key of a multi-dimensional asset as Dagster writes it, in the UI, run tags and progress
+    lines: the dimensions' values in the order of their names (calib|variant, calib|model, model|source)."""
+    return "|".join(dimensions[name] for name in sorted(dimensions))
