@@ -142,7 +142,7 @@ def _node(asset: str, partition: str, directory: Path, **details: Any) -> tuple[
 def _evaluation_node(root: Path, variant: str, calib: str | None, metric: str | None, dataset: str | None) -> Node:
     directory = evaluation_dir(root, variant, calib)
     node, manifest = _node("evaluation" if calib else "baseline_evaluation",
-                           partition_key(variant=variant, calib=calib) if calib else variant, directory)
+                           partition_key(variant=variant, calib=calib), directory)
     if node.problems and (metric or dataset):
         raise LineageError(f"{node.asset} [{node.partition}]: {node.problems[0]}")
     if not node.materialized or node.problems:
@@ -171,7 +171,7 @@ def _evaluation_node(root: Path, variant: str, calib: str | None, metric: str | 
 
 def _checkpoint_node(root: Path, variant: str, calib: str | None) -> Node:
     node, manifest = _node("compressed_model" if calib else "baseline_model",
-                           partition_key(variant=variant, calib=calib) if calib else variant,
+                           partition_key(variant=variant, calib=calib),
                            checkpoint_dir(root, variant, calib))
     node.details = {key: manifest.get(key) for key in ("method_label", "size_bytes", "bits_per_param", "sparsity",
                                                           "compress_seconds", "calibration_fingerprint",

@@ -121,7 +121,7 @@ def calibration_sidecar(study: Study, variant: str, calib: str | None, root: Pat
     sidecar: dict[str, Any] = {
         "study": study.name, "variant": variant, "method": method.config.to_dict(), "method_label": method.label,
         "checkpoint": {"asset": "compressed_model",
-                       "partition": partition_key(variant=variant, calib=calib) if calib else variant,
+                       "partition": partition_key(variant=variant, calib=calib),
                        "fingerprint": manifest["fingerprint"]},
         "base_model": {"name": model_spec.name, "fingerprint": manifest["base_fingerprint"]},
         "calibration_set": None,
