@@ -1,6 +1,6 @@
 """Size on disk of `export-model` folders against what the checkpoint's manifest reports.
 
-    .venv/bin/python benchmarks/export_size.py [ROOT] [--target 'VARIANT|CALIB'] [--study default]
+    .venv/bin/python benchmarks/export_size.py [ROOT] [--target 'CALIB|VARIANT'] [--study default]
 
 Exports one materialized checkpoint partition of the study's artifact root (default ./artifacts; nothing is
 written there) as compressed-tensors in float32 and bfloat16 and as a dense hf folder, into a temporary
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", nargs="?", type=Path, default=None)
     parser.add_argument("--study", default="default")
-    parser.add_argument("--target", default="smollm2-135m.gptq-w3g16|bbc-tech.s0")
+    parser.add_argument("--target", default="bbc-tech.s0|smollm2-135m.gptq-w3g16")
     args = parser.parse_args()
     study, root = load_study(args.study), (args.root or artifact_root()).resolve()
     target = parse_target(study, args.target)

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from calib_assets.artifacts import ROOT_ENV, RootBusy, artifact_root, check_root_study
+from calib_assets.naming import partition_key
 from calib_assets.study import STUDY_ENV, StudyError, load_study
 from calib_assets.warehouse import WarehouseBusy
 
@@ -34,10 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("findings", help="print the study's findings from the DuckDB warehouse")
     lineage = commands.add_parser(
         "lineage", help="print the chain result -> checkpoint -> calibration set -> pool -> corpus -> base model",
-        description="TARGET is a partition key of any asset: VARIANT|CALIB (a checkpoint and its evaluation, "
-                    "e.g. smollm2-135m.gptq-w3g16|bbc-tech.s0), MODEL|CALIB (a calibration set), MODEL|SOURCE "
-                    "(a token pool), a baseline variant (smollm2-135m.dense), a model or a source.")
-    lineage.add_argument("target", metavar="TARGET", help="partition key, e.g. 'smollm2-135m.gptq-w3g16|bbc-tech.s0'")
+        description="TARGET is a partition key of any asset, as the Dagster UI writes it: CALIB|VARIANT (a "
+                    "checkpoint and its evaluation, e.g. 'bbc-tech.s0|smollm2-135m.gptq-w3g16'), CALIB|MODEL (a "
+                    "calibration set), MODEL|SOURCE (a token pool), a baseline variant (smollm2-135m.dense), a "
+                    "model or a source. Quote it: | is a shell pipe.")
+    lineage.add_argument("target", metavar="TARGET", help="partition key, e.g. 'bbc-tech.s0|smollm2-135m.gptq-w3g16'")
     lineage.add_argument("--metric", help="show only results of this metric (e.g. perplexity, acc)")
     lineage.add_argument("--dataset", help="show only results on this evaluation dataset or task")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "export-model", help="write a compressed model as a Hugging Face folder (usable without this project): "
                              "dense weights (hf) or packed integer weights (compressed-tensors)")
     model.add_argument("target", metavar="TARGET",
-                       help="VARIANT|CALIB (e.g. 'smollm2-135m.gptq-w3g16|bbc-tech.s0') or a calibration-free "
+                       help="CALIB|VARIANT (e.g. 'bbc-tech.s0|smollm2-135m.gptq-w3g16') or a calibration-free "
                             "baseline (e.g. smollm2-135m.rtn-w3g16)")
     model.add_argument("--out", required=True, type=Path, help="directory to create")
     model.add_argument("--format", choices=["hf", "compressed-tensors"], default="hf",
@@ -202,7 +204,8 @@ def _export(study, args) -> int:
     manifest = export_calibration(study, artifact_root(), args.model, args.calib, args.out, force=args.force)
     shape = manifest["calibration_set"]["shape"]
     print(f"wrote {', '.join(EXPORT_FILES)} to {args.out}: {shape[0]} windows x {shape[1]} tokens of "
-          f"calibration_set [{args.model}|{args.calib}] (fingerprint {manifest['calibration_set']['fingerprint']})")
+          f"calibration_set [{partition_key(model=args.model, calib=args.calib)}] "
+          f"(fingerprint {manifest['calibration_set']['fingerprint']})")
     return 0
 
 
@@ -212,7 +215,7 @@ def _export_model(study, args) -> int:
 
     target = parse_target(study, args.target)
     if target.kind not in ("evaluation", "baseline"):
-        print(f"error: {args.target!r} is a {target.kind} partition, not a model: give VARIANT|CALIB or a "
+        print(f"error: {args.target!r} is a {target.kind} partition, not a model: give CALIB|VARIANT or a "
               f"calibration-free baseline", file=sys.stderr)
         return 2
     variant = target.keys.get("variant") or target.keys["baseline"]

@@ -14,3 +14,10 @@ def check_key_name(value: object, what: str) -> str:
             "starting with a letter or digit (it becomes a Dagster partition key)"
         )
     return value
+
+
+def partition_key(**dimensions: str | None) -> str:
+    """A partition key of a multi-dimensional asset as Dagster writes it, in the UI, run tags and progress
+    lines: the dimensions' values in the order of their names (calib|variant, calib|model, model|source).
+    A dimension given as None is left out (a baseline's key is its variant alone)."""
+    return "|".join(value for _, value in sorted(dimensions.items()) if value is not None)

@@ -8,9 +8,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 import dagster as dg
 
@@ -19,7 +19,7 @@ from calib_assets.defs.jobs import stages
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.findings import findings_summary, report_dir
 from calib_assets.findings.build_status import BuildStatus, build_status
-from calib_assets.findings.tables import paired_test_summary, read_available_marts
+from calib_assets.findings.tables import in_percent, paired_test_summary, read_available_marts
 from calib_assets.recovery import fail_dead_runs, interruptible, process_tags
 from calib_assets.study import Study
 
@@ -81,13 +81,13 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
         for key in keys:
             done += 1
             step_started = time.perf_counter()
-            with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            with step_output_to(log_path) as terminal:
                 # both lambdas run within this iteration (interruptible returns when the run ends): B023 is moot
                 result = interruptible(
                     lambda: job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,  # noqa: B023
                                                    raise_on_error=False,
                                                    tags={"calib_assets/study": study.name, **process_tags()}),
-                    on_interrupt=lambda: _interrupted(instance, job_name, key))  # noqa: B023
+                    on_interrupt=lambda: _interrupted(instance, job_name, key, terminal))  # noqa: B023
             seconds = time.perf_counter() - step_started
             label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
             if not result.success:
@@ -117,12 +117,40 @@ def where_time_went(stage_seconds: dict[str, float], kinds: dict[str, tuple[floa
     return "\n".join(lines)
 
 
-def _interrupted(instance: dg.DagsterInstance, job_name: str, key: str | None) -> None:
-    """On Ctrl-C or SIGTERM during a step (stdout and stderr then go to the step log: this goes to the
-    terminal's stderr)."""
+@contextlib.contextmanager
+def step_output_to(log_path: Path) -> Iterator[TextIO]:
+    """Everything a step writes goes to the step log: Python's stdout and stderr, and file descriptors 1 and
+    2, which also catch C extensions and the logging handlers and progress bars that took hold of the
+    terminal's streams at import (lm-eval's, transformers', datasets'). Yields a stream to the terminal's
+    stderr, for what must still reach the user during the step."""
+    with open(log_path, "a") as log:
+        _flush(sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        terminal = os.fdopen(os.dup(saved[2]), "w")
+        try:
+            for fd in saved:
+                os.dup2(log.fileno(), fd)
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield terminal
+        finally:
+            _flush(sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, log)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            terminal.close()
+
+
+def _flush(*streams) -> None:
+    for stream in streams:
+        with contextlib.suppress(Exception):  # a closed or detached stream has nothing to flush
+            stream.flush()
+
+
+def _interrupted(instance: dg.DagsterInstance, job_name: str, key: str | None, terminal: TextIO) -> None:
+    """On Ctrl-C or SIGTERM during a step (its output goes to the step log: this goes to the terminal)."""
     lines = fail_dead_runs(instance, only_pid=os.getpid())
     print(f"\ninterrupted during {job_name} [{key or 'unpartitioned'}]: " + ("; ".join(lines) or "no run was live"),
-          file=sys.__stderr__)
+          file=terminal, flush=True)
 
 
 def _materialized(result, asset: str) -> bool:
@@ -188,11 +216,11 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> Bu
         else:
             echo(f"\nBest against worst calibration set (mart_paired_calibration_test): not available: "
                  f"{missing['mart_paired_calibration_test']}")
-        echo("\nDense model and calibration-free controls (mart_baselines):")
+        echo("\nDense model and calibration-free controls (mart_baselines; accuracies and answer flips in %):")
         if "mart_baselines" in marts:
-            baselines = marts["mart_baselines"].sort_values(["method", "eval_dataset"])
+            baselines = in_percent(marts["mart_baselines"].sort_values(["method", "eval_dataset"]), ["value"])
             echo(baselines[["method", "eval_dataset", "metric", "value"]].to_string(
-                index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
+                index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
         else:
             echo(f"not available: {missing['mart_baselines']}")
     echo(f"\nDuckDB warehouse: {duckdb_path} (per-dataset spread: mart_calibration_spread)")

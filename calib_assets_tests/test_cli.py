@@ -133,10 +133,10 @@ def test_bad_arguments_end_with_a_clear_message_and_exit_code_2(cli, tmp_path, a
 
 def test_a_partition_not_materialized_yet_is_named(cli, tmp_path):
     code, _, err = cli("lineage", "tiny-llama.gptq-w3g32|abc-news.s0", root_dir=tmp_path)
-    assert code == 2 and "compressed_model [tiny-llama.gptq-w3g32|abc-news.s0] is not materialized yet" in err
+    assert code == 2 and "compressed_model [abc-news.s0|tiny-llama.gptq-w3g32] is not materialized yet" in err
     code, _, err = cli("export-calibration", "tiny-llama", "abc-news.s0", "--out", str(tmp_path / "x"),
                        root_dir=tmp_path)
-    assert code == 2 and "calibration_set [tiny-llama|abc-news.s0] is not materialized yet" in err
+    assert code == 2 and "calibration_set [abc-news.s0|tiny-llama] is not materialized yet" in err
 
 
 def test_the_console_command_prints_no_traceback(tmp_path):
@@ -181,7 +181,7 @@ def test_export_model_as_compressed_tensors_names_its_calibration_data(materiali
             assert torch.equal(exported(ids).logits, expected(ids).logits), variant
     sidecar = json.loads((out / "calibration.json").read_text())
     calibration = steps.calibration_manifest(root, "tiny-llama", calib)
-    assert sidecar["calibration_set"]["partition"] == f"tiny-llama|{calib}"
+    assert sidecar["calibration_set"]["partition"] == f"{calib}|tiny-llama"  # as the Dagster UI writes it
     assert sidecar["calibration_set"]["fingerprint"] == calibration["fingerprint"]
     assert sidecar["checkpoint"]["fingerprint"] == steps.variant_manifest(study, variant, calib, root)["fingerprint"]
     command = shlex.split(sidecar["calibration_set"]["export"])  # the command it gives exports that very set

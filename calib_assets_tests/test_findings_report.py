@@ -88,11 +88,11 @@ def test_headline_is_the_range_of_the_task_average_over_all_sets():
     calibrated = results[results["calib"].notna() & (results["metric"] == "acc")]
     averages = calibrated.groupby(["method", "calib"])["value"].mean()
     expected = averages.groupby(level="method").agg(["min", "max", "count"])
-    assert list(table["method"]) == list(expected.index) and set(table["score"]) == {"task_average acc"}
-    np.testing.assert_allclose(table["range"], expected["max"] - expected["min"], rtol=1e-12)
+    assert list(table["method"]) == list(expected.index) and set(table["score"]) == {"task_average acc %"}
+    np.testing.assert_allclose(table["range"], 100 * (expected["max"] - expected["min"]), rtol=1e-12)
     assert list(table["n_sets"]) == list(expected["count"])
     dense = results[(results["method"] == "dense") & (results["metric"] == "acc")]["value"].mean()
-    np.testing.assert_allclose(table["dense"], dense, rtol=1e-12)
+    np.testing.assert_allclose(table["dense"], 100 * dense, rtol=1e-12)
 
 
 def test_headline_falls_back_to_perplexity_without_tasks():
@@ -135,3 +135,14 @@ def test_the_report_is_reproducible(report, warehouse, tmp_path):
     again = write_report(path, tmp_path / "again")
     assert again.fingerprint == report.fingerprint
     shutil.rmtree(tmp_path / "again")
+
+
+def test_accuracies_are_percent_in_every_table_and_other_metrics_as_they_are():
+    from calib_assets.findings.tables import in_percent
+
+    table = pd.DataFrame({"metric": ["acc", "acc_norm", "acc_flip_share", "perplexity", "kl_vs_dense"],
+                          "value": [0.25, 0.5, 0.125, 31.5, 0.75]})
+    shown = in_percent(table, ["value"])
+    assert list(shown["metric"]) == ["acc %", "acc_norm %", "acc_flip_share %", "perplexity", "kl_vs_dense"]
+    assert list(shown["value"]) == [25.0, 50.0, 12.5, 31.5, 0.75]
+    assert list(table["value"]) == [0.25, 0.5, 0.125, 31.5, 0.75]  # the marts' rows stay fractions

@@ -197,7 +197,7 @@ def test_lineage_of_a_checkpoint_against_the_postgres_instance(cluster_run):
     variant, calib = study.variant_keys[0], study.calib_keys[1]
     text = cluster_run["cli"]("lineage", f"{variant}|{calib}", timeout=300)
     assert text.returncode == 0, text.stdout + text.stderr
-    assert f"-> calibration_set [{study.models[0].name}|{calib}]" in text.stdout
+    assert f"-> calibration_set [{calib}|{study.models[0].name}]" in text.stdout
     as_json = cluster_run["cli"]("lineage", f"{variant}|{calib}", "--json", timeout=300)
     assert as_json.returncode == 0, as_json.stdout + as_json.stderr
     chain = {node["asset"]: node for node in json.loads(as_json.stdout)}

@@ -390,7 +390,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_found_and_rebuilt(copy, monkeypatch, 
     flip_byte(tensors)
 
     code, out = verify_lines(study, root, monkeypatch, capsys)
-    assert code == 1 and f"compressed_model [{variant}|{calib}]: {tensors} was changed" in out
+    assert code == 1 and f"compressed_model [{calib}|{variant}]: {tensors} was changed" in out
     assert "1 problem(s)" in out
     checkpoint = next(node for node in trace(study, root, f"{variant}|{calib}") if node.asset == "compressed_model")
     assert checkpoint.problems and "corrupt" in checkpoint.problems[0] and str(tensors) in checkpoint.problems[0]
@@ -417,7 +417,7 @@ def test_an_edited_samples_jsonl_is_found_and_never_exported(copy, monkeypatch, 
     samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     code, out = verify_lines(study, root, monkeypatch, capsys)
-    assert code == 1 and f"calibration_set [{model}|{calib}]: {samples}" in out
+    assert code == 1 and f"calibration_set [{calib}|{model}]: {samples}" in out
     with pytest.raises(CorruptArtifact, match="samples.jsonl"):
         load_calibration_set(directory)
     with pytest.raises((CorruptArtifact, LineageError), match="samples.jsonl"):
@@ -455,12 +455,12 @@ def test_damage_is_named_with_its_file_and_partition(copy, damage, monkeypatch, 
         path.write_bytes(path.read_bytes()[:200])
     elif damage == "broken manifest":
         variant, calib = study.variant_keys[1], study.calib_keys[1]
-        asset, partition = "compressed_model", f"{variant}|{calib}"
+        asset, partition = "compressed_model", f"{calib}|{variant}"
         path = steps.checkpoint_dir(root, variant, calib) / "manifest.json"
         path.write_text(path.read_text()[:-10])
     else:
         calib = study.calib_keys[1]
-        asset, partition = "calibration_set", f"{model}|{calib}"
+        asset, partition = "calibration_set", f"{calib}|{model}"
         path = steps.calibration_dir(root, model, calib) / "tokens.npy"
         tokens = np.load(path)
         tokens[0, 0] += 1

@@ -102,3 +102,38 @@ def test_where_the_time_went_lists_stages_with_shares_and_kinds_longest_first():
     kinds = [line for line in lines if " call(s)" in line]
     assert "method math" in kinds[0] and "120 call(s)" in kinds[0] and "tasks" in kinds[1]
     assert "per step kind" not in where_time_went({"x": 1.0}, {})
+
+
+def test_a_steps_output_goes_to_the_log_whatever_holds_the_terminal(tmp_path, capfd):
+    """print, a logging handler and a progress bar made before the step (as lm-eval's and
+    transformers' are, at import) and writes to the file descriptors themselves all reach the step log;
+    the terminal gets only what is written to the stream the step is given."""
+    import logging
+    import os
+    import sys
+
+    from tqdm import tqdm
+
+    from calib_assets.runner import step_output_to
+
+    logger = logging.getLogger("held-the-terminal")
+    logger.addHandler(logging.StreamHandler(sys.__stderr__))
+    logger.propagate = False
+    log = tmp_path / "steps.log"
+    try:
+        with step_output_to(log) as terminal:
+            print("printed")
+            logger.warning("a logged warning")
+            for _ in tqdm(range(3), desc="a progress bar", file=sys.__stderr__):
+                pass
+            os.write(1, b"fd 1\n")
+            os.write(2, b"fd 2\n")
+            print("to the user", file=terminal)
+    finally:
+        logger.handlers.clear()
+    print("after the step")
+    captured = capfd.readouterr()
+    written = log.read_text()
+    for line in ("printed", "a logged warning", "a progress bar", "fd 1", "fd 2"):
+        assert line in written and line not in captured.out + captured.err, line
+    assert captured.err == "to the user\n" and captured.out == "after the step\n" and "to the user" not in written

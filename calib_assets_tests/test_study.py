@@ -135,3 +135,16 @@ def test_offline_tasks_take_their_own_construction_parameters():
                          ({"kind": "cloze", "min_context_words": 50, "max_context_words": 20}, "max_context_words=20")]:
         with pytest.raises(ValueError, match=message):
             _study(evaluation={"tasks": [bad]})
+
+
+def test_partition_keys_are_spelled_as_dagster_spells_them():
+    import dagster as dg
+
+    from calib_assets.naming import partition_key
+
+    for dimensions in ({"variant": "m.gptq-w3", "calib": "web.s0"}, {"model": "m", "calib": "web.s0"},
+                       {"model": "m", "source": "web"}):
+        definition = dg.MultiPartitionsDefinition({name: dg.StaticPartitionsDefinition([value])
+                                                   for name, value in dimensions.items()})
+        assert partition_key(**dimensions) == definition.get_partition_keys()[0]
+    assert partition_key(variant="m.gptq-w3", calib="web.s0") == "web.s0|m.gptq-w3"

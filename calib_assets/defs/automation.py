@@ -6,8 +6,19 @@ import dagster as dg
 
 REEVALUATION_CRON = "0 3 * * 1"  # Mondays 03:00: a changed evaluation suite reaches every result weekly
 
-# eval_results and the dbt marts follow their parents as soon as any of them is updated
-FINDINGS_CONDITION = dg.AutomationCondition.eager()
+# eval_results, the dbt marts and the report follow their parents when a parent's data changed (its data version:
+# the artifact's content hash) or the parent is being rebuilt in the same tick; Dagster's eager() would follow every
+# new materialization, so a re-run that reused its artifacts (same data version) rebuilt all the findings.
+FINDINGS_CONDITION = (
+    dg.AutomationCondition.in_latest_time_window()
+    & (dg.AutomationCondition.newly_missing()
+       | dg.AutomationCondition.any_deps_match(
+           dg.AutomationCondition.data_version_changed() | dg.AutomationCondition.will_be_requested())
+       ).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("eager_on_data_change")
 
 
 def reevaluation_schedule(name: str, job: dg.UnresolvedAssetJobDefinition, upstream: str) -> dg.ScheduleDefinition:

@@ -29,6 +29,21 @@ HEADLINE_COLUMNS = ["method", "variant", "score", "n_sets", "n_sources", "mean",
 NO_DIFFERENCE = "no difference"  # in place of a best or worst set when the sets score the same
 
 
+def shown_in_percent(metric: str) -> bool:
+    """Accuracies and answer-flip shares: fractions in the marts, percentages in every table shown."""
+    return metric in ("acc", "acc_norm") or metric.endswith("_flip_share")
+
+
+def in_percent(table: pd.DataFrame, values: list[str], metric: str = "metric") -> pd.DataFrame:
+    """`table` with the `values` columns of its percentage metrics times 100 and those metrics named 'NAME %'."""
+    percent = table[metric].map(shown_in_percent).astype(bool)
+    shown = table.copy()
+    for column in values:
+        shown[column] = shown[column].astype(float).where(~percent, shown[column].astype(float) * 100)
+    shown[metric] = shown[metric].where(~percent, shown[metric] + " %")
+    return shown
+
+
 def read_marts(duckdb_path: Path, names: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """The named marts (default: every report mart) as DataFrames, from a read-only connection.
     A mart that does not exist yet raises with the list of tables that do."""
@@ -70,14 +85,15 @@ def headline_table(duckdb_path: Path) -> pd.DataFrame:
 
 
 def headline_from_marts(marts: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The headline table from mart_average_distribution and mart_baselines; best and worst read
-    'no difference' where the calibration sets score the same."""
+    """The headline table from mart_average_distribution and mart_baselines, accuracies in %; best and worst
+    read 'no difference' where the calibration sets score the same."""
     scores = headline_scores(marts["mart_average_distribution"])
     dense = (marts["mart_baselines"].query("method == 'dense'")
              [["model", "eval_dataset", "metric", "value"]].rename(columns={"value": "dense"}))
-    table = scores.merge(dense, on=["model", "eval_dataset", "metric"], how="left")
-    table = table.assign(score=table["eval_dataset"] + " " + table["metric"]).rename(columns={
+    table = scores.merge(dense, on=["model", "eval_dataset", "metric"], how="left").rename(columns={
         "mean_value": "mean", "min_value": "min", "max_value": "max", "range_value": "range"})
+    table = in_percent(table, ["mean", "min", "max", "range", "dense"])
+    table = table.assign(score=table["eval_dataset"] + " " + table["metric"])
     for column in ("best_calib", "worst_calib"):
         table[column] = table[column].where(table["sets_differ"].astype(bool), NO_DIFFERENCE)
     ordered = table.sort_values(["model", "method", "variant", "n_samples", "score"])

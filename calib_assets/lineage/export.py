@@ -15,6 +15,7 @@ import numpy as np
 from calib_assets.artifacts import UnsafeOutput, check_output_folder, sha256_files, write_json
 from calib_assets.calibration import load_calibration_set
 from calib_assets.lineage.trace import LineageError, _allowed, trace
+from calib_assets.naming import partition_key
 from calib_assets.steps import MANIFEST, calibration_dir
 from calib_assets.study import Study
 
@@ -31,8 +32,8 @@ def export_calibration(study: Study, root: Path, model: str, calib: str, out: Pa
     out = Path(out)
     directory = calibration_dir(Path(root), model, calib)
     if not (directory / MANIFEST).is_file():
-        raise LineageError(f"calibration_set [{model}|{calib}] is not materialized yet (no manifest under "
-                           f"{directory}); materialize it first")
+        raise LineageError(f"calibration_set [{partition_key(model=model, calib=calib)}] is not materialized yet "
+                           f"(no manifest under {directory}); materialize it first")
     out = _check_out(out, force, Path(root))
     calibration = load_calibration_set(directory)  # checks the tokens against the manifest's fingerprint
     try:
@@ -50,7 +51,7 @@ def export_calibration(study: Study, root: Path, model: str, calib: str, out: Pa
         with open(tmp / "token_ids.jsonl", "w") as handle:
             for row in calibration.token_ids.tolist():
                 handle.write(json.dumps(row) + "\n")
-        chain = trace(study, root, f"{model}|{calib}")
+        chain = trace(study, root, partition_key(model=model, calib=calib))
         manifest = {"calibration_set": calibration.manifest,
                     "lineage": [{"asset": n.asset, "partition": n.partition, "fingerprint": n.fingerprint}
                                 for n in chain],

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from calib_assets.artifacts import verify_contents
+from calib_assets.naming import partition_key
 from calib_assets.steps import (
     calibration_dir,
     checkpoint_dir,
@@ -58,8 +59,8 @@ def _allowed(keys: list[str], limit: int = 12) -> str:
 
 
 def parse_target(study: Study, target: str) -> Target:
-    """A partition key of any asset; the two parts of a multi-partition key may come in either order
-    (`variant|calib` or Dagster's own `calib|variant`)."""
+    """A partition key of any asset, as Dagster writes it (`calib|variant`, `calib|model`, `model|source`:
+    `naming.partition_key`); the two parts of a multi-partition key are also accepted the other way round."""
     parts = [part.strip() for part in target.split("|")]
     models = [model.name for model in study.models]
     names = {"variant": study.variant_keys, "baseline": study.baseline_keys, "calib": study.calib_keys,
@@ -78,12 +79,14 @@ def parse_target(study: Study, target: str) -> Target:
                 return Target(kind, roles)
     if len(parts) == 1 and parts[0] in study.variant_keys:
         raise LineageError(f"variant {parts[0]!r} has one checkpoint per calibration set: give "
-                           f"{parts[0]}|CALIB with CALIB one of {_allowed(study.calib_keys)}")
-    examples = [f"{study.variant_keys[0]}|{study.calib_keys[0]}", f"{models[0]}|{study.calib_keys[0]}",
-                study.baseline_keys[0], f"{models[0]}|{study.source_names[0]}", models[0], study.source_names[0]]
+                           f"CALIB|{parts[0]} with CALIB one of {_allowed(study.calib_keys)}")
+    calib = study.calib_keys[0]
+    examples = [partition_key(variant=study.variant_keys[0], calib=calib), partition_key(model=models[0], calib=calib),
+                study.baseline_keys[0], partition_key(model=models[0], source=study.source_names[0]), models[0],
+                study.source_names[0]]
     raise LineageError(
-        f"{target!r} is not a partition of study {study.name!r}. Give VARIANT|CALIB (checkpoint, evaluation), "
-        f"MODEL|CALIB (calibration set), MODEL|SOURCE (pool), a baseline, a model or a source, "
+        f"{target!r} is not a partition of study {study.name!r}. Give CALIB|VARIANT (checkpoint, evaluation), "
+        f"CALIB|MODEL (calibration set), MODEL|SOURCE (pool), a baseline, a model or a source, "
         f"e.g. {', '.join(examples)}.\n  variants: {_allowed(study.variant_keys)}\n"
         f"  calibs: {_allowed(study.calib_keys)}\n  baselines: {_allowed(study.baseline_keys)}\n"
         f"  models: {_allowed(models)}\n  sources: {_allowed(study.source_names)}")
@@ -139,7 +142,7 @@ def _node(asset: str, partition: str, directory: Path, **details: Any) -> tuple[
 def _evaluation_node(root: Path, variant: str, calib: str | None, metric: str | None, dataset: str | None) -> Node:
     directory = evaluation_dir(root, variant, calib)
     node, manifest = _node("evaluation" if calib else "baseline_evaluation",
-                           f"{variant}|{calib}" if calib else variant, directory)
+                           partition_key(variant=variant, calib=calib), directory)
     if node.problems and (metric or dataset):
         raise LineageError(f"{node.asset} [{node.partition}]: {node.problems[0]}")
     if not node.materialized or node.problems:
@@ -168,7 +171,8 @@ def _evaluation_node(root: Path, variant: str, calib: str | None, metric: str | 
 
 def _checkpoint_node(root: Path, variant: str, calib: str | None) -> Node:
     node, manifest = _node("compressed_model" if calib else "baseline_model",
-                           f"{variant}|{calib}" if calib else variant, checkpoint_dir(root, variant, calib))
+                           partition_key(variant=variant, calib=calib),
+                           checkpoint_dir(root, variant, calib))
     node.details = {key: manifest.get(key) for key in ("method_label", "size_bytes", "bits_per_param", "sparsity",
                                                           "compress_seconds", "calibration_fingerprint",
                                                           "base_fingerprint") if key in manifest}
@@ -176,7 +180,8 @@ def _checkpoint_node(root: Path, variant: str, calib: str | None) -> Node:
 
 
 def _calibration_chain(study: Study, root: Path, model: str, calib: str) -> list[Node]:
-    node, manifest = _node("calibration_set", f"{model}|{calib}", calibration_dir(root, model, calib))
+    node, manifest = _node("calibration_set", partition_key(model=model, calib=calib),
+                           calibration_dir(root, model, calib))
     source = manifest.get("source") or study.parse_calib(calib)[0]
     if manifest:
         doc_ids = manifest.get("doc_ids", [])
@@ -187,7 +192,7 @@ def _calibration_chain(study: Study, root: Path, model: str, calib: str) -> list
 
 
 def _pool_node(root: Path, model: str, source: str) -> Node:
-    node, manifest = _node("calibration_pool", f"{model}|{source}", pool_dir(root, model, source))
+    node, manifest = _node("calibration_pool", partition_key(model=model, source=source), pool_dir(root, model, source))
     inputs = manifest.get("inputs", {})
     node.details = {key: value for key, value in {
         "documents": manifest.get("documents"), "tokens": manifest.get("tokens"),

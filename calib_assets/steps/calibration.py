@@ -28,6 +28,7 @@ from calib_assets.calibration.strategies import (
     eligible_count,
     pool_size,
 )
+from calib_assets.naming import partition_key
 from calib_assets.sources import MixtureSource
 from calib_assets.steps.inputs import (
     base_model_manifest,
@@ -123,7 +124,8 @@ def materialize_calibration_set(study: Study, model_name: str, calib: str, root:
         return save_calibration_set(calibration_set, directory, model=model_name, calib=calib,
                                     inputs=inputs, inputs_hash=inputs_hash)
 
-    manifest = reuse_or_build(f"calibration_set [{model_name}|{calib}]", directory, inputs_hash, build)
+    manifest = reuse_or_build(f"calibration_set [{partition_key(model=model_name, calib=calib)}]", directory,
+                              inputs_hash, build)
     if spec.descriptors:
         manifest = {**manifest, "descriptors": materialize_descriptors(study, model_name, calib, root)["set"]}
     return manifest
@@ -181,7 +183,8 @@ def _selection_measure(study: Study, root: Path, model_name: str):
 
 
 def calibration_manifest(root: Path, model_name: str, calib: str) -> dict[str, Any]:
-    return read_manifest(calibration_dir(root, model_name, calib), "calibration_set", f"{model_name}|{calib}")
+    return read_manifest(calibration_dir(root, model_name, calib), "calibration_set",
+                         partition_key(model=model_name, calib=calib))
 
 
 # -- descriptors ---------------------------------------------------------------------------------
@@ -211,8 +214,8 @@ def materialize_descriptors(study: Study, model_name: str, calib: str, root: Pat
         os.replace(temporary, path)
         return descriptors
 
-    return reuse_or_build(f"calibration_descriptors [{model_name}|{calib}]", directory, inputs_hash, build,
-                          side_record=DESCRIPTORS_FILE)
+    return reuse_or_build(f"calibration_descriptors [{partition_key(model=model_name, calib=calib)}]", directory,
+                          inputs_hash, build, side_record=DESCRIPTORS_FILE)
 
 
 def flagged_samples(descriptors_set: dict[str, Any]) -> int:

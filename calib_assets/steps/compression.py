@@ -11,6 +11,7 @@ from calib_assets import __version__
 from calib_assets.calibration import load_calibration_set
 from calib_assets.compression import apply_checkpoint, compress_model, export_model_folder, save_checkpoint
 from calib_assets.models import trust_remote_code
+from calib_assets.naming import partition_key
 from calib_assets.steps.calibration import calibration_manifest
 from calib_assets.steps.inputs import base_model_manifest, load_base
 from calib_assets.steps.layout import calibration_dir, checkpoint_dir, read_manifest, reuse_or_build, step_inputs
@@ -52,7 +53,8 @@ def materialize_checkpoint(study: Study, variant: str, calib: str | None, root: 
                 "inputs": inputs, "inputs_hash": inputs_hash, "compress_seconds": round(seconds, 2),
                 "device": device, "forward_dtype": str(forward_dtype), "library_version": __version__})
 
-    return reuse_or_build(f"compressed_model [{variant}|{calib}]", directory, inputs_hash, build, log=log)
+    return reuse_or_build(f"compressed_model [{partition_key(variant=variant, calib=calib)}]", directory, inputs_hash,
+                          build, log=log)
 
 
 def dense_baseline_manifest(study: Study, variant: str, root: Path) -> dict[str, Any]:
@@ -75,7 +77,7 @@ def variant_manifest(study: Study, variant: str, calib: str | None, root: Path) 
     if method is None:
         return {"fingerprint": base["fingerprint"], "base_fingerprint": base["fingerprint"]}
     directory = checkpoint_dir(root, variant, calib)
-    manifest = read_manifest(directory, "compressed_model", f"{variant}|{calib}")
+    manifest = read_manifest(directory, "compressed_model", partition_key(variant=variant, calib=calib))
     if manifest["base_fingerprint"] != base["fingerprint"]:
         raise ValueError(f"checkpoint {str(directory)!r} was built from another base model "
                          f"({manifest['base_fingerprint'][:12]} != {base['fingerprint'][:12]}): re-materialize it")
@@ -119,7 +121,8 @@ def calibration_sidecar(study: Study, variant: str, calib: str | None, root: Pat
     sidecar: dict[str, Any] = {
         "study": study.name, "variant": variant, "method": method.config.to_dict(), "method_label": method.label,
         "checkpoint": {"asset": "compressed_model" if calib else "baseline_model",
-                       "partition": f"{variant}|{calib}" if calib else variant, "fingerprint": manifest["fingerprint"]},
+                       "partition": partition_key(variant=variant, calib=calib),
+                       "fingerprint": manifest["fingerprint"]},
         "base_model": {"name": model_spec.name, "fingerprint": manifest["base_fingerprint"]},
         "calibration_set": None,
     }
@@ -131,7 +134,7 @@ def calibration_sidecar(study: Study, variant: str, calib: str | None, root: Pat
     if calib is not None:
         calibration = calibration_manifest(root, model_spec.name, calib)
         sidecar["calibration_set"] = {
-            "asset": "calibration_set", "partition": f"{model_spec.name}|{calib}",
+            "asset": "calibration_set", "partition": partition_key(model=model_spec.name, calib=calib),
             "fingerprint": calibration["fingerprint"], "source": calibration["source"],
             "n_samples": calibration["n_samples"], "seq_len": calibration["seq_len"], "seed": calibration["seed"],
             "export": f"{export_command} export-calibration {model_spec.name} {calib} --out calibration-{calib}",

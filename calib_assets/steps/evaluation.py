@@ -24,6 +24,7 @@ from calib_assets.evaluation import (
     read_task_manifest,
     write_lm_eval_task,
 )
+from calib_assets.naming import partition_key
 from calib_assets.sources import load_corpus
 from calib_assets.steps.compression import load_variant_model, variant_manifest
 from calib_assets.steps.inputs import corpus_fingerprints, load_base, load_corpus_split
@@ -141,7 +142,7 @@ def evaluate_variant(study: Study, variant: str, calib: str | None, root: Path, 
             write_json(tmp / MANIFEST, manifest)
         return manifest
 
-    return reuse_or_build(f"evaluation [{variant}|{calib}]", directory, inputs_hash, build)
+    return reuse_or_build(f"evaluation [{partition_key(variant=variant, calib=calib)}]", directory, inputs_hash, build)
 
 
 def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None, device: str, forward_dtype):
@@ -184,5 +185,5 @@ def _measure(study: Study, root: Path, model, tokenizer, dense_name: str | None,
 
 
 def read_evaluation(root: Path, variant: str, calib: str | None) -> pd.DataFrame:
-    read_manifest(evaluation_dir(root, variant, calib), "evaluation", f"{variant}|{calib}")
+    read_manifest(evaluation_dir(root, variant, calib), "evaluation", partition_key(variant=variant, calib=calib))
     return pd.read_parquet(evaluation_dir(root, variant, calib) / RESULTS_FILE)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from calib_assets.artifacts import check_contents, read_json, sha256_json, verify_contents
+from calib_assets.naming import partition_key
 from calib_assets.study import Study
 
 CODE_VERSIONS = {
@@ -67,17 +68,17 @@ def study_artifacts(study: Study, root: Path) -> list[tuple[str, str, Path]]:
     models = [model.name for model in study.models]
     found = [("base_model", m, model_dir(root, m)) for m in models]
     found += [("text_corpus", name, corpus_dir(root, name)) for name in study.corpus_names]
-    found += [("calibration_pool", f"{m}|{source}", pool_dir(root, m, source)) for m in models
+    found += [("calibration_pool", partition_key(model=m, source=source), pool_dir(root, m, source)) for m in models
               for source in study.source_names]
-    found += [("calibration_set", f"{m}|{calib}", calibration_dir(root, m, calib)) for m in models
+    found += [("calibration_set", partition_key(model=m, calib=calib), calibration_dir(root, m, calib)) for m in models
               for calib in study.calib_keys]
     found += [("offline_tasks", task.name, tasks_dir(root, task.name)) for task in study.offline_tasks]
     calibrated = [(variant, calib) for variant in study.variant_keys for calib in study.calib_keys]
-    found += [("compressed_model", f"{variant}|{calib}", checkpoint_dir(root, variant, calib))
+    found += [("compressed_model", partition_key(variant=variant, calib=calib), checkpoint_dir(root, variant, calib))
               for variant, calib in calibrated]
     found += [("compressed_model", variant, checkpoint_dir(root, variant)) for variant in study.baseline_keys
               if study.parse_variant(variant)[1] is not None]
-    found += [("evaluation", f"{variant}|{calib}", evaluation_dir(root, variant, calib))
+    found += [("evaluation", partition_key(variant=variant, calib=calib), evaluation_dir(root, variant, calib))
               for variant, calib in calibrated]
     found += [("baseline_evaluation", variant, evaluation_dir(root, variant)) for variant in study.baseline_keys]
     return found + [("findings_report", "(unpartitioned)", root / "report")]
