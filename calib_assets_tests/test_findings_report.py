@@ -168,8 +168,8 @@ def test_report_rows_are_ordered_by_method_then_source_then_set(report):
 def test_paired_test_names_no_best_or_worst_set_when_the_sets_answer_alike(report, warehouse):
     path, _ = warehouse
     paired = read_marts(path, ["mart_paired_calibration_test"])["mart_paired_calibration_test"]
-    shown = next((table for table in _report_tables(report) if {"best_calib", "difference", "n_examples"} <= set(table)),
-                 None)
+    columns = {"best_calib", "difference", "n_examples"}
+    shown = next((table for table in _report_tables(report) if columns <= set(table)), None)
     if paired.empty:  # a study with one calibration set per group has nothing to pair
         assert shown is None
         return
