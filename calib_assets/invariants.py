@@ -62,20 +62,18 @@ def checkpoint_problems(study: Study, root: Path, variant: str, calib: str | Non
         if layer.packed_codes is not None:
             assert layer.bits is not None  # a result with codes has their bit width
             codes = layer.packed_codes.unpack().numpy()
-            problems += [f"{name}: {p}" for p in _level_problems(codes, layer.bits, layer.group_size)]
+            problems += [f"{name}: {p}" for p in _level_problems(codes, layer.bits)]
         if getattr(config, "target_sparsity", None) is not None:
             problems += [f"{name}: {p}" for p in _sparsity_problems(layer.weight.numpy(), config)]
     return problems
 
 
-def _level_problems(codes: np.ndarray, bits: int, group_size: int | None) -> list[str]:
+def _level_problems(codes: np.ndarray, bits: int) -> list[str]:
+    """Codes that fit in `bits` bits: then every group (one grid of 2^bits levels) uses at most 2^bits levels,
+    so counting each group's distinct codes as well could never fail (and took a minute per 135M model)."""
     if codes.max(initial=0) >= 2**bits:
         return [f"code {int(codes.max())} needs more than {bits} bits"]
-    rows, cols = codes.shape
-    group = group_size or cols
-    per_group = codes.reshape(rows, cols // group, group)
-    levels = max(len(np.unique(block)) for block in per_group.reshape(-1, group))
-    return [] if levels <= 2**bits else [f"{levels} levels in a group of {bits}-bit codes"]
+    return []
 
 
 def _sparsity_problems(weight: np.ndarray, config) -> list[str]:

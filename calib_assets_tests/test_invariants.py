@@ -6,11 +6,11 @@ from calib_assets.invariants import _level_problems, _sparsity_problems, evaluat
 from calib_assets.study import load_study
 
 
-def test_level_check_counts_distinct_codes_per_group():
+def test_level_check_refuses_codes_wider_than_the_bit_width():
     codes = np.tile(np.arange(8, dtype=np.uint8), (2, 2))  # two groups of 8 codes, 3 bits each
-    assert _level_problems(codes, bits=3, group_size=8) == []
-    assert _level_problems(codes, bits=2, group_size=8) != []  # 8 levels, 4 allowed; codes up to 7
-    assert _level_problems(np.zeros((2, 16), dtype=np.uint8), bits=2, group_size=8) == []
+    assert _level_problems(codes, bits=3) == []
+    assert _level_problems(codes, bits=2) == ["code 7 needs more than 2 bits"]  # 8 levels, 4 allowed
+    assert _level_problems(np.zeros((2, 16), dtype=np.uint8), bits=2) == []
 
 
 def test_sparsity_check_enforces_n_of_m():
