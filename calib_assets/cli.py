@@ -139,7 +139,8 @@ def _run(study, args) -> int:
             if cluster is None:
                 from calib_assets.defs import build_definitions
 
-                run_study(build_definitions(study, executor="local"), study, instance, only=only)
+                run_study(build_definitions(study, executor="local"), study, instance, only=only,
+                          from_location=True)
             else:
                 from calib_assets.queue_runner import run_study_on_ray
 

@@ -1,10 +1,12 @@
-"""Names that become Dagster partition keys (models, sources): one rule for all of them."""
+"""Names that become Dagster partition keys (models, sources): one rule for all of them; the run tag that
+names a run's study."""
 
 from __future__ import annotations
 
 import re
 
 KEY_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+STUDY_TAG = "calib_assets/study"  # on every run: the study whose definitions it ran
 
 
 def check_key_name(value: object, what: str) -> str:

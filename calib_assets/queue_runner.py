@@ -18,12 +18,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from calib_assets.location import WORKSPACE_FILE, check_location_loads, create_location_run, location_workspace
+from calib_assets.naming import STUDY_TAG
 from calib_assets.runner import StudyRunFailed, failure_message, stage_plan
 from calib_assets.scale_out import Cluster, ray_location_env
-from calib_assets.study import STUDY_ENV, Study, load_study
+from calib_assets.study import Study
 
-WORKSPACE_FILE = Path(__file__).resolve().parents[1] / "workspace.yaml"
-STUDY_TAG, EXECUTOR_TAG = "calib_assets/study", "calib_assets/executor"
+EXECUTOR_TAG = "calib_assets/executor"
 DAEMON_START_TIMEOUT_S = 120
 POLL_S = 0.5
 HEARTBEAT_TOLERANCE_S = 10
@@ -37,7 +38,7 @@ def run_study_on_ray(study: Study, instance: dg.DagsterInstance, cluster: Cluste
     if instance.is_ephemeral:
         raise ValueError("running on Ray needs a persistent Dagster instance (DAGSTER_HOME): the daemon, the run "
                          "workers and the steps on Ray all read and write it")
-    _check_location_loads(study)
+    check_location_loads(study)
     slots = cluster.run_slots(study.compute.device)
     queue_limit = _run_queue_limit(instance)
     plan = stage_plan(study, only)
@@ -51,20 +52,11 @@ def run_study_on_ray(study: Study, instance: dg.DagsterInstance, cluster: Cluste
              f"(concurrency.runs.max_concurrent_runs in dagster.yaml), fewer than the cluster's {slots}")
     location_env = {**ray_location_env(cluster.address, executor), "DAGSTER_HOME": instance.root_directory}
     tags = {STUDY_TAG: study.name, EXECUTOR_TAG: executor}
-    with _environment(location_env), _daemon(instance, dict(os.environ), log_path), _workspace(instance) as workspace:
+    with (_environment(location_env), _daemon(instance, dict(os.environ), log_path),
+          location_workspace(instance) as workspace):
         progress = _Progress(total, echo)
         for stage in plan:
             _run_stage(instance, workspace, stage.job, stage.keys, stage.partitions_def, tags, slots, progress)
-
-
-def _check_location_loads(study: Study) -> None:
-    """The runs execute the code location's definitions, which load the study named by $CALIB_ASSETS_STUDY:
-    refuse to submit anything if that is not the study given here."""
-    located = load_study()
-    if located.model_dump() != study.model_dump():
-        raise ValueError(f"the code location loads study {located.name!r} (${STUDY_ENV}="
-                         f"{os.environ.get(STUDY_ENV, '(unset)')!r}), not the study {study.name!r} given to run: "
-                         f"set ${STUDY_ENV} to its name or YAML path")
 
 
 def _run_stage(instance, workspace, job_name: str, keys: list, partitions_def, tags: dict[str, str],
@@ -103,19 +95,8 @@ class _Progress:
 
 
 def _submit(instance: dg.DagsterInstance, workspace, job_name: str, tags: dict[str, str]) -> str:
-    """Create the run as the UI's launchpad does (from the code location's job) and hand it to the queue."""
-    from dagster._cli.job import _create_run
-    from dagster._cli.workspace.cli_target import (
-        get_code_location_from_workspace,
-        get_remote_job_from_remote_repo,
-        get_remote_repository_from_code_location,
-    )
-
-    location = get_code_location_from_workspace(workspace, None)
-    repository = get_remote_repository_from_code_location(location, None)
-    job = get_remote_job_from_remote_repo(repository, job_name)
-    run = _create_run(instance=instance, code_location=location, remote_repo=repository, remote_job=job,
-                      run_config={}, tags=tags, op_selection=None, run_id=None)
+    """Create the run as the UI's launchpad does and hand it to the queue."""
+    run = create_location_run(instance, workspace, job_name, tags)
     return instance.submit_run(run.run_id, workspace).run_id
 
 
@@ -133,17 +114,6 @@ def _environment(updates: Mapping[str, str]):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-@contextmanager
-def _workspace(instance: dg.DagsterInstance):
-    from dagster import __version__
-    from dagster._cli.workspace.cli_target import get_workspace_from_cli_opts
-    from dagster_shared.cli import WorkspaceOpts
-
-    opts = WorkspaceOpts(workspace=[str(WORKSPACE_FILE)])
-    with get_workspace_from_cli_opts(instance, __version__, opts) as workspace:
-        yield workspace
 
 
 @contextmanager

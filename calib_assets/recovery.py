@@ -20,6 +20,7 @@ import dagster as dg
 from calib_assets.artifacts import process_alive, remove_stale_temporaries
 
 PID_TAG, HOST_TAG, STARTED_TAG = "calib_assets/pid", "calib_assets/host", "calib_assets/process_started"
+PARENT_RUN_ID_TAG = "dagster/parent_run_id"  # set on a re-execution
 LIVE_STATUSES = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
                  dg.DagsterRunStatus.CANCELING]
 
@@ -41,9 +42,10 @@ def process_tags() -> dict[str, str]:
 
 
 def owner_is_gone(tags: Mapping[str, str]) -> bool:
-    """Whether the process a run's tags name has ended; False for runs of another host or without the tags
-    (launched from the UI: the daemon's run monitoring watches those)."""
-    if PID_TAG not in tags or tags.get(HOST_TAG) != socket.gethostname():
+    """Whether the process a run's tags name has ended; False for runs of another host, without the tags or
+    re-executed (launched from the UI, a re-execution with its parent's tags among them: the daemon's run
+    monitoring watches those)."""
+    if PID_TAG not in tags or tags.get(HOST_TAG) != socket.gethostname() or PARENT_RUN_ID_TAG in tags:
         return False
     pid = int(tags[PID_TAG])
     if not process_alive(pid):
@@ -58,7 +60,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, only_pid: int | None = None) ->
     lines = []
     for record in instance.get_run_records(dg.RunsFilter(statuses=LIVE_STATUSES)):
         run, tags = record.dagster_run, record.dagster_run.tags
-        if only_pid is not None and tags.get(PID_TAG) != str(only_pid):
+        if only_pid is not None and (tags.get(PID_TAG) != str(only_pid) or PARENT_RUN_ID_TAG in tags):
             continue
         if only_pid is None and not owner_is_gone(tags):
             continue

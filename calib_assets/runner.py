@@ -20,6 +20,8 @@ from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.findings import findings_summary, report_dir
 from calib_assets.findings.build_status import BuildStatus, build_status
 from calib_assets.findings.tables import in_percent, paired_test_summary, read_available_marts
+from calib_assets.location import check_location_loads, create_location_run, execute_location_run, location_workspace
+from calib_assets.naming import STUDY_TAG
 from calib_assets.recovery import fail_dead_runs, interruptible, process_tags
 from calib_assets.study import Study
 
@@ -60,33 +62,58 @@ def stage_plan(study: Study, only: Mapping[str, Sequence[str] | None] | None = N
 
 def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
               echo: Callable[[str], None] = print, log_path: Path | None = None,
-              only: Mapping[str, Sequence[str] | None] | None = None) -> None:
-    """Materialize every partition in dependency order (or the stages and partitions `only` names); stop at
-    the first failure.
+              only: Mapping[str, Sequence[str] | None] | None = None, from_location: bool = False) -> None:
+    """Materialize every partition in dependency order (or the stages and partitions `only` names), one run
+    per partition executed in this process; stop at the first failure.
 
-    What the steps print themselves (dbt's output among it) goes to `log_path` (default: a file in the
-    instance's directory) so that the progress lines stay readable.
+    With `from_location` each run is created from the code location that `dagster dev` loads (location.py:
+    the UI lists it under that location and re-executes it without warning), which must load `study`;
+    without, from `defs` alone (a study that is not on disk, a notebook). What the steps print themselves
+    (dbt's output among it) goes to `log_path` (default: a file in the instance's directory) so that the
+    progress lines stay readable.
     """
+    log_path = Path(log_path or Path(instance.root_directory or ".") / f"calib-assets-{study.name}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if from_location:
+        check_location_loads(study)
+        with _quiet_workspace(instance, log_path) as workspace:
+            _run_plan(defs, study, instance, echo, log_path, only, workspace)
+    else:
+        _run_plan(defs, study, instance, echo, log_path, only, None)
+
+
+@contextlib.contextmanager
+def _quiet_workspace(instance: dg.DagsterInstance, log_path: Path) -> Iterator:
+    """The location's workspace, its code server started and stopped with its output going to the step log."""
+    workspace_context = location_workspace(instance)
+    with step_output_to(log_path):
+        workspace = workspace_context.__enter__()
+    try:
+        yield workspace
+    finally:
+        with step_output_to(log_path):
+            workspace_context.__exit__(None, None, None)
+
+
+def _run_plan(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance, echo: Callable[[str], None],
+              log_path: Path, only: Mapping[str, Sequence[str] | None] | None, workspace) -> None:
     plan = stage_plan(study, only)
     total = sum(len(stage.keys) for stage in plan)
     done, started = 0, time.perf_counter()
     stage_seconds: dict[str, float] = {}
     timing.reset()
-    log_path = Path(log_path or Path(instance.root_directory or ".") / f"calib-assets-{study.name}.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     echo(f"study {study.name!r}: {total} runs in {len(plan)} stages (Dagster home: {instance.root_directory}; "
          f"step output: {log_path})")
-    for job_name, assets, keys, _ in plan:
-        job = defs.resolve_job_def(job_name)
+    for stage in plan:
+        job_name, assets, keys, _ = stage
         for key in keys:
             done += 1
             step_started = time.perf_counter()
+            tags = {STUDY_TAG: study.name, **process_tags()}
             with step_output_to(log_path) as terminal:
                 # both lambdas run within this iteration (interruptible returns when the run ends): B023 is moot
                 result = interruptible(
-                    lambda: job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,  # noqa: B023
-                                                   raise_on_error=False,
-                                                   tags={"calib_assets/study": study.name, **process_tags()}),
+                    lambda: _execute(defs, instance, workspace, stage, key, tags),  # noqa: B023
                     on_interrupt=lambda: _interrupted(instance, job_name, key, terminal))  # noqa: B023
             seconds = time.perf_counter() - step_started
             label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
@@ -101,6 +128,19 @@ def run_study(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance,
             if REPORT_ASSET in assets and not _materialized(result, REPORT_ASSET):
                 _write_report_after_skipped_marts(echo)
     echo(where_time_went(stage_seconds, timing.tally()))
+
+
+def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, workspace, stage: Stage, key: str | None,
+             tags: dict[str, str]):
+    """One run of `stage`'s job for partition `key`, in this process: created from the code location when
+    there is a workspace, else from `defs` alone."""
+    job = defs.resolve_job_def(stage.job)
+    if workspace is None:
+        return job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET, raise_on_error=False,
+                                      tags=tags)
+    partition_tags = stage.partitions_def.get_tags_for_partition_key(key) if key and stage.partitions_def else {}
+    return execute_location_run(job, create_location_run(instance, workspace, stage.job, {**tags, **partition_tags}),
+                                instance)
 
 
 def where_time_went(stage_seconds: dict[str, float], kinds: dict[str, tuple[float, int]]) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from calib_assets import steps
 from calib_assets.defs import build_definitions
-from calib_assets.defs.metadata import calibration_preview, markdown_table
+from calib_assets.defs.metadata import calibration_preview, check_outcome, markdown_table, rounded
 from calib_assets.study import load_study
 
 
@@ -30,6 +30,23 @@ def test_markdown_cells_cannot_break_the_table():
     lines = table.splitlines()
     assert len(lines) == 3 and lines[2] == "| x\\|y | line break |"
     assert all(line.count("|") - line.count("\\|") == 3 for line in lines)
+
+
+@pytest.mark.parametrize(("value", "shown"), [(4.361111111111111, 4.361), (0.5, 0.5), (123456.7, 123457.0),
+                                               (0.000123456, 0.0001235), (-2.71828, -2.718), (0.0, 0.0)])
+def test_numbers_are_rounded_to_four_significant_digits(value, shown):
+    assert rounded(value) == shown
+
+
+def test_check_results_say_what_passed_and_what_failed():
+    description, values = check_outcome("every task document is held-out text.", [])
+    assert description == "Passed: every task document is held-out text." and values == {"problems": 0}
+    problems = [f"doc{i} appears in calibration set abc.s0" for i in range(25)]
+    description, values = check_outcome("every task document is held-out text.", problems, shown=20)
+    assert description == "Failed (25 problems): every task document is held-out text."
+    listed = values["problem_list"].value.splitlines()
+    assert listed[:20] == [f"- {problem}" for problem in problems[:20]] and listed[20] == "- ... and 5 more"
+    assert values["problems"] == 25
 
 
 def test_calibration_preview_shows_the_first_windows(tmp_path):
@@ -71,15 +88,28 @@ def test_materializations_carry_previews_sizes_and_tables(materialized):
     stored_bits = 8 * sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
     manifest = json.loads((directory / "manifest.json").read_text())
     n_params = sum(layer["params"] for layer in manifest["layers"].values())
-    assert metadata["bits_per_param"].value == pytest.approx(stored_bits / n_params)
-    assert metadata["sparsity"].value == pytest.approx(manifest["sparsity"])
+    assert metadata["bits_per_param"].value == pytest.approx(stored_bits / n_params, rel=5e-4)  # 4 digits shown
+    assert metadata["sparsity"].value == pytest.approx(manifest["sparsity"], rel=5e-4)
     assert metadata["path"].value == str(directory)
+    set_link = f"/assets/calibration_set?view=partitions&partition={calib}%7C{model}"  # the UI's calib|model key
+    assert metadata["calibration_set"].value == set_link
 
     metadata = _latest(instance, "evaluation", dg.MultiPartitionKey({"variant": variant, "calib": calib}))
     table = pd.read_parquet(steps.evaluation_dir(root, variant, calib) / "results.parquet")
     lines = metadata["results"].value.splitlines()
     assert len(lines) == 2 + len(table)
     assert all(f"| {row.eval_dataset} | {row.metric} |" in metadata["results"].value for row in table.itertuples())
+    assert metadata["calibration_set"].value == set_link
+
+    descriptors = json.loads((steps.calibration_dir(root, model, calib) / "descriptors.json").read_text())["set"]
+    for asset in ["calibration_set", "calibration_inspection"]:
+        shown = _latest(instance, asset, dg.MultiPartitionKey({"model": model, "calib": calib}))["descriptors"].value
+        rows = dict(line.strip("| ").split(" | ") for line in shown.splitlines()[2:])
+        assert rows.keys() == descriptors.keys(), asset
+        assert all(float(rows[name]) == pytest.approx(value, rel=5e-4) for name, value in descriptors.items()), asset
+    # the run materialized each inspection once: nothing was there to reuse
+    assert _latest(instance, "calibration_inspection",
+                   dg.MultiPartitionKey({"model": model, "calib": calib}))["reused"].value is False
 
     metadata = _latest(instance, "eval_results")
     with duckdb.connect(str(steps.warehouse_path(root)), read_only=True) as connection:

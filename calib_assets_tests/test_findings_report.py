@@ -146,3 +146,49 @@ def test_accuracies_are_percent_in_every_table_and_other_metrics_as_they_are():
     assert list(shown["metric"]) == ["acc %", "acc_norm %", "acc_flip_share %", "perplexity", "kl_vs_dense"]
     assert list(shown["value"]) == [25.0, 50.0, 12.5, 31.5, 0.75]
     assert list(table["value"]) == [0.25, 0.5, 0.125, 31.5, 0.75]  # the marts' rows stay fractions
+
+
+def _report_tables(report) -> list[pd.DataFrame]:
+    return pd.read_html(report.index, flavor="lxml")
+
+
+def test_report_rows_are_ordered_by_method_then_source_then_set(report):
+    checked = 0
+    for table in _report_tables(report):
+        keys = [column for column in ("method", "calibration_source", "n_samples", "calib") if column in table]
+        if "method" not in keys or len(keys) < 2 or "overall_rank" in table:
+            continue
+        rows = [tuple(value if key == "n_samples" else str(value) for key, value in zip(keys, row))
+                for row in table[keys].itertuples(index=False, name=None)]
+        assert rows == sorted(rows), keys
+        checked += 1
+    assert checked >= 3
+
+
+def test_paired_test_names_no_best_or_worst_set_when_the_sets_answer_alike(report, warehouse):
+    path, _ = warehouse
+    paired = read_marts(path, ["mart_paired_calibration_test"])["mart_paired_calibration_test"]
+    columns = {"best_calib", "difference", "n_examples"}
+    shown = next((table for table in _report_tables(report) if columns <= set(table)), None)
+    if paired.empty:  # a study with one calibration set per group has nothing to pair
+        assert shown is None
+        return
+    assert len(shown) == len(paired)
+    tie = shown["difference"].abs() < 1e-12
+    assert (shown.loc[tie, ["best_calib", "worst_calib"]] == "no difference").all().all()
+    assert not shown.loc[~tie, "best_calib"].isin(["no difference"]).any()
+    assert set(shown.loc[~tie, "best_calib"]) <= set(paired["best_calib"])
+
+
+def test_report_has_a_calibration_descriptor_section(tmp_path):
+    from calib_assets.findings.report import DESCRIPTOR_HIDDEN
+
+    path, _, completed = built_warehouse("degenerate")
+    assert completed.returncode == 0, completed.stdout[-5000:]
+    report = write_report(path, tmp_path / "report")
+    descriptors = read_marts(path, ["stg_calibration_descriptors"])["stg_calibration_descriptors"]
+    assert len(descriptors) > 0
+    assert "<h2>Calibration sets</h2>" in report.index.read_text()
+    shown = next(table for table in _report_tables(report) if {"zipf_exponent", "calib"} <= set(table))
+    assert len(shown) == len(descriptors)
+    assert set(shown.columns) == set(descriptors.columns) - set(DESCRIPTOR_HIDDEN)

@@ -12,27 +12,39 @@ from calib_assets.defs.executors import accelerator_placement
 from calib_assets.defs.metadata import OWNERS
 from calib_assets.defs.partitions import StudyPartitions
 from calib_assets.defs.resources import ArtifactStore, Compute
+from calib_assets.naming import partition_key
 from calib_assets.steps import CODE_VERSIONS
+
+CHECKS = {  # each blocking check: what it asserts (its description in the UI and the words of its result)
+    "calibration_set_valid": "shape (n_samples, seq_len), one window per document, no document shared with the "
+                             "source's other sets or with any evaluation text.",
+    "checkpoint_invariants": "finite weights, at most 2^bits levels per quantization group, and the configured "
+                             "sparsity pattern (N:M in every group, or the unstructured share).",
+    "tasks_leak_free": "every task document is held-out text, never calibration data.",
+    "evaluation_complete": "one finite value for every evaluation dataset and metric.",
+}
 
 
 def _result(manifest: dict[str, Any], checks: dict[str, list[str]] | None = None,
-            **metadata: Any) -> dg.MaterializeResult:
+            **metadata_values: Any) -> dg.MaterializeResult:
     """Report the artifact's content hash as its data version, readable metadata and check results."""
     return dg.MaterializeResult(
         data_version=dg.DataVersion(manifest["fingerprint"]),
         metadata={"fingerprint": manifest["fingerprint"], "reused": bool(manifest.get("reused", False)),
-                  **{key: value for key, value in metadata.items() if value is not None}},
-        check_results=[
-            dg.AssetCheckResult(check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"problems": dg.MetadataValue.json(problems[:50])})
-            for name, problems in (checks or {}).items()
-        ],
+                  **{key: value for key, value in metadata_values.items() if value is not None}},
+        check_results=[_check_result(name, problems) for name, problems in (checks or {}).items()],
     )
 
 
-def _check(name: str, asset: str, partitions_def, description: str) -> list[dg.AssetCheckSpec]:
+def _check_result(name: str, problems: list[str]) -> dg.AssetCheckResult:
+    description, values = metadata.check_outcome(CHECKS[name], problems)
+    return dg.AssetCheckResult(check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+                               description=description, metadata=values)
+
+
+def _check(name: str, asset: str, partitions_def) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(name, asset=asset, blocking=True, partitions_def=partitions_def,
-                              description=description)]
+                              description=CHECKS[name][0].upper() + CHECKS[name][1:])]
 
 
 def _keys(context: dg.AssetExecutionContext) -> dict[str, str]:
@@ -42,6 +54,11 @@ def _keys(context: dg.AssetExecutionContext) -> dict[str, str]:
 def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
     study = parts.study
     on_accelerator = accelerator_placement(study, executor)
+
+    def calibration_link(variant: str, calib: str) -> dg.MetadataValue:
+        """The calibration_set partition a checkpoint (or its evaluation) was calibrated on, as a UI link."""
+        model_spec, _ = study.parse_variant(variant)
+        return metadata.asset_partition_link("calibration_set", partition_key(model=model_spec.name, calib=calib))
 
     @dg.asset(
         partitions_def=parts.models, group_name="inputs", code_version=CODE_VERSIONS["base_model"],
@@ -82,9 +99,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
         partitions_def=parts.calibration, group_name="calibration", code_version=CODE_VERSIONS["calibration_set"],
         kinds={"numpy", "json"}, owners=OWNERS,
         ins={"calibration_pool": dg.AssetIn(partition_mapping=parts.pool_to_calibration(), dagster_type=dg.Nothing)},
-        check_specs=_check("calibration_set_valid", "calibration_set", parts.calibration,
-                           "Shape (n_samples, seq_len), one window per document, no document shared with the "
-                           "source's other sets or with any evaluation text."),
+        check_specs=_check("calibration_set_valid", "calibration_set", parts.calibration),
         description="One calibration set: n_samples windows of seq_len tokens from distinct documents of one "
                     "source (seed k = the k-th disjoint set); data version = hash of the token ids.",
     )
@@ -96,7 +111,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
         return _result(manifest, {"calibration_set_valid": problems}, shape=str(manifest["shape"]),
                        documents=len(set(manifest["doc_ids"])), source=manifest.get("source"),
                        seed=manifest.get("seed"), path=dg.MetadataValue.path(str(directory)),
-                       descriptors=dg.MetadataValue.json(manifest.get("descriptors") or {}),
+                       descriptors=metadata.descriptor_table(manifest.get("descriptors") or {}),
                        preview=metadata.calibration_preview(directory / "samples.jsonl"))
 
     @dg.asset(
@@ -104,7 +119,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
         kinds={"pytorch", "safetensors"}, owners=OWNERS, **on_accelerator,
         ins={"calibration_set": dg.AssetIn(partition_mapping=parts.calibration_to_compressed(),
                                            dagster_type=dg.Nothing)},
-        check_specs=_check("checkpoint_invariants", "compressed_model", parts.compressed, CHECKPOINT_CHECK),
+        check_specs=_check("checkpoint_invariants", "compressed_model", parts.compressed),
         description="The base model compressed with a calibration-based method on exactly one calibration set "
                     "(the base model reaches it through the set's lineage).",
     )
@@ -115,13 +130,13 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
                                                 forward_dtype=dtype, log=context.log.info)
         return _checkpoint_result(manifest, steps.checkpoint_dir(store.path, keys["variant"], keys["calib"]),
                                   invariants.checkpoint_problems(study, store.path, keys["variant"], keys["calib"]),
-                                  device)
+                                  device, calibration_set=calibration_link(keys["variant"], keys["calib"]))
 
     @dg.asset(
         partitions_def=parts.baselines, group_name="compression", code_version=CODE_VERSIONS["compressed_model"],
         kinds={"pytorch", "safetensors"}, owners=OWNERS, **on_accelerator,
         ins={"base_model": dg.AssetIn(partition_mapping=parts.model_to_baselines(), dagster_type=dg.Nothing)},
-        check_specs=_check("checkpoint_invariants", "baseline_model", parts.baselines, CHECKPOINT_CHECK),
+        check_specs=_check("checkpoint_invariants", "baseline_model", parts.baselines),
         description="Controls that use no calibration data, once per model: the dense model itself and "
                     "calibration-free methods (RTN, magnitude pruning).",
     )
@@ -141,8 +156,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
     @dg.asset(
         group_name="evaluation", code_version=CODE_VERSIONS["offline_tasks"], kinds={"json"}, owners=OWNERS,
         deps=[dg.AssetDep("text_corpus", partition_mapping=dg.AllPartitionMapping())],
-        check_specs=[dg.AssetCheckSpec("tasks_leak_free", asset="offline_tasks", blocking=True,
-                                       description="Every task document is held-out text, never calibration data.")],
+        check_specs=_check("tasks_leak_free", "offline_tasks", None),
         description="Offline lm-eval tasks (LAMBADA-style cloze, HellaSwag-style next sentence) built "
                     "deterministically from the held-out text of the evaluation datasets.",
     )
@@ -158,8 +172,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
             ins={upstream: dg.AssetIn(dagster_type=dg.Nothing),
                  "text_corpus": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing),
                  "offline_tasks": dg.AssetIn(dagster_type=dg.Nothing)},
-            check_specs=_check("evaluation_complete", name, partitions_def,
-                               "One finite value for every evaluation dataset and metric."),
+            check_specs=_check("evaluation_complete", name, partitions_def),
             description=description,
         )
         def _evaluate(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
@@ -174,6 +187,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
             table = steps.read_evaluation(store.path, variant, calib)
             return _result(manifest, {"evaluation_complete": invariants.evaluation_problems(study, table)},
                            rows=manifest["rows"], results=metadata.results_table(table), **metadata.placement(device),
+                           calibration_set=calib and calibration_link(variant, calib),
                            path=dg.MetadataValue.path(str(steps.evaluation_dir(store.path, variant, calib))))
 
         return _evaluate
@@ -201,7 +215,8 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
         fingerprint = steps.write_eval_results(results, steps.warehouse_path(store.path), also=[
             lambda connection: lineage_counts.update(lineage.write_lineage_tables(study, store.path, connection)),
             lambda connection: outcomes.update(rows=steps.write_task_outcomes(study, store.path, connection))])
-        return _result({"fingerprint": fingerprint}, evaluated_partitions=steps.evaluated_partitions(results),
+        return _result({"fingerprint": fingerprint, "reused": metadata.same_as_last(context, fingerprint)},
+                       evaluated_partitions=steps.evaluated_partitions(results),
                        task_outcome_rows=outcomes["rows"],
                        expected_partitions=steps.expected_evaluations(study),
                        **metadata.eval_results_metadata(results, lineage_counts, steps.warehouse_path(store.path)))
@@ -210,10 +225,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
             offline_tasks, evaluation, baseline_evaluation, eval_results]
 
 
-CHECKPOINT_CHECK = ("Finite weights, at most 2^bits levels per quantization group, and the configured sparsity "
-                    "pattern (N:M in every group, or the unstructured share).")
-
-
-def _checkpoint_result(manifest: dict[str, Any], directory, problems: list[str], device: str) -> dg.MaterializeResult:
+def _checkpoint_result(manifest: dict[str, Any], directory, problems: list[str], device: str,
+                       **more: Any) -> dg.MaterializeResult:
     return _result(manifest, {"checkpoint_invariants": problems}, **metadata.checkpoint_metadata(manifest, directory),
-                   **metadata.placement(device))
+                   **metadata.placement(device), **more)

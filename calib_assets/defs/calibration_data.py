@@ -3,6 +3,7 @@
 import dagster as dg
 
 from calib_assets import steps
+from calib_assets.defs import metadata
 from calib_assets.defs.automation import FINDINGS_CONDITION
 from calib_assets.defs.metadata import OWNERS
 from calib_assets.defs.partitions import StudyPartitions
@@ -25,9 +26,9 @@ def build_calibration_data_assets(parts: StudyPartitions) -> list:
         report = steps.inspect_calibration_set(study, keys["model"], keys["calib"], store.path)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(report["fingerprint"]),
-            metadata={"reused": True,  # a view of the set and its descriptors: it writes no artifact
+            metadata={"reused": metadata.same_as_last(context, report["fingerprint"]),
                       "samples": dg.MetadataValue.md(report["markdown"]),
-                      "descriptors": dg.MetadataValue.json(report["descriptors"]),
+                      "descriptors": metadata.descriptor_table(report["descriptors"]),
                       "flagged": report["flagged"]})
 
     @dg.asset(
@@ -41,7 +42,8 @@ def build_calibration_data_assets(parts: StudyPartitions) -> list:
         manifest = steps.materialize_descriptor_table(study, store.path)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(manifest["fingerprint"]),
-            metadata={"rows": manifest["rows"], "expected_rows": steps.expected_descriptor_rows(study),
+            metadata={"reused": metadata.same_as_last(context, manifest["fingerprint"]),
+                      "rows": manifest["rows"], "expected_rows": steps.expected_descriptor_rows(study),
                       "duckdb": dg.MetadataValue.path(str(steps.warehouse_path(store.path)))})
 
     return [calibration_inspection, calibration_descriptors]

@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
 import pandas as pd
@@ -17,6 +18,7 @@ PREVIEW_CHARS = 240
 PREVIEW_ROWS = 20
 EVALUATION_COLUMNS = ["eval_dataset", "metric", "value", "stderr", "token_count", "n_examples"]
 RESULT_KEY_COLUMNS = ["variant", "calib", "eval_dataset", "metric", "value"]
+SIGNIFICANT_DIGITS = 4  # for display; the artifacts keep every digit
 
 
 def placement(device: str) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def checkpoint_metadata(manifest: dict[str, Any], directory: Path) -> dict[str, 
     """Size on disk, bits per parameter, sparsity, compression time and where the checkpoint lives."""
     return {
         "method": manifest.get("method_label"),
-        "size_on_disk_mb": dg.MetadataValue.float(round(directory_bytes(directory) / 1e6, 4)),
+        "size_on_disk_mb": _float(directory_bytes(directory) / 1e6),
         "bits_per_param": _float(manifest.get("bits_per_param")),
         "sparsity": _float(manifest.get("sparsity")),
         "compress_seconds": _float(manifest.get("compress_seconds")),
@@ -65,8 +67,45 @@ def checkpoint_metadata(manifest: dict[str, Any], directory: Path) -> dict[str, 
     }
 
 
+def rounded(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """`value` to `digits` significant digits (integers beyond them kept whole)."""
+    return float(f"{value:.{digits}g}") if abs(value) < 10 ** digits else float(round(value))
+
+
 def _float(value: Any) -> dg.MetadataValue | None:
-    return None if value is None else dg.MetadataValue.float(float(value))
+    return None if value is None else dg.MetadataValue.float(rounded(float(value)))
+
+
+def same_as_last(context: dg.AssetExecutionContext, data_version: str) -> bool:
+    """Whether this asset partition's last materialization had `data_version`: the `reused` flag of an
+    asset that rewrites its table or view every time (nothing changed for what reads it)."""
+    partitions = [context.partition_key] if context.has_partition_key else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=partitions), limit=1).records
+    return bool(records) and records[0].asset_materialization.tags.get("dagster/data_version") == data_version
+
+
+def asset_partition_link(asset: str, partition: str) -> dg.MetadataValue:
+    """A link, within the Dagster UI, to one partition of an asset."""
+    return dg.MetadataValue.url(f"/assets/{asset}?view=partitions&partition={quote(partition, safe='')}")
+
+
+def descriptor_table(descriptors: dict[str, Any]) -> dg.MetadataValue:
+    """A calibration set's descriptors as a two-column table, numbers to SIGNIFICANT_DIGITS digits."""
+    rows = [{"descriptor": name, "value": f"{value:.{SIGNIFICANT_DIGITS}g}" if isinstance(value, float) else value}
+            for name, value in sorted(descriptors.items())]
+    return dg.MetadataValue.md(markdown_table(rows, ["descriptor", "value"]))
+
+
+def check_outcome(description: str, problems: list[str], shown: int = PREVIEW_ROWS) -> tuple[str, dict[str, Any]]:
+    """An asset check's result in words (the check's own description, passed or failed with how many
+    problems) and its problems as a list."""
+    if not problems:
+        return f"Passed: {description}", {"problems": 0}
+    listed = "\n".join(f"- {_cell(problem)}" for problem in problems[:shown])
+    more = f"\n- ... and {len(problems) - shown} more" if len(problems) > shown else ""
+    return (f"Failed ({len(problems)} problem{'s' if len(problems) != 1 else ''}): {description}",
+            {"problems": len(problems), "problem_list": dg.MetadataValue.md(listed + more)})
 
 
 def results_table(table: pd.DataFrame, columns: list[str] = EVALUATION_COLUMNS) -> dg.MetadataValue:

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from calib_assets.artifacts import artifact_root, check_root_study
+from calib_assets.naming import STUDY_TAG
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -19,6 +20,9 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def setup_for_execution(self, context) -> None:
         check_root_study(self.path, self.study, claim=True)  # a run from the UI too
+        run = context.dagster_run
+        if run is not None and context.instance is not None and STUDY_TAG not in run.tags:
+            context.instance.add_run_tags(run.run_id, {STUDY_TAG: self.study})  # the UI's runs name it too
 
 
 class Compute(dg.ConfigurableResource):

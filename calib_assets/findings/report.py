@@ -12,14 +12,27 @@ import pandas as pd
 from calib_assets.artifacts import atomic_dir
 from calib_assets.findings.build_status import BuildStatus, build_status, format_build_status
 from calib_assets.findings.figures import FIGURES, render_figures
-from calib_assets.findings.tables import REPORT_MARTS, format_table, headline_from_marts, read_available_marts
+from calib_assets.findings.tables import (
+    REPORT_MARTS,
+    format_table,
+    headline_from_marts,
+    read_available_marts,
+    without_tie_claims,
+)
 
 INDEX = "index.html"
 MAX_TABLE_ROWS = 200
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
-table{border-collapse:collapse;font-size:12px;margin-bottom:1em}th,td{padding:2px 8px;border-bottom:1px solid #ddd}
-th{background:#f3f3f3;text-align:left}img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}
-.note{color:#666;font-size:12px}.problem{color:#a00;font-weight:bold}"""
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1em;max-width:1200px}
+table{border-collapse:collapse;font-size:12px}th,td{padding:2px 6px;border-bottom:1px solid #ddd}
+th{background:#f3f3f3;text-align:left}.table{overflow-x:auto;max-width:100%;margin-bottom:1em}
+img{max-width:100%;height:auto;border:1px solid #eee}figure{margin:1em 0}
+.note{color:#666;font-size:12px}.problem{color:#a00;font-weight:bold}"""  # fits 1,280 px: wide tables scroll in place
+ROW_ORDER = ["model", "method", "variant", "calibration_source", "n_samples", "calib", "seed", "eval_dataset", "task",
+             "metric", "score"]  # a table's rows: by method, then source, then set (the columns it has)
+RANKING_ORDER = ["model", "method", "variant", "n_samples", "overall_rank"]  # a ranking's rows: by rank
+DESCRIPTORS = "stg_calibration_descriptors"
+PAIRED_TEST = "mart_paired_calibration_test"
+DESCRIPTOR_HIDDEN = ["calibration_fingerprint"]
 HEADLINE_MARTS = ("mart_average_distribution", "mart_baselines")
 
 
@@ -42,6 +55,7 @@ def write_report(duckdb_path: Path, directory: Path, title: str = "Calibration-d
     previous report in place). The last dbt build's failed tests head the report with their rows and flag
     the marts they read; a mart the build did not build is left out, never shown stale."""
     marts, missing = read_available_marts(duckdb_path)
+    descriptors, _ = read_available_marts(duckdb_path, [DESCRIPTORS])
     status = build_status(duckdb_path)
     if not marts and not status.recorded:
         raise LookupError(f"{duckdb_path} holds no mart and no dbt build has run on it: "
@@ -49,7 +63,8 @@ def write_report(duckdb_path: Path, directory: Path, title: str = "Calibration-d
     headline = _headline(marts)
     with atomic_dir(directory) as tmp:
         figures = render_figures(marts, tmp, missing)
-        (tmp / INDEX).write_text(_html(title, headline, marts, missing, status, figures, duckdb_path))
+        (tmp / INDEX).write_text(_html(title, headline, marts, missing, status, figures, duckdb_path,
+                                          descriptors.get(DESCRIPTORS)))
         fingerprint = _fingerprint(tmp)
     return Report(index=directory / INDEX, figures={stem: directory / path.name for stem, path in figures.items()},
                   headline=headline, fingerprint=fingerprint, status=status)
@@ -81,7 +96,7 @@ def _unavailable(missing: dict[str, str]) -> str:
 
 
 def _html(title: str, headline: pd.DataFrame | None, marts: dict[str, pd.DataFrame], missing: dict[str, str],
-          status: BuildStatus, figures: dict[str, Path], duckdb_path: Path) -> str:
+          status: BuildStatus, figures: dict[str, Path], duckdb_path: Path, descriptors: pd.DataFrame | None) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class='note'>From the dbt marts in {html.escape(str(duckdb_path))}. Task average = mean acc over "
@@ -93,11 +108,18 @@ def _html(title: str, headline: pd.DataFrame | None, marts: dict[str, pd.DataFra
         caption = html.escape(FIGURES[stem][0])
         parts.append(f"<figure><a href='{path.name}'><img src='{path.name}' alt='{caption}'></a>"
                      f"<figcaption>{caption} (<a href='{path.name}'>{path.name}</a>)</figcaption></figure>")
+    parts.append("<h2>Calibration sets</h2>")
+    parts.append("<p class='note'>Each set's descriptors (token statistics, Zipf exponent, duplication, base-model "
+                 "perplexity, overlap with the evaluation text, flagged samples), from the table "
+                 f"calibration_descriptors (<code>{DESCRIPTORS}</code>).</p>")
+    parts.append(_table_html(descriptors.drop(columns=DESCRIPTOR_HIDDEN, errors="ignore"))
+                 if descriptors is not None else _problem(f"Left out: {DESCRIPTORS} is not in the warehouse."))
     parts.append("<h2>Tables</h2>")
     for name, caption in REPORT_MARTS.items():
         parts.append(f"<h3 id='{name}'>{html.escape(caption)} <code>{name}</code></h3>")
         parts += [_problem(f"Failed dbt test {test.name}: see Data tests above.") for test in status.tests_on(name)]
-        parts.append(_table_html(marts[name]) if name in marts else _problem(f"Left out: {missing[name]}."))
+        shown = without_tie_claims(marts[name]) if name == PAIRED_TEST and name in marts else marts.get(name)
+        parts.append(_table_html(shown) if shown is not None else _problem(f"Left out: {missing[name]}."))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -127,8 +149,16 @@ def _table_html(table: pd.DataFrame) -> str:
         return "<p class='note'>No rows (for example: no tasks or a single calibration source in this study).</p>"
     note = (f"<p class='note'>First {MAX_TABLE_ROWS} of {len(table)} rows; the full table is in DuckDB.</p>"
             if len(table) > MAX_TABLE_ROWS else "")
-    shown = table.head(MAX_TABLE_ROWS)
-    return shown.to_html(index=False, border=0, na_rep="-", float_format=lambda v: f"{v:.4g}") + note
+    shown = _ordered(table).head(MAX_TABLE_ROWS)
+    return ("<div class='table'>" + shown.to_html(index=False, border=0, na_rep="-", float_format=lambda v: f"{v:.4g}")
+            + "</div>" + note)
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by ROW_ORDER's columns that the table has, a ranking's by RANKING_ORDER's (a stable sort: ties keep
+    the mart's order)."""
+    keys = [column for column in (RANKING_ORDER if "overall_rank" in table else ROW_ORDER) if column in table]
+    return table.sort_values(keys, kind="stable", na_position="first") if keys else table
 
 
 def _fingerprint(directory: Path) -> str:

@@ -100,11 +100,22 @@ def headline_from_marts(marts: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return ordered[HEADLINE_COLUMNS].reset_index(drop=True)
 
 
+def without_tie_claims(paired: pd.DataFrame) -> pd.DataFrame:
+    """mart_paired_calibration_test's rows with NO_DIFFERENCE for the best and worst set where the two
+    answer equally often (difference 0): the mart picks them by its tie rule, there is nothing to claim."""
+    shown = paired.copy()
+    tie = shown["difference"].astype(float).abs() < 1e-12
+    for column in ("best_calib", "worst_calib"):
+        shown[column] = shown[column].where(~tie, NO_DIFFERENCE)
+    return shown
+
+
 def paired_test_summary(paired: pd.DataFrame) -> pd.DataFrame:
     """The rows of mart_paired_calibration_test over all calibration sets of a study ('(all)'), one per
     (method, variant, task, metric): best and worst set, their accuracies and the difference with its
     interval in %, and the verdict. The statistics are the mart's; this only lays them out."""
-    rows = paired[paired["calibration_source"] == "(all)"].sort_values(["method", "variant", "task", "metric"])
+    rows = without_tie_claims(paired[paired["calibration_source"] == "(all)"]).sort_values(
+        ["method", "variant", "task", "metric"])
     several = rows.groupby("method")["variant"].nunique().max() > 1 if len(rows) else False
     percent = {name: rows[name] * 100 for name in ("best_value", "worst_value", "difference", "ci_low", "ci_high")}
     table = pd.DataFrame({
