@@ -271,21 +271,6 @@ def test_calibration_check_catches_a_leak_into_evaluation_text(materialized, tmp
     assert any("more than one window" in p for p in problems)
 
 
-def test_findings_follow_a_new_evaluation_eagerly(materialized):
-    study, defs, _, instance, _ = materialized
-    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    assert settled.total_requested == 0  # everything is up to date after a full run
-    key = dg.MultiPartitionKey({"variant": study.variant_keys[0], "calib": study.calib_keys[0]})
-    defs.resolve_job_def("reevaluate_checkpoints").execute_in_process(instance=instance, partition_key=key)
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
-    requested = {r.key.to_user_string() for r in result.results if r.true_subset.size}
-    # eval_results and, in the same tick, every dbt model and the report downstream of it; nothing upstream
-    downstream = dg.AssetSelection.assets("eval_results").downstream().resolve(defs.resolve_asset_graph())
-    assert {"stg_eval_results", "mart_calibration_spread", "mart_baselines", "mart_descriptor_retention",
-            "findings_report"} <= requested
-    assert requested == {key.to_user_string() for key in downstream}
-
-
 def test_weekly_reevaluation_requests_every_materialized_checkpoint(materialized):
     study, defs, _, instance, _ = materialized
     schedule = next(s for s in defs.schedules if s.name == "weekly_reevaluate_checkpoints")
