@@ -39,10 +39,11 @@ def location_workspace(instance: dg.DagsterInstance) -> Iterator:
         yield workspace
 
 
-def create_location_run(instance: dg.DagsterInstance, workspace, job_name: str,
-                        tags: Mapping[str, str]) -> dg.DagsterRun:
-    """A NOT_STARTED run of the location's job `job_name` with `tags` (a partition's tags among them), its
-    config empty as the launchpad's is."""
+def create_location_run(instance: dg.DagsterInstance, workspace, job_name: str, tags: Mapping[str, str],
+                        partitions_def: dg.PartitionsDefinition | None = None,
+                        partition_key: str | None = None) -> dg.DagsterRun:
+    """A NOT_STARTED run of the location's job `job_name` with `tags` and, given one, the tags of its
+    partition `partition_key` of `partitions_def`; its config empty as the launchpad's is."""
     from dagster._cli.job import _create_run
     from dagster._cli.workspace.cli_target import (
         get_code_location_from_workspace,
@@ -53,6 +54,8 @@ def create_location_run(instance: dg.DagsterInstance, workspace, job_name: str,
     location = get_code_location_from_workspace(workspace, None)
     repository = get_remote_repository_from_code_location(location, None)
     job = get_remote_job_from_remote_repo(repository, job_name)
+    if partition_key is not None and partitions_def is not None:
+        tags = {**tags, **partitions_def.get_tags_for_partition_key(partition_key)}
     return _create_run(instance=instance, code_location=location, remote_repo=repository, remote_job=job,
                        run_config={}, tags=dict(tags), op_selection=None, run_id=None)
 

@@ -66,8 +66,8 @@ def _run_stage(instance, workspace, job_name: str, keys: list, partitions_def, t
     while pending or running:
         while pending and len(running) < slots and failed is None:
             key = pending.pop(0)
-            run_tags = {**tags, **(partitions_def.get_tags_for_partition_key(key) if key else {})}
-            running[_submit(instance, workspace, job_name, run_tags)] = (key, time.perf_counter())
+            run = create_location_run(instance, workspace, job_name, tags, partitions_def, key)
+            running[instance.submit_run(run.run_id, workspace).run_id] = (key, time.perf_counter())
         time.sleep(POLL_S)
         for run_id, (key, started) in list(running.items()):
             run = instance.get_run_by_id(run_id)
@@ -92,12 +92,6 @@ class _Progress:
         self.done += 1
         label = f"[{self.done:>3}/{self.total}] {job_name:<22} {key or '(unpartitioned)':<45}"
         self.echo(f"{label} {outcome} in {seconds:5.1f}s (elapsed {time.perf_counter() - self.started:6.1f}s)")
-
-
-def _submit(instance: dg.DagsterInstance, workspace, job_name: str, tags: dict[str, str]) -> str:
-    """Create the run as the UI's launchpad does and hand it to the queue."""
-    run = create_location_run(instance, workspace, job_name, tags)
-    return instance.submit_run(run.run_id, workspace).run_id
 
 
 @contextmanager

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG
 
 from calib_assets.artifacts import process_alive, remove_stale_temporaries
 
 PID_TAG, HOST_TAG, STARTED_TAG = "calib_assets/pid", "calib_assets/host", "calib_assets/process_started"
-PARENT_RUN_ID_TAG = "dagster/parent_run_id"  # set on a re-execution
 LIVE_STATUSES = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
                  dg.DagsterRunStatus.CANCELING]
 
@@ -41,13 +41,20 @@ def process_tags() -> dict[str, str]:
     return {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), STARTED_TAG: process_started(pid) or ""}
 
 
-def owner_is_gone(tags: Mapping[str, str]) -> bool:
-    """Whether the process a run's tags name has ended; False for runs of another host, without the tags or
-    re-executed (launched from the UI, a re-execution with its parent's tags among them: the daemon's run
-    monitoring watches those)."""
+def runner_pid(tags: Mapping[str, str]) -> int | None:
+    """The pid of the `calib-assets run` process on this host that executes the run with these tags; None for
+    runs of another host, without the tags, or re-executed (launched from the UI with its parent's tags
+    among them): the daemon's run monitoring watches those."""
     if PID_TAG not in tags or tags.get(HOST_TAG) != socket.gethostname() or PARENT_RUN_ID_TAG in tags:
+        return None
+    return int(tags[PID_TAG])
+
+
+def owner_is_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the `calib-assets run` process that executes this run (runner_pid) has ended."""
+    pid = runner_pid(tags)
+    if pid is None:
         return False
-    pid = int(tags[PID_TAG])
     if not process_alive(pid):
         return True
     started = tags.get(STARTED_TAG)
@@ -60,7 +67,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, only_pid: int | None = None) ->
     lines = []
     for record in instance.get_run_records(dg.RunsFilter(statuses=LIVE_STATUSES)):
         run, tags = record.dagster_run, record.dagster_run.tags
-        if only_pid is not None and (tags.get(PID_TAG) != str(only_pid) or PARENT_RUN_ID_TAG in tags):
+        if only_pid is not None and runner_pid(tags) != only_pid:
             continue
         if only_pid is None and not owner_is_gone(tags):
             continue

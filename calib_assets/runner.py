@@ -104,16 +104,17 @@ def _run_plan(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance, 
     timing.reset()
     echo(f"study {study.name!r}: {total} runs in {len(plan)} stages (Dagster home: {instance.root_directory}; "
          f"step output: {log_path})")
+    tags = {STUDY_TAG: study.name, **process_tags()}
     for stage in plan:
         job_name, assets, keys, _ = stage
+        job = defs.resolve_job_def(job_name)
         for key in keys:
             done += 1
             step_started = time.perf_counter()
-            tags = {STUDY_TAG: study.name, **process_tags()}
             with step_output_to(log_path) as terminal:
                 # both lambdas run within this iteration (interruptible returns when the run ends): B023 is moot
                 result = interruptible(
-                    lambda: _execute(defs, instance, workspace, stage, key, tags),  # noqa: B023
+                    lambda: _execute(job, instance, workspace, stage, key, tags),  # noqa: B023
                     on_interrupt=lambda: _interrupted(instance, job_name, key, terminal))  # noqa: B023
             seconds = time.perf_counter() - step_started
             label = f"[{done:>3}/{total}] {job_name:<22} {key or '(unpartitioned)':<45}"
@@ -130,17 +131,15 @@ def _run_plan(defs: dg.Definitions, study: Study, instance: dg.DagsterInstance, 
     echo(where_time_went(stage_seconds, timing.tally()))
 
 
-def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, workspace, stage: Stage, key: str | None,
+def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, workspace, stage: Stage, key: str | None,
              tags: dict[str, str]):
-    """One run of `stage`'s job for partition `key`, in this process: created from the code location when
-    there is a workspace, else from `defs` alone."""
-    job = defs.resolve_job_def(stage.job)
+    """One run of `stage`'s job (`job`) for partition `key`, in this process: created from the code location
+    when there is a workspace, else from `job` alone."""
     if workspace is None:
         return job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET, raise_on_error=False,
                                       tags=tags)
-    partition_tags = stage.partitions_def.get_tags_for_partition_key(key) if key and stage.partitions_def else {}
-    return execute_location_run(job, create_location_run(instance, workspace, stage.job, {**tags, **partition_tags}),
-                                instance)
+    run = create_location_run(instance, workspace, stage.job, tags, stage.partitions_def, key)
+    return execute_location_run(job, run, instance)
 
 
 def where_time_went(stage_seconds: dict[str, float], kinds: dict[str, tuple[float, int]]) -> str:

@@ -4,7 +4,9 @@ import socket
 import subprocess
 import sys
 
-from calib_assets.recovery import HOST_TAG, PARENT_RUN_ID_TAG, PID_TAG, STARTED_TAG, owner_is_gone, process_tags
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG
+
+from calib_assets.recovery import HOST_TAG, PID_TAG, STARTED_TAG, owner_is_gone, process_tags
 
 
 def _dead_pid() -> int:

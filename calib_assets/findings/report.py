@@ -54,8 +54,9 @@ def write_report(duckdb_path: Path, directory: Path, title: str = "Calibration-d
     """Read the marts, draw the figures and write `directory/index.html` atomically (a failed write leaves the
     previous report in place). The last dbt build's failed tests head the report with their rows and flag
     the marts they read; a mart the build did not build is left out, never shown stale."""
-    marts, missing = read_available_marts(duckdb_path)
-    descriptors, _ = read_available_marts(duckdb_path, [DESCRIPTORS])
+    marts, missing = read_available_marts(duckdb_path, [*REPORT_MARTS, DESCRIPTORS])
+    descriptors = marts.pop(DESCRIPTORS, None)
+    missing.pop(DESCRIPTORS, None)  # the section says so itself
     status = build_status(duckdb_path)
     if not marts and not status.recorded:
         raise LookupError(f"{duckdb_path} holds no mart and no dbt build has run on it: "
@@ -64,7 +65,7 @@ def write_report(duckdb_path: Path, directory: Path, title: str = "Calibration-d
     with atomic_dir(directory) as tmp:
         figures = render_figures(marts, tmp, missing)
         (tmp / INDEX).write_text(_html(title, headline, marts, missing, status, figures, duckdb_path,
-                                          descriptors.get(DESCRIPTORS)))
+                                          descriptors))
         fingerprint = _fingerprint(tmp)
     return Report(index=directory / INDEX, figures={stem: directory / path.name for stem, path in figures.items()},
                   headline=headline, fingerprint=fingerprint, status=status)
