@@ -26,11 +26,11 @@ STAGES = (
     ("prepare_models", ("base_model",), "models"),
     ("prepare_corpora", ("text_corpus",), "corpora"),
     ("tokenize_pools", ("calibration_pool",), "pools"),
-    ("build_calibration_sets", ("calibration_set", "calibration_inspection"), "calibration"),
+    ("build_calibration_sets", ("calibration_set", "calib_inspection"), "calibration"),
     ("build_tasks", ("offline_tasks",), None),
-    ("baselines", ("baseline_model", "baseline_evaluation"), "baselines"),
+    ("baselines", ("baseline_model", "baseline_eval"), "baselines"),
     ("compress_and_evaluate", ("compressed_model", "evaluation"), "compressed"),
-    ("findings", ("calibration_descriptors", "eval_results", DBT, "findings_report"), None),
+    ("findings", ("set_descriptors", "eval_results", DBT, "findings_report"), None),
 )
 
 # Published parameter counts (model cards, the LLaMA and OPT papers), by hub id.

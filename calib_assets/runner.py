@@ -233,28 +233,28 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> Bu
     last dbt build's failed tests with their rows, and the report's path (every mart, per evaluation dataset
     and metric, is in the warehouse and the report). Returns that build's status: a caller exits non-zero
     when it has problems."""
-    marts, missing = read_available_marts(duckdb_path, ["mart_source_spread", "mart_paired_calibration_test",
+    marts, missing = read_available_marts(duckdb_path, ["mart_src_spread", "mart_paired_test",
                                                         "mart_baselines"])
     with _pandas_wide():
-        if "mart_source_spread" in marts:
-            summary = seed_spread_summary(marts["mart_source_spread"])
+        if "mart_src_spread" in marts:
+            summary = seed_spread_summary(marts["mart_src_spread"])
             if not summary.empty:
                 echo("\nAcross calibration sets, per method and source: perplexity (mean over the held-out sets) "
                      "next to task accuracy (%); range in the metric's units, cv = std / mean in %:")
                 echo(summary.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
         else:
-            echo(f"\nAcross calibration sets, per method and source (mart_source_spread): not available: "
-                 f"{missing['mart_source_spread']}")
-        if "mart_paired_calibration_test" in marts:
-            paired = paired_test_summary(marts["mart_paired_calibration_test"])
+            echo(f"\nAcross calibration sets, per method and source (mart_src_spread): not available: "
+                 f"{missing['mart_src_spread']}")
+        if "mart_paired_test" in marts:
+            paired = paired_test_summary(marts["mart_paired_test"])
             if not paired.empty:
                 echo("\nBest against worst calibration set (over all sets) on the same task examples: is the "
                      "difference beyond evaluation noise? (paired bootstrap over examples, "
-                     "mart_paired_calibration_test)")
+                     "mart_paired_test)")
                 echo(paired.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
         else:
-            echo(f"\nBest against worst calibration set (mart_paired_calibration_test): not available: "
-                 f"{missing['mart_paired_calibration_test']}")
+            echo(f"\nBest against worst calibration set (mart_paired_test): not available: "
+                 f"{missing['mart_paired_test']}")
         echo("\nDense model and calibration-free controls (mart_baselines; accuracies and answer flips in %):")
         if "mart_baselines" in marts:
             baselines = in_percent(marts["mart_baselines"].sort_values(["method", "eval_dataset"]), ["value"])
@@ -262,13 +262,13 @@ def print_findings(duckdb_path: Path, echo: Callable[[str], None] = print) -> Bu
                 index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
         else:
             echo(f"not available: {missing['mart_baselines']}")
-    echo(f"\nDuckDB warehouse: {duckdb_path} (per-dataset spread: mart_calibration_spread)")
+    echo(f"\nDuckDB warehouse: {duckdb_path} (per-dataset spread: mart_spread)")
     echo("\n" + findings_summary(duckdb_path, report_dir(duckdb_path.parent) / "index.html"))
     return build_status(duckdb_path)
 
 
 def seed_spread_summary(spread):
-    """The rows of mart_source_spread (a DataFrame) as one row per (method, calibration source), or per
+    """The rows of mart_src_spread (a DataFrame) as one row per (method, calibration source), or per
     (method, variant, source) when a method has several variants (models, settings): the mean, range and
     coefficient of variation across the source's calibration sets of the held-out perplexity averaged over
     the evaluation datasets ("ppl") and of each task's accuracy (in %). The statistics are the mart's (dbt

@@ -206,7 +206,7 @@ def built_warehouse(study: str) -> tuple[Path, pd.DataFrame, subprocess.Complete
 
 def write_warehouse(work_dir: Path, results: pd.DataFrame, descriptors: pd.DataFrame | None = None,
                     outcomes: pd.DataFrame | None = None) -> Path:
-    """`work_dir`/warehouse.duckdb with the tables dbt reads: eval_results, calibration_descriptors and
+    """`work_dir`/warehouse.duckdb with the tables dbt reads: eval_results, set_descriptors and
     task_outcomes (the last two empty unless given)."""
     import duckdb
 
@@ -214,7 +214,7 @@ def write_warehouse(work_dir: Path, results: pd.DataFrame, descriptors: pd.DataF
     with duckdb.connect(str(path)) as connection:
         connection.register("incoming", results)
         connection.execute("CREATE TABLE eval_results AS SELECT * FROM incoming")
-        for table, columns, rows in [("calibration_descriptors", DESCRIPTOR_COLUMNS, descriptors),
+        for table, columns, rows in [("set_descriptors", DESCRIPTOR_COLUMNS, descriptors),
                                      ("task_outcomes", OUTCOME_COLUMNS, outcomes)]:
             connection.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {kind}' for n, kind in columns.items())})")
             if rows is not None:

@@ -102,13 +102,13 @@ def test_materializations_carry_previews_sizes_and_tables(materialized):
     assert metadata["calibration_set"].value == set_link
 
     descriptors = json.loads((steps.calibration_dir(root, model, calib) / "descriptors.json").read_text())["set"]
-    for asset in ["calibration_set", "calibration_inspection"]:
+    for asset in ["calibration_set", "calib_inspection"]:
         shown = _latest(instance, asset, dg.MultiPartitionKey({"model": model, "calib": calib}))["descriptors"].value
         rows = dict(line.strip("| ").split(" | ") for line in shown.splitlines()[2:])
         assert rows.keys() == descriptors.keys(), asset
         assert all(float(rows[name]) == pytest.approx(value, rel=5e-4) for name, value in descriptors.items()), asset
     # the run materialized each inspection once: nothing was there to reuse
-    assert _latest(instance, "calibration_inspection",
+    assert _latest(instance, "calib_inspection",
                    dg.MultiPartitionKey({"model": model, "calib": calib}))["reused"].value is False
 
     metadata = _latest(instance, "eval_results")

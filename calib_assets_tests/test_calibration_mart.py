@@ -57,13 +57,13 @@ def test_mart_matches_a_pandas_spearman(tmp_path):
         connection.register("e", evals)
         connection.execute("create table eval_results as select * from e")
         connection.register("d", descriptors)
-        connection.execute("create table calibration_descriptors as select * from d")
+        connection.execute("create table set_descriptors as select * from d")
     env = {**os.environ, DUCKDB_ENV: str(database)}
-    subprocess.run([dbt_executable(), "build", "--quiet", "--select", "+mart_descriptor_retention",
+    subprocess.run([dbt_executable(), "build", "--quiet", "--select", "+mart_descriptors",
                     "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
                     "--target-path", str(tmp_path / "target")], check=True, cwd=DBT_PROJECT_DIR, env=env)
     with duckdb.connect(str(database), read_only=True) as connection:
-        mart = connection.sql("select * from mart_descriptor_retention").df()
+        mart = connection.sql("select * from mart_descriptors").df()
 
     compressed = evals[evals["method"] == "gptq"]
     task = compressed[compressed["metric"] == "acc"].groupby("calib")["value"].mean() / 0.8

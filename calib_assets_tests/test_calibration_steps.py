@@ -106,7 +106,7 @@ def test_descriptor_table_has_a_row_per_set(built, tmp_path):
     study, root, _, manifests = built
     with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
         assert steps.write_descriptor_table(study, root, connection) == len(study.calib_keys)
-        table = connection.sql("select * from calibration_descriptors order by calib").df()
+        table = connection.sql("select * from set_descriptors order by calib").df()
     assert set(table["selection"]) == {"none", "zipcal", "least_perplexity", "activation_kmeans"}
     row = table[table["calib"] == "abc-news.s0"].iloc[0]
     assert row["token_count"] == 4 * 64 and row["perplexity_mean"] > 1
@@ -143,10 +143,10 @@ def test_inspection_asset_shows_random_samples_with_flags(built):
     study, root, model, _ = built
     assets = build_calibration_data_assets(StudyPartitions.from_study(study))
     key = dg.MultiPartitionKey({"model": model, "calib": "abc-padded.s1"})
-    inspection = [asset for asset in assets if asset.key.path == ["calibration_inspection"]]
+    inspection = [asset for asset in assets if asset.key.path == ["calib_inspection"]]
     store = ArtifactStore(root=str(root), study=study.name)
     result = dg.materialize(inspection, partition_key=key, resources={"store": store})
-    metadata = result.asset_materializations_for_node("calibration_inspection")[0].metadata
+    metadata = result.asset_materializations_for_node("calib_inspection")[0].metadata
     markdown = metadata["samples"].value
     assert markdown.count("**sample ") == 4 and "flags:" in markdown and "**flagged samples**" in markdown
     descriptors = steps.materialize_descriptors(study, model, "abc-padded.s1", root)
@@ -163,10 +163,10 @@ def test_descriptor_table_asset_writes_every_set(built):
 
     study, root, _, _ = built
     assets = [asset for asset in build_calibration_data_assets(StudyPartitions.from_study(study))
-              if asset.key.path == ["calibration_descriptors"]]
+              if asset.key.path == ["set_descriptors"]]
     result = dg.materialize(assets, resources={"store": ArtifactStore(root=str(root), study=study.name)})
-    metadata = result.asset_materializations_for_node("calibration_descriptors")[0].metadata
+    metadata = result.asset_materializations_for_node("set_descriptors")[0].metadata
     assert metadata["rows"].value == metadata["expected_rows"].value == len(study.calib_keys)
     with duckdb.connect(str(steps.warehouse_path(root)), read_only=True) as connection:
-        count = connection.execute("select count(distinct calib) from calibration_descriptors").fetchall()[0][0]
+        count = connection.execute("select count(distinct calib) from set_descriptors").fetchall()[0][0]
     assert count == len(study.calib_keys)

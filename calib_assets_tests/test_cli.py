@@ -78,7 +78,7 @@ def test_lineage_text_of_a_calibration_set_and_of_the_dense_model(materialized, 
     assert f"{study.calibration.n_samples} windows: {_samples(root, model, calib)[0]['doc_id']}" in out
     code, out, _ = cli("lineage", f"{model}.dense", "--json")
     chain = json.loads(out)
-    assert code == 0 and [node["asset"] for node in chain] == ["baseline_evaluation", "base_model"]
+    assert code == 0 and [node["asset"] for node in chain] == ["baseline_eval", "base_model"]
     assert chain[0]["details"]["checkpoint_fingerprint"] == chain[1]["fingerprint"]
 
 

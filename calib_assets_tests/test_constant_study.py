@@ -55,9 +55,9 @@ def test_make_run_finishes_and_reports_a_study_whose_scores_never_vary(tmp_path)
     with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as connection:
         vocabulary = connection.sql("select distinct value from eval_results where metric = 'perplexity' "
                                     "and eval_dataset like '%heldout'").fetchall()
-        spread = connection.sql("select * from mart_calibration_spread").df()
-        decomposition = connection.sql("select * from mart_variance_decomposition").df()
-        headline = connection.sql("select * from mart_average_distribution").df()
+        spread = connection.sql("select * from mart_spread").df()
+        decomposition = connection.sql("select * from mart_variance").df()
+        headline = connection.sql("select * from mart_averages").df()
         statuses = {row[0] for row in connection.sql("select distinct status from dbt_build_results").fetchall()}
     assert len(vocabulary) == 1  # uniform predictions: the same perplexity for every checkpoint
     assert statuses == {"success", "pass"}

@@ -69,7 +69,7 @@ def test_float_noise_is_one_figure_for_dbt_and_pandas():
 
 def test_spread_of_constant_noisy_and_single_set_groups(degenerate):
     path, results = degenerate
-    mart = read_table(path, "select * from mart_calibration_spread")
+    mart = read_table(path, "select * from mart_spread")
     scores = set_scores(results)
     checked = set()
     for key, group in groups(scores, SOURCE_KEYS):
@@ -92,7 +92,7 @@ def test_spread_of_constant_noisy_and_single_set_groups(degenerate):
 
 def test_no_best_or_worst_set_without_a_difference(degenerate):
     path, results = degenerate
-    mart = read_table(path, "select * from mart_average_distribution")
+    mart = read_table(path, "select * from mart_averages")
     scores = set_scores(results)
     scores = scores[scores["kind"].isin(["task_average", "perplexity"])]
     assert len(mart) == scores.groupby(ALL_SETS_KEYS).ngroups
@@ -113,7 +113,7 @@ def test_variance_decomposition_against_scipy(degenerate):
     from scipy.stats import f_oneway
 
     path, results = degenerate
-    mart = read_table(path, "select * from mart_variance_decomposition")
+    mart = read_table(path, "select * from mart_variance")
     cases = set()
     for key, group in groups(set_scores(results), ALL_SETS_KEYS):
         row = mart_row(mart, key)
@@ -146,7 +146,7 @@ def test_variance_decomposition_against_scipy(degenerate):
 
 def test_bootstrap_interval_of_one_set_and_of_equal_sets(degenerate):
     path, _ = degenerate
-    mart = read_table(path, "select * from mart_bootstrap_ci")
+    mart = read_table(path, "select * from mart_bootstrap")
     single = mart[mart["n_sets"] == 1]
     assert len(single) and single["ci_low"].isna().all() and single["ci_high"].isna().all()
     same = mart[(mart["n_sets"] > 1) & (mart["min_value"] == mart["max_value"])]
@@ -158,7 +158,7 @@ def test_bootstrap_interval_of_one_set_and_of_equal_sets(degenerate):
 
 def test_coefficient_of_variation_of_degenerate_groups(degenerate):
     path, results = degenerate
-    mart = read_table(path, "select * from mart_perplexity_vs_task_variation")
+    mart = read_table(path, "select * from mart_ppl_vs_task")
     for key, group in groups(set_scores(results), SOURCE_KEYS):
         row, values = mart_row(mart, key), group["value"].to_numpy()
         if len(values) == 1 or values.mean() == 0:
@@ -173,7 +173,7 @@ def test_coefficient_of_variation_of_degenerate_groups(degenerate):
 
 def test_sources_that_tie_are_neither_best_nor_worst(degenerate):
     path, results = degenerate
-    mart = read_table(path, "select * from mart_source_ranking")
+    mart = read_table(path, "select * from mart_ranking")
     scores = set_scores(results)
     criteria = scores[(scores["kind"] == "perplexity") | ((scores["kind"] == "task") & (scores["metric"] == "acc"))]
     means = criteria.groupby(["variant", "eval_dataset", "metric", "calibration_source"])["value"].mean()
@@ -223,7 +223,7 @@ def test_rank_correlation_is_null_where_a_side_does_not_vary(degenerate):
     from scipy.stats import spearmanr
 
     path, results = degenerate
-    mart = read_table(path, "select * from mart_descriptor_retention")
+    mart = read_table(path, "select * from mart_descriptors")
     constant = mart[mart["descriptor"] == "token_count"]
     assert len(constant) and constant["spearman_rho"].isna().all()
     perplexity = results[(results["metric"] == "perplexity") & results["calib"].notna()]
@@ -246,7 +246,7 @@ def test_headline_and_summary_say_no_difference(degenerate):
     assert headline.loc["m2.sparsegpt-2of4", "best_calib"] == "no difference"
     assert headline.loc["m2.sparsegpt-2of4", "worst_calib"] == "no difference"
     assert headline.loc["m1.wanda-2of4", "best_calib"] != "no difference"
-    summary = seed_spread_summary(read_table(path, "select * from mart_source_spread")).set_index(["method", "source"])
+    summary = seed_spread_summary(read_table(path, "select * from mart_src_spread")).set_index(["method", "source"])
     assert summary.loc[("wanda", "src-b"), "next acc range"] == 0
     assert summary.loc[("wanda", "src-b"), "next acc cv%"] == 0
     assert summary.loc[("wanda", "src-a"), "cloze acc range"] == 0

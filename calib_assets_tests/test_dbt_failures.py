@@ -37,8 +37,8 @@ def failed_mart_test(tmp_path_factory):
     """The grid warehouse with one mart's rows made inconsistent, then `dbt test` of that mart."""
     tmp_path = tmp_path_factory.mktemp("failed-mart-test")
     copy, _ = _copy_of_grid(tmp_path)
-    _execute(copy, "update mart_variance_decomposition set ss_between = ss_between + 1")
-    completed = dbt_build(copy, tmp_path, ("test", "--select", "mart_variance_decomposition"))
+    _execute(copy, "update mart_variance set ss_between = ss_between + 1")
+    completed = dbt_build(copy, tmp_path, ("test", "--select", "mart_variance"))
     return copy, completed
 
 
@@ -57,11 +57,11 @@ def test_the_failed_test_is_recorded_with_its_rows(failed_mart_test):
     assert completed.returncode == 1
     status = build_status(path)
     (test,) = [t for t in status.failed_tests if t.name == "variance_decomposition_adds_up"]
-    n_rows = read_table(path, "select count(*) as n from mart_variance_decomposition")["n"].iloc[0]
-    assert test.models == ("mart_variance_decomposition",) and test.failures == n_rows
+    n_rows = read_table(path, "select count(*) as n from mart_variance")["n"].iloc[0]
+    assert test.models == ("mart_variance",) and test.failures == n_rows
     assert len(test.rows) == min(n_rows, 20) and "ss_between" in test.rows.columns
     assert status.unbuilt_models == {} and not status.ok
-    tampered = set(read_table(path, "select ss_between from mart_variance_decomposition")["ss_between"])
+    tampered = set(read_table(path, "select ss_between from mart_variance")["ss_between"])
     assert set(test.rows["ss_between"]) <= tampered
 
 
@@ -70,11 +70,11 @@ def test_report_and_summary_name_the_failed_test_and_flag_its_mart(failed_mart_t
     report = write_report(path, tmp_path / "report")
     page = report.index.read_text()
     assert "<h2>Data tests</h2>" in page and "variance_decomposition_adds_up" in page
-    section = page[page.index("<h3 id='mart_variance_decomposition'>"):]
+    section = page[page.index("<h3 id='mart_variance'>"):]
     assert "Failed dbt test variance_decomposition_adds_up" in section[:section.index("<table")]
     assert page.count("Failed dbt test") == 1  # only the mart it reads is flagged
     summary = findings_summary(path)
-    assert "dbt test FAIL variance_decomposition_adds_up (on mart_variance_decomposition)" in summary
+    assert "dbt test FAIL variance_decomposition_adds_up (on mart_variance)" in summary
     assert "ss_between" in summary and "Headline" in summary
 
 
@@ -94,13 +94,13 @@ def test_models_skipped_after_a_failed_staging_test_are_left_out_not_shown_stale
     assert completed.returncode == 1
     status = build_status(path)
     assert any(t.name.startswith("unique_combination_stg_eval_results") for t in status.failed_tests)
-    assert {"mart_calibration_spread", "mart_baselines", "mart_variance_decomposition"} <= set(status.unbuilt_models)
+    assert {"mart_spread", "mart_baselines", "mart_variance"} <= set(status.unbuilt_models)
     assert set(status.unbuilt_models.values()) == {"skipped"}
     report = write_report(path, tmp_path / "report")
     page = report.index.read_text()
     assert report.headline is None and "Left out: not built in the last dbt build (skipped)" in page
     assert "<table" in page  # the failing rows are shown
-    assert "not available: mart_average_distribution not built" in findings_summary(path)
+    assert "not available: mart_averages not built" in findings_summary(path)
 
 
 def _materialize_findings(root):
@@ -150,7 +150,7 @@ def test_dagster_skips_the_report_after_a_failed_staging_test_and_the_runner_wri
     assert result.success  # a failed test is not a failed step
     failed = [check.check_name for check in result.get_asset_check_evaluations() if not check.passed]
     assert any(name.startswith("unique_combination_stg_eval_results") for name in failed)
-    assert not {"mart_calibration_spread", "findings_report"} & _materialized(result)
+    assert not {"mart_spread", "findings_report"} & _materialized(result)
     monkeypatch.setenv("CALIB_ASSETS_ROOT", str(root))
     lines = []
     _write_report_after_skipped_marts(lines.append)

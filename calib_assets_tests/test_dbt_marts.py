@@ -65,15 +65,15 @@ def spread_stats(scores: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def test_dbt_build_passes_every_data_test(warehouse):
     path, _ = warehouse
     tables = set(read_table(path, "select table_name from information_schema.tables")["table_name"])
-    assert {"mart_calibration_spread", "mart_set_scores", "mart_task_spread", "mart_average_distribution",
-            "mart_perplexity_vs_task_variation", "mart_source_ranking", "mart_sample_count_curve",
-            "mart_variance_decomposition", "mart_bootstrap_ci", "mart_retention", "mart_baselines"} <= tables
+    assert {"mart_spread", "mart_set_scores", "mart_task_spread", "mart_averages",
+            "mart_ppl_vs_task", "mart_ranking", "mart_size_curve",
+            "mart_variance", "mart_bootstrap", "mart_retention", "mart_baselines"} <= tables
 
 
 def test_calibration_spread_matches_pandas(warehouse):
     path, results = warehouse
     expected = spread_stats(set_scores(results), SOURCE_KEYS)
-    both = merged(read_table(path, "select * from mart_calibration_spread"), expected, SOURCE_KEYS)
+    both = merged(read_table(path, "select * from mart_spread"), expected, SOURCE_KEYS)
     assert (both["n_sets"] == both["count"]).all()
     assert_close(both["mean_value"], both["mean"])
     assert_close(both["std_value"].fillna(-1), both["std"].fillna(-1))  # NULL exactly where one set
@@ -82,10 +82,10 @@ def test_calibration_spread_matches_pandas(warehouse):
 
 def test_hand_computed_group_and_single_set_source(grid):
     path, _ = grid
-    row = read_table(path, f"select * from mart_calibration_spread where variant = '{HAND_GROUP['variant']}' and "
+    row = read_table(path, f"select * from mart_spread where variant = '{HAND_GROUP['variant']}' and "
                            f"calibration_source = 'src-b' and eval_dataset = 't1' and metric = 'acc'").iloc[0]
     assert (row["n_sets"], row["mean_value"], row["std_value"], row["range_value"]) == pytest.approx((3, 0.6, 0.1, 0.2))
-    single = read_table(path, "select * from mart_calibration_spread where calibration_source = 'src-c'")
+    single = read_table(path, "select * from mart_spread where calibration_source = 'src-c'")
     assert len(single) > 0 and (single["n_sets"] == 1).all() and single["std_value"].isna().all()
     assert (single["range_value"] == 0).all()
 
@@ -133,7 +133,7 @@ def test_average_distribution_matches_pandas(warehouse):
     per_set = goodness.groupby([scores[k] for k in ALL_SETS_KEYS], dropna=False)
     expected["best"] = scores.loc[per_set.idxmax(), "calib"].to_numpy()
     expected["worst"] = scores.loc[per_set.idxmin(), "calib"].to_numpy()
-    both = merged(read_table(path, "select * from mart_average_distribution"), expected, ALL_SETS_KEYS)
+    both = merged(read_table(path, "select * from mart_averages"), expected, ALL_SETS_KEYS)
     for column, truth in [("mean_value", "mean"), ("min_value", "min"), ("q1_value", "q1"),
                           ("median_value", "median"), ("q3_value", "q3"), ("max_value", "max")]:
         assert_close(both[column], both[truth])
@@ -152,7 +152,7 @@ def test_coefficients_of_variation_match_pandas(warehouse):
     for kind in ["perplexity", "task"]:
         maxima = expected[expected["kind"] == kind].groupby(setting, dropna=False)["cv"].max().rename(f"{kind}_max")
         expected = expected.merge(maxima.reset_index(), on=setting, how="left")
-    both = merged(read_table(path, "select * from mart_perplexity_vs_task_variation"), expected, SOURCE_KEYS)
+    both = merged(read_table(path, "select * from mart_ppl_vs_task"), expected, SOURCE_KEYS)
     assert_close(both["cv_expected"].fillna(-1), both["cv"].fillna(-1))
     assert_close(both["perplexity_cv_max"].fillna(-1), both["perplexity_max"].fillna(-1))
     assert_close(both["task_cv_max"].fillna(-1), both["task_max"].fillna(-1))
@@ -174,7 +174,7 @@ def test_source_ranking_counts_match_a_brute_force_count(warehouse):
             discriminating[key] += differ
             best[key] += differ and good == goodness.max()
             worst[key] += differ and good == goodness.min()
-    mart = read_table(path, "select * from mart_source_ranking").fillna({"n_samples": -1})
+    mart = read_table(path, "select * from mart_ranking").fillna({"n_samples": -1})
     assert len(mart) == len(n_criteria)
     for row in mart.itertuples():
         key = (row.variant, row.n_samples, row.calibration_source)
@@ -187,7 +187,7 @@ def test_source_ranking_orders_by_task_average(grid):
     scores = set_scores(results)
     averages = (scores[(scores["kind"] == "task_average") & (scores["metric"] == "acc")]
                 .groupby(["variant", "calibration_source"])["value"].mean())
-    mart = read_table(path, "select * from mart_source_ranking order by variant, overall_rank")
+    mart = read_table(path, "select * from mart_ranking order by variant, overall_rank")
     for variant, ranking in mart.groupby("variant"):
         assert list(ranking["calibration_source"]) == list(averages[variant].sort_values(ascending=False).index)
         assert_close(ranking["task_average"], averages[variant][ranking["calibration_source"]].to_numpy())
@@ -196,7 +196,7 @@ def test_source_ranking_orders_by_task_average(grid):
 def test_sample_count_curve_follows_the_quantity_study():
     path, results, completed = built_warehouse("quantity")
     assert completed.returncode == 0
-    mart = read_table(path, "select * from mart_sample_count_curve where eval_dataset = 'wikitext2' order by n_samples")
+    mart = read_table(path, "select * from mart_size_curve where eval_dataset = 'wikitext2' order by n_samples")
     assert list(mart["n_samples"]) == QUANTITY_COUNTS and (mart["n_sets"] == 2).all()
     expected = (results[results["calib"].notna() & (results["eval_dataset"] == "wikitext2")
                         & (results["metric"] == "perplexity")].groupby("n_samples")["value"].agg(["mean", "std"]))
@@ -210,7 +210,7 @@ def test_variance_decomposition_matches_one_way_anova(grid):
 
     path, results = grid
     scores = set_scores(results)
-    mart = read_table(path, "select * from mart_variance_decomposition")
+    mart = read_table(path, "select * from mart_variance")
     assert len(mart) == len(scores.groupby(ALL_SETS_KEYS, dropna=False))
     for row in mart.itertuples():
         group = scores[(scores["variant"] == row.variant) & (scores["eval_dataset"] == row.eval_dataset)
@@ -239,7 +239,7 @@ def _exact_bootstrap_quantiles(values: np.ndarray, probabilities: list[float]) -
 
 def test_bootstrap_interval_matches_the_exact_bootstrap_distribution(grid):
     path, results = grid
-    mart = read_table(path, "select * from mart_bootstrap_ci")
+    mart = read_table(path, "select * from mart_bootstrap")
     assert set(mart["replicates"]) == {1000} and set(mart["confidence"]) == {0.95}
     wide = mart[(mart["calibration_source"] == "src-a") & (mart["kind"] == "perplexity")]
     assert len(wide) == 4 and (wide["n_sets"] == 8).all()
@@ -265,7 +265,7 @@ def _md5_bootstrap_interval(values: np.ndarray, replicates: int = 1000, seed: in
 
 def test_bootstrap_follows_its_documented_resampling_rule(grid):
     path, results = grid
-    mart = read_table(path, "select * from mart_bootstrap_ci where calibration_source = 'src-b' and metric = 'acc'")
+    mart = read_table(path, "select * from mart_bootstrap where calibration_source = 'src-b' and metric = 'acc'")
     assert len(mart) > 0
     for row in mart.itertuples():
         scores = set_scores(results)
@@ -277,7 +277,7 @@ def test_bootstrap_follows_its_documented_resampling_rule(grid):
 
 def test_bootstrap_over_all_sources_pools_every_calibration_set(grid):
     path, results = grid
-    pooled = read_table(path, "select * from mart_bootstrap_ci where calibration_source = '(all)' "
+    pooled = read_table(path, "select * from mart_bootstrap where calibration_source = '(all)' "
                               "and eval_dataset = 'task_average' and metric = 'acc' order by variant")
     averages = (results[results["calib"].notna() & (results["metric"] == "acc")]
                 .groupby(["variant", "calib"])["value"].mean())
@@ -314,13 +314,13 @@ def test_retention_against_the_dense_model(warehouse):
 
 
 @pytest.mark.parametrize("test_name, tamper", [
-    ("consistent_spread_mart_calibration_spread_",
-     "update mart_calibration_spread set std_value = range_value + 1 where n_sets = 3"),
-    ("consistent_spread_mart_calibration_spread_",
-     "update mart_calibration_spread set range_value = -1 where n_sets = 8"),
+    ("consistent_spread_mart_spread_",
+     "update mart_spread set std_value = range_value + 1 where n_sets = 3"),
+    ("consistent_spread_mart_spread_",
+     "update mart_spread set range_value = -1 where n_sets = 8"),
     ("ordered_interval_mart_bootstra_*",  # dbt shortens long test names with a hash
-     "update mart_bootstrap_ci set ci_high = max_value + 1 where n_sets = 3"),
-    ("variance_decomposition_adds_up", "update mart_variance_decomposition set ss_between = ss_between + 1"),
+     "update mart_bootstrap set ci_high = max_value + 1 where n_sets = 3"),
+    ("variance_decomposition_adds_up", "update mart_variance set ss_between = ss_between + 1"),
 ])
 def test_custom_data_tests_catch_inconsistent_rows(grid, tmp_path, test_name, tamper):
     import duckdb
@@ -336,7 +336,7 @@ def test_custom_data_tests_catch_inconsistent_rows(grid, tmp_path, test_name, ta
 
 
 def test_source_spread_matches_pandas(warehouse):
-    """mart_source_spread: per (variant, source), over every set of the source (sample counts pooled), the
+    """mart_src_spread: per (variant, source), over every set of the source (sample counts pooled), the
     held-out perplexity averaged over the evaluation datasets of each set and each task's acc."""
     path, results = warehouse
     scores = set_scores(results)
@@ -348,7 +348,7 @@ def test_source_spread_matches_pandas(warehouse):
     expected = spread_stats(per_set, [*keys, "eval_dataset", "metric"])
     expected["sources_sets"] = expected.merge(per_set.groupby(keys)["calib"].nunique().rename("n").reset_index(),
                                               on=keys)["n"].to_numpy()
-    both = merged(read_table(path, "select * from mart_source_spread"), expected, [*keys, "eval_dataset", "metric"])
+    both = merged(read_table(path, "select * from mart_src_spread"), expected, [*keys, "eval_dataset", "metric"])
     assert (both["n_sets"] == both["count"]).all() and (both["source_sets"] == both["sources_sets"]).all()
     assert_close(both["mean_value"], both["mean"])
     assert_close(both["std_value"].fillna(-1), both["std"].fillna(-1))

@@ -77,7 +77,7 @@ def test_report_tables_hold_the_marts_rows(report, warehouse):
     path, _ = warehouse
     pytest.importorskip("lxml")
     tables = pd.read_html(report.index, flavor="lxml")
-    spread = read_marts(path, ["mart_calibration_spread"])["mart_calibration_spread"]
+    spread = read_marts(path, ["mart_spread"])["mart_spread"]
     shown = next(t for t in tables if set(spread.columns) <= set(t.columns))
     assert len(shown) == min(len(spread), 200)
 
@@ -125,7 +125,7 @@ def test_a_warehouse_that_dbt_never_built_has_no_report(tmp_path):
 
     empty = tmp_path / "warehouse.duckdb"
     duckdb.connect(str(empty)).close()
-    with pytest.raises(LookupError, match="no dbt build has run.*mart_calibration_spread: no such table"):
+    with pytest.raises(LookupError, match="no dbt build has run.*mart_spread: no such table"):
         write_report(empty, tmp_path / "report")
     assert not (tmp_path / "report").exists()
 
@@ -167,7 +167,7 @@ def test_report_rows_are_ordered_by_method_then_source_then_set(report):
 
 def test_paired_test_names_no_best_or_worst_set_when_the_sets_answer_alike(report, warehouse):
     path, _ = warehouse
-    paired = read_marts(path, ["mart_paired_calibration_test"])["mart_paired_calibration_test"]
+    paired = read_marts(path, ["mart_paired_test"])["mart_paired_test"]
     columns = {"best_calib", "difference", "n_examples"}
     shown = next((table for table in _report_tables(report) if columns <= set(table)), None)
     if paired.empty:  # a study with one calibration set per group has nothing to pair
@@ -186,7 +186,7 @@ def test_report_has_a_calibration_descriptor_section(tmp_path):
     path, _, completed = built_warehouse("degenerate")
     assert completed.returncode == 0, completed.stdout[-5000:]
     report = write_report(path, tmp_path / "report")
-    descriptors = read_marts(path, ["stg_calibration_descriptors"])["stg_calibration_descriptors"]
+    descriptors = read_marts(path, ["stg_descriptors"])["stg_descriptors"]
     assert len(descriptors) > 0
     assert "<h2>Calibration sets</h2>" in report.index.read_text()
     shown = next(table for table in _report_tables(report) if {"zipf_exponent", "calib"} <= set(table))

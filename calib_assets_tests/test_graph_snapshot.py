@@ -39,3 +39,11 @@ def test_each_checkpoint_partition_depends_on_exactly_one_calibration_set(tmp_pa
             keys = list(upstream.partitions_subset.get_partition_keys())
             model = study.parse_variant(variant)[0].name
             assert keys == [dg.MultiPartitionKey({"model": model, "calib": calib})]
+
+
+@pytest.mark.parametrize("study_name", ["ci", "default"])
+def test_every_asset_name_fits_a_zoomed_out_graph_node(study_name):
+    """The global graph cuts names over 16 characters in the middle (README, "The asset graph"); the browser
+    test sees the nodes themselves, this one names the offender without a browser."""
+    snapshot = json.loads((SNAPSHOTS / f"graph_{study_name}.json").read_text())
+    assert [name for name in snapshot["assets"] if len(name) > 16] == []

@@ -50,7 +50,7 @@ def test_a_new_seed_runs_only_its_new_partitions(tmp_path):
         variant = after.variant_keys[0]
         assert _missing(defs, instance) == {
             "calibration_set": {"abc-news.s2|tiny-llama"},
-            "calibration_inspection": {"abc-news.s2|tiny-llama"},
+            "calib_inspection": {"abc-news.s2|tiny-llama"},
             "compressed_model": {f"abc-news.s2|{variant}"},
             "evaluation": {f"abc-news.s2|{variant}"},
         }

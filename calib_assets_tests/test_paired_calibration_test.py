@@ -1,4 +1,4 @@
-"""mart_paired_calibration_test against a brute-force pandas computation of its documented rule, on the
+"""mart_paired_test against a brute-force pandas computation of its documented rule, on the
 grid fixture's task_outcomes (random answers, plus hand-made groups whose answer is known)."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _brute_force(outcomes: pd.DataFrame, replicates: int = 1000, seed: int = 0) 
 @pytest.fixture(scope="module")
 def paired(grid):  # noqa: F811
     path, results = grid
-    return read_table(path, "select * from mart_paired_calibration_test"), grid_task_outcomes(results)
+    return read_table(path, "select * from mart_paired_test"), grid_task_outcomes(results)
 
 
 def test_every_group_matches_the_brute_force_computation(paired):

@@ -53,7 +53,7 @@ def test_spread_mart_matches_a_pandas_computation(materialized):
     results = _table(root, "select * from eval_results where calibration_source is not null")
     expected = (results.groupby(["variant", "calibration_source", "eval_dataset", "metric"])["value"]
                 .agg(["count", "mean", "std", "min", "max"]).reset_index())
-    mart = _table(root, "select * from mart_calibration_spread where kind <> 'task_average'")  # derived rows
+    mart = _table(root, "select * from mart_spread where kind <> 'task_average'")  # derived rows
     merged = expected.merge(mart, on=["variant", "calibration_source", "eval_dataset", "metric"], validate="1:1")
     assert len(merged) == len(expected) == len(mart)
     assert (merged["count"] == merged["n_sets"]).all()
@@ -233,7 +233,7 @@ def test_blocking_checks_ran_and_passed_for_every_partition(materialized):
         ("calibration_set", "calibration_set_valid", len(study.calib_keys) * len(study.models)),
         ("compressed_model", "checkpoint_invariants", len(study.variant_keys) * len(study.calib_keys)),
         ("evaluation", "evaluation_complete", len(study.variant_keys) * len(study.calib_keys)),
-        ("baseline_evaluation", "evaluation_complete", len(study.baseline_keys)),
+        ("baseline_eval", "evaluation_complete", len(study.baseline_keys)),
     ]:
         key = dg.AssetCheckKey(dg.AssetKey(asset), check)
         history = instance.event_log_storage.get_asset_check_execution_history(key, limit=1000)
@@ -287,8 +287,8 @@ def test_weekly_reevaluation_requests_every_materialized_checkpoint(materialized
 
 def test_every_calibration_set_has_descriptors_in_duckdb(materialized):
     study, _, root, _, _ = materialized
-    table = _table(root, "select * from calibration_descriptors")
+    table = _table(root, "select * from set_descriptors")
     assert sorted(table["calib"]) == sorted(study.calib_keys) * len(study.models)
     assert (table["token_count"] == study.calibration.n_samples * study.calibration.seq_len).all()
     assert (table["perplexity_mean"] > 1).all() and table["eval_ngram4_overlap"].between(0, 1).all()
-    assert len(_table(root, "select * from mart_descriptor_retention")) > 0
+    assert len(_table(root, "select * from mart_descriptors")) > 0

@@ -26,10 +26,10 @@ def expected_partitions(name: str) -> dict[str, int]:
     free = sum(m["method"] in CALIBRATION_FREE for m in raw["methods"])
     calibrated = len(raw["methods"]) - free
     return {"base_model": models, "text_corpus": sources + extra, "calibration_pool": models * sources,
-            "calibration_set": models * calibs, "calibration_inspection": models * calibs, "offline_tasks": 1,
-            "baseline_model": models * (1 + free), "baseline_evaluation": models * (1 + free),
+            "calibration_set": models * calibs, "calib_inspection": models * calibs, "offline_tasks": 1,
+            "baseline_model": models * (1 + free), "baseline_eval": models * (1 + free),
             "compressed_model": models * calibrated * calibs, "evaluation": models * calibrated * calibs,
-            "calibration_descriptors": 1, "eval_results": 1, "dbt": 1, "findings_report": 1}
+            "set_descriptors": 1, "eval_results": 1, "dbt": 1, "findings_report": 1}
 
 
 @pytest.mark.parametrize("name", ["ci", "default", "paper", "quantity"])

@@ -1,4 +1,4 @@
-"""The summary `calib-assets run` and `findings` print first: mart_source_spread (dbt) laid out per method
+"""The summary `calib-assets run` and `findings` print first: mart_src_spread (dbt) laid out per method
 and source by runner.seed_spread_summary."""
 
 import math
@@ -30,7 +30,7 @@ def mart(tmp_path_factory):
     path = write_warehouse(work, _rows())
     completed = dbt_build(path, work)
     assert completed.returncode == 0, completed.stdout[-5000:]
-    return read_table(path, "select * from mart_source_spread")
+    return read_table(path, "select * from mart_src_spread")
 
 
 def test_seed_spread_puts_task_accuracy_spread_next_to_perplexity_spread(mart):

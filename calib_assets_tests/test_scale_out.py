@@ -13,7 +13,7 @@ from calib_assets.runner import stage_plan
 from calib_assets.scale_out import Cluster, ScaleOutError, check_cluster_fits, executor_choice, ray_executor_choice
 from calib_assets.study import load_study
 
-ACCELERATOR_ASSETS = {"compressed_model", "baseline_model", "evaluation", "baseline_evaluation"}
+ACCELERATOR_ASSETS = {"compressed_model", "baseline_model", "evaluation", "baseline_eval"}
 
 
 def _ops(defs):

@@ -20,7 +20,7 @@ import numpy as np
 
 FLAGS = ("short", "boilerplate", "non_english", "duplicate")
 DESCRIPTORS_FILE = "descriptors.json"
-TABLE = "calibration_descriptors"
+TABLE = "set_descriptors"
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 ENGLISH_STOPWORDS = frozenset(
     "the of and to a in is that for it as was with be by on not he i this are or his from at which but have an "

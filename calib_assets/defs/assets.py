@@ -195,13 +195,13 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
     evaluation = _evaluation_asset(
         "evaluation", "compressed_model", parts.compressed,
         "One compressed checkpoint: held-out perplexity, the study's tasks through lm-eval, KL to the dense model.")
-    baseline_evaluation = _evaluation_asset(
-        "baseline_evaluation", "baseline_model", parts.baselines,
+    baseline_eval = _evaluation_asset(
+        "baseline_eval", "baseline_model", parts.baselines,
         "The dense model and the calibration-free controls, once per model, on the same evaluation suite.")
 
     @dg.asset(
         group_name="warehouse", code_version=CODE_VERSIONS["eval_results"], kinds={"duckdb"}, owners=OWNERS,
-        pool="duckdb", deps=[evaluation, baseline_evaluation], automation_condition=FINDINGS_CONDITION,
+        pool="duckdb", deps=[evaluation, baseline_eval], automation_condition=FINDINGS_CONDITION,
         description="Every evaluation of the study in one long DuckDB table (one row per model, method, "
                     "calibration set, evaluation dataset and metric): the source of the dbt marts. Beside it, "
                     "task_outcomes (each calibrated checkpoint's per-example task answers), the lineage_* "
@@ -222,7 +222,7 @@ def build_assets(parts: StudyPartitions, executor: str = "local") -> list:
                        **metadata.eval_results_metadata(results, lineage_counts, steps.warehouse_path(store.path)))
 
     return [base_model, text_corpus, calibration_pool, calibration_set, compressed_model, baseline_model,
-            offline_tasks, evaluation, baseline_evaluation, eval_results]
+            offline_tasks, evaluation, baseline_eval, eval_results]
 
 
 def _checkpoint_result(manifest: dict[str, Any], directory, problems: list[str], device: str,

@@ -16,12 +16,12 @@ def build_calibration_data_assets(parts: StudyPartitions) -> list:
 
     @dg.asset(
         partitions_def=parts.calibration, group_name="calibration",
-        code_version=CODE_VERSIONS["calibration_inspection"], kinds={"markdown"}, owners=OWNERS,
+        code_version=CODE_VERSIONS["calib_inspection"], kinds={"markdown"}, owners=OWNERS,
         ins={"calibration_set": dg.AssetIn(dagster_type=dg.Nothing)},
         description="Random samples of one calibration set with their anomaly flags (short, boilerplate, "
                     "non-English, duplicate) and the set's descriptors: look at the data before trusting results.",
     )
-    def calibration_inspection(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    def calib_inspection(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         keys = dict(context.partition_key.keys_by_dimension)
         report = steps.inspect_calibration_set(study, keys["model"], keys["calib"], store.path)
         return dg.MaterializeResult(
@@ -32,13 +32,13 @@ def build_calibration_data_assets(parts: StudyPartitions) -> list:
                       "flagged": report["flagged"]})
 
     @dg.asset(
-        group_name="warehouse", code_version=CODE_VERSIONS["calibration_descriptors"], kinds={"duckdb"}, owners=OWNERS,
+        group_name="warehouse", code_version=CODE_VERSIONS["set_descriptors"], kinds={"duckdb"}, owners=OWNERS,
         pool="duckdb", deps=["calibration_set"], automation_condition=FINDINGS_CONDITION,
         description="Descriptors of every calibration set of the study (token statistics, Zipf exponent, "
                     "duplication, base-model perplexity, overlap with the evaluation text, flagged samples) in "
-                    "the DuckDB table calibration_descriptors: the source of mart_descriptor_retention.",
+                    "the DuckDB table set_descriptors: the source of mart_descriptors.",
     )
-    def calibration_descriptors(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    def set_descriptors(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         manifest = steps.materialize_descriptor_table(study, store.path)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(manifest["fingerprint"]),
@@ -46,4 +46,4 @@ def build_calibration_data_assets(parts: StudyPartitions) -> list:
                       "rows": manifest["rows"], "expected_rows": steps.expected_descriptor_rows(study),
                       "duckdb": dg.MetadataValue.path(str(steps.warehouse_path(store.path)))})
 
-    return [calibration_inspection, calibration_descriptors]
+    return [calib_inspection, set_descriptors]

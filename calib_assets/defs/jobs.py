@@ -15,17 +15,17 @@ def stages(parts: StudyPartitions) -> list[tuple[str, list[str], dg.PartitionsDe
         ("prepare_models", ["base_model"], parts.models),
         ("prepare_corpora", ["text_corpus"], parts.corpora),
         ("tokenize_pools", ["calibration_pool"], parts.pools),
-        ("build_calibration_sets", ["calibration_set", "calibration_inspection"], parts.calibration),
+        ("build_calibration_sets", ["calibration_set", "calib_inspection"], parts.calibration),
         ("build_tasks", ["offline_tasks"], None),
-        ("baselines", ["baseline_model", "baseline_evaluation"], parts.baselines),
+        ("baselines", ["baseline_model", "baseline_eval"], parts.baselines),
         ("compress_and_evaluate", ["compressed_model", "evaluation"], parts.compressed),
-        ("findings", ["calibration_descriptors", "eval_results", DBT, "findings_report"], None),
+        ("findings", ["set_descriptors", "eval_results", DBT, "findings_report"], None),
     ]
 
 
 REEVALUATION = (  # (job, asset, partitions attribute, the checkpoint asset it re-evaluates)
     ("reevaluate_checkpoints", "evaluation", "compressed", "compressed_model"),
-    ("reevaluate_baselines", "baseline_evaluation", "baselines", "baseline_model"),
+    ("reevaluate_baselines", "baseline_eval", "baselines", "baseline_model"),
 )
 
 

@@ -189,12 +189,12 @@ FIGURES: dict[str, tuple[str, Callable, str]] = {
     "figure2_task_spread": ("Per-task accuracy across calibration sets (Figure 2)", task_spread_figure,
                             "mart_set_scores"),
     "figure3_sample_count": ("Scores against the number of calibration examples (Figure 3)", sample_count_figure,
-                             "mart_sample_count_curve"),
+                             "mart_size_curve"),
     "figure4_average_distribution": ("Task average (or perplexity) over all calibration sets (Figure 4)",
                                      average_distribution_figure, "mart_set_scores"),
     "retention": ("Retention against the dense model", retention_figure, "mart_retention"),
     "variance_decomposition": ("Between-source against within-source variance", variance_figure,
-                               "mart_variance_decomposition"),
+                               "mart_variance"),
 }
 
 

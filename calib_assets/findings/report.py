@@ -30,10 +30,10 @@ img{max-width:100%;height:auto;border:1px solid #eee}figure{margin:1em 0}
 ROW_ORDER = ["model", "method", "variant", "calibration_source", "n_samples", "calib", "seed", "eval_dataset", "task",
              "metric", "score"]  # a table's rows: by method, then source, then set (the columns it has)
 RANKING_ORDER = ["model", "method", "variant", "n_samples", "overall_rank"]  # a ranking's rows: by rank
-DESCRIPTORS = "stg_calibration_descriptors"
-PAIRED_TEST = "mart_paired_calibration_test"
+DESCRIPTORS = "stg_descriptors"
+PAIRED_TEST = "mart_paired_test"
 DESCRIPTOR_HIDDEN = ["calibration_fingerprint"]
-HEADLINE_MARTS = ("mart_average_distribution", "mart_baselines")
+HEADLINE_MARTS = ("mart_averages", "mart_baselines")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def findings_summary(duckdb_path: Path, report_index: Path | None = None) -> str
     prints last)."""
     marts, missing = read_available_marts(duckdb_path, list(HEADLINE_MARTS))
     headline = _headline(marts)
-    lines = ["Headline: best-worst range over all calibration sets (mart_average_distribution):",
+    lines = ["Headline: best-worst range over all calibration sets (mart_averages):",
              format_table(headline) if headline is not None else _unavailable(missing)]
     problems = format_build_status(build_status(duckdb_path))
     if problems:
@@ -112,7 +112,7 @@ def _html(title: str, headline: pd.DataFrame | None, marts: dict[str, pd.DataFra
     parts.append("<h2>Calibration sets</h2>")
     parts.append("<p class='note'>Each set's descriptors (token statistics, Zipf exponent, duplication, base-model "
                  "perplexity, overlap with the evaluation text, flagged samples), from the table "
-                 f"calibration_descriptors (<code>{DESCRIPTORS}</code>).</p>")
+                 f"set_descriptors (<code>{DESCRIPTORS}</code>).</p>")
     parts.append(_table_html(descriptors.drop(columns=DESCRIPTOR_HIDDEN, errors="ignore"))
                  if descriptors is not None else _problem(f"Left out: {DESCRIPTORS} is not in the warehouse."))
     parts.append("<h2>Tables</h2>")

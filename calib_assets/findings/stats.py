@@ -1,6 +1,6 @@
 """The marts' float-noise figure for Python: scores within FLOAT_NOISE x the group's largest magnitude are
 equal (dbt/macros/degenerate.sql). Spread statistics themselves are computed in dbt only (spread_statistics,
-mart_source_spread is what the runner prints)."""
+mart_src_spread is what the runner prints)."""
 
 from __future__ import annotations
 

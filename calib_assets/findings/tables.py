@@ -8,16 +8,16 @@ import pandas as pd
 
 # The marts shown in the report, in reading order, with the caption under which they appear.
 REPORT_MARTS = {
-    "mart_calibration_spread": "Spread across the calibration sets of one source, every score (Table 1 for tasks)",
+    "mart_spread": "Spread across the calibration sets of one source, every score (Table 1 for tasks)",
     "mart_task_spread": "Per-task spread within one source (Figure 2)",
-    "mart_average_distribution": "Task average and perplexity over all calibration sets (Figure 4)",
-    "mart_perplexity_vs_task_variation": "Coefficients of variation: perplexity against tasks (Table 2)",
-    "mart_paired_calibration_test": "Best against worst calibration set on the same examples: does the spread "
+    "mart_averages": "Task average and perplexity over all calibration sets (Figure 4)",
+    "mart_ppl_vs_task": "Coefficients of variation: perplexity against tasks (Table 2)",
+    "mart_paired_test": "Best against worst calibration set on the same examples: does the spread "
                                     "exceed evaluation noise? (paired bootstrap over examples)",
-    "mart_source_ranking": "Calibration sources ranked, with best and worst counts",
-    "mart_sample_count_curve": "Scores against the number of calibration examples (Figure 3)",
-    "mart_variance_decomposition": "Between-source against within-source variation",
-    "mart_bootstrap_ci": "Bootstrap confidence intervals of the mean over calibration sets",
+    "mart_ranking": "Calibration sources ranked, with best and worst counts",
+    "mart_size_curve": "Scores against the number of calibration examples (Figure 3)",
+    "mart_variance": "Between-source against within-source variation",
+    "mart_bootstrap": "Bootstrap confidence intervals of the mean over calibration sets",
     "mart_retention": "Retention against the dense model",
     "mart_baselines": "Dense model and calibration-free controls",
     "mart_set_scores": "Every calibration set's scores (the points of Figures 2 and 4)",
@@ -72,7 +72,7 @@ def read_available_marts(duckdb_path: Path, names: list[str] | None = None
 
 
 def headline_scores(distribution: pd.DataFrame) -> pd.DataFrame:
-    """The rows of mart_average_distribution the headline is about: the task average (acc) when the study
+    """The rows of mart_averages the headline is about: the task average (acc) when the study
     has tasks, else every held-out perplexity."""
     tasks = distribution[(distribution["kind"] == "task_average") & (distribution["metric"] == "acc")]
     return tasks if len(tasks) else distribution[distribution["kind"] == "perplexity"]
@@ -81,13 +81,13 @@ def headline_scores(distribution: pd.DataFrame) -> pd.DataFrame:
 def headline_table(duckdb_path: Path) -> pd.DataFrame:
     """Per (model, method, sample count): the best-worst range over all calibration sets of the task average
     (or, without tasks, of each held-out perplexity), with the dense model's value for reference."""
-    return headline_from_marts(read_marts(duckdb_path, ["mart_average_distribution", "mart_baselines"]))
+    return headline_from_marts(read_marts(duckdb_path, ["mart_averages", "mart_baselines"]))
 
 
 def headline_from_marts(marts: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The headline table from mart_average_distribution and mart_baselines, accuracies in %; best and worst
+    """The headline table from mart_averages and mart_baselines, accuracies in %; best and worst
     read 'no difference' where the calibration sets score the same."""
-    scores = headline_scores(marts["mart_average_distribution"])
+    scores = headline_scores(marts["mart_averages"])
     dense = (marts["mart_baselines"].query("method == 'dense'")
              [["model", "eval_dataset", "metric", "value"]].rename(columns={"value": "dense"}))
     table = scores.merge(dense, on=["model", "eval_dataset", "metric"], how="left").rename(columns={
@@ -101,7 +101,7 @@ def headline_from_marts(marts: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def without_tie_claims(paired: pd.DataFrame) -> pd.DataFrame:
-    """mart_paired_calibration_test's rows with NO_DIFFERENCE for the best and worst set where the two
+    """mart_paired_test's rows with NO_DIFFERENCE for the best and worst set where the two
     answer equally often (difference 0): the mart picks them by its tie rule, there is nothing to claim."""
     shown = paired.copy()
     tie = shown["difference"].astype(float).abs() < 1e-12
@@ -111,7 +111,7 @@ def without_tie_claims(paired: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_test_summary(paired: pd.DataFrame) -> pd.DataFrame:
-    """The rows of mart_paired_calibration_test over all calibration sets of a study ('(all)'), one per
+    """The rows of mart_paired_test over all calibration sets of a study ('(all)'), one per
     (method, variant, task, metric): best and worst set, their accuracies and the difference with its
     interval in %, and the verdict. The statistics are the mart's; this only lays them out."""
     rows = without_tie_claims(paired[paired["calibration_source"] == "(all)"]).sort_values(

@@ -141,7 +141,7 @@ def _node(asset: str, partition: str, directory: Path, **details: Any) -> tuple[
 
 def _evaluation_node(root: Path, variant: str, calib: str | None, metric: str | None, dataset: str | None) -> Node:
     directory = evaluation_dir(root, variant, calib)
-    node, manifest = _node("evaluation" if calib else "baseline_evaluation",
+    node, manifest = _node("evaluation" if calib else "baseline_eval",
                            partition_key(variant=variant, calib=calib), directory)
     if node.problems and (metric or dataset):
         raise LineageError(f"{node.asset} [{node.partition}]: {node.problems[0]}")

@@ -10,7 +10,7 @@ does new work).
     calibration  token pools, calibration sets, descriptors, inspection
     compression  checkpoints; loading and exporting a variant
     evaluation   offline tasks and each variant's evaluation
-    warehouse    the DuckDB tables eval_results, task_outcomes and calibration_descriptors
+    warehouse    the DuckDB tables eval_results, task_outcomes and set_descriptors
 
 The names below are the package's interface (`from calib_assets import steps; steps.X`).
 """

@@ -193,7 +193,7 @@ def materialize_descriptors(study: Study, model_name: str, calib: str, root: Pat
     directory = calibration_dir(root, model_name, calib)
     calibration_set = load_calibration_set(directory)
     corpora = corpus_fingerprints(root, study.eval_datasets)
-    _, inputs_hash = step_inputs("calibration_descriptors", set_fingerprint=calibration_set.fingerprint,
+    _, inputs_hash = step_inputs("set_descriptors", set_fingerprint=calibration_set.fingerprint,
                                  model_fingerprint=base_model_manifest(root, model_name)["fingerprint"],
                                  corpora=corpora, compute=study.compute.model_dump(exclude={"batch_size"}))
 
@@ -214,7 +214,7 @@ def materialize_descriptors(study: Study, model_name: str, calib: str, root: Pat
         os.replace(temporary, path)
         return descriptors
 
-    return reuse_or_build(f"calibration_descriptors [{partition_key(model=model_name, calib=calib)}]", directory,
+    return reuse_or_build(f"set_descriptors [{partition_key(model=model_name, calib=calib)}]", directory,
                           inputs_hash, build, side_record=DESCRIPTORS_FILE)
 
 

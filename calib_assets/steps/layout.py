@@ -17,8 +17,8 @@ CODE_VERSIONS = {
     "text_corpus": "1",
     "calibration_pool": "1",
     "calibration_set": "2",  # 2: the fingerprint covers the exported text, doc ids and offsets too
-    "calibration_descriptors": "1",
-    "calibration_inspection": "1",
+    "set_descriptors": "1",
+    "calib_inspection": "1",
     # compressed_model 2: SpQR quantized statistics, transposed OBS column loop; 3: bf16 attention by query
     # blocks; 4: Hessians of bf16 inputs on the CPU's bf16 units (fp32 sums in another order)
     "compressed_model": "4",
@@ -80,7 +80,7 @@ def study_artifacts(study: Study, root: Path) -> list[tuple[str, str, Path]]:
               if study.parse_variant(variant)[1] is not None]
     found += [("evaluation", partition_key(variant=variant, calib=calib), evaluation_dir(root, variant, calib))
               for variant, calib in calibrated]
-    found += [("baseline_evaluation", variant, evaluation_dir(root, variant)) for variant in study.baseline_keys]
+    found += [("baseline_eval", variant, evaluation_dir(root, variant)) for variant in study.baseline_keys]
     return found + [("findings_report", "(unpartitioned)", root / "report")]
 
 

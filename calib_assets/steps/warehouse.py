@@ -1,6 +1,6 @@
 """The study's tables in the DuckDB warehouse: eval_results (every evaluation on disk, plus answer flips
 against the dense model), task_outcomes (each calibrated checkpoint's per-example task answers, for paired
-tests between calibration sets) and calibration_descriptors (every set's descriptors), each replaced whole."""
+tests between calibration sets) and set_descriptors (every set's descriptors), each replaced whole."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def _replace_table(connection, name: str, columns: dict[str, str], table: pd.Dat
     return len(table)
 
 
-# -- calibration_descriptors ---------------------------------------------------------------------
+# -- set_descriptors ---------------------------------------------------------------------
 def collect_descriptors(study: Study, root: Path) -> pd.DataFrame:
     """One row per materialized calibration set of the study that has descriptors.json."""
     rows = []
@@ -157,21 +157,21 @@ def collect_descriptors(study: Study, root: Path) -> pd.DataFrame:
 
 
 def expected_descriptor_rows(study: Study) -> int:
-    """Rows of calibration_descriptors once every set is materialized: one per model and calibration set."""
+    """Rows of set_descriptors once every set is materialized: one per model and calibration set."""
     return len(study.models) * len(study.calib_keys)
 
 
 def write_descriptor_table(study: Study, root: Path, connection) -> int:
-    """Replace the DuckDB table calibration_descriptors (an open duckdb connection); return its row count."""
+    """Replace the DuckDB table set_descriptors (an open duckdb connection); return its row count."""
     return _write_descriptors(collect_descriptors(study, root), connection)
 
 
 def _write_descriptors(table: pd.DataFrame, connection) -> int:
-    return _replace_table(connection, "calibration_descriptors", DESCRIPTOR_COLUMNS, table)
+    return _replace_table(connection, "set_descriptors", DESCRIPTOR_COLUMNS, table)
 
 
 def materialize_descriptor_table(study: Study, root: Path) -> dict[str, Any]:
-    """Write calibration_descriptors into the study's DuckDB file; its content hash is the data version."""
+    """Write set_descriptors into the study's DuckDB file; its content hash is the data version."""
     path = warehouse_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = collect_descriptors(study, root)

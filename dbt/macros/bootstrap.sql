@@ -1,4 +1,4 @@
-{#- The deterministic percentile bootstrap of mart_bootstrap_ci and mart_paired_calibration_test. -#}
+{#- The deterministic percentile bootstrap of mart_bootstrap and mart_paired_test. -#}
 
 {#- Per group_id of the relation `items` (one row per item: group_id, `n_column` = the group's item count,
     `index_column` = the item's number from 0, `value`): ci_low and ci_high, the (1 - bootstrap_confidence)/2

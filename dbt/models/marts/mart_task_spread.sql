@@ -5,7 +5,7 @@ with spread as (
     select
         model, method, variant, calibration_source, n_samples, eval_dataset as task, metric,
         n_sets, sets_differ, mean_value, std_value, min_value, max_value, range_value
-    from {{ ref('int_calibration_spread') }}
+    from {{ ref('int_spread') }}
     where kind = 'task'
 ),
 

@@ -13,10 +13,10 @@
 {%- set group_keys = 'variant, calibration_source, n_samples, task, metric' %}
 with outcomes as (
     select model, method, variant, calib, calibration_source, n_samples, task, metric, example, correct
-    from {{ ref('stg_task_outcomes') }}
+    from {{ ref('stg_outcomes') }}
     union all
     select model, method, variant, calib, '(all)', n_samples, task, metric, example, correct
-    from {{ ref('stg_task_outcomes') }}
+    from {{ ref('stg_outcomes') }}
 ),
 
 set_counts as (

@@ -8,7 +8,7 @@
 with criteria as (
     select model, method, variant, n_samples, calibration_source, kind, eval_dataset, metric,
         case when higher_is_better then mean_value else -mean_value end as goodness
-    from {{ ref('int_calibration_spread') }}
+    from {{ ref('int_spread') }}
     where (kind in ('task', 'task_average') and metric = 'acc') or kind = 'perplexity'
 ),
 

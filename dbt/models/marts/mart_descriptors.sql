@@ -26,7 +26,7 @@ descriptors as (
             token_count, unique_tokens, type_token_ratio, zipf_exponent, ngram4_duplication, perplexity_mean,
             perplexity_std, eval_ngram4_overlap,
             cast(n_short + n_boilerplate + n_non_english + n_duplicate as double) as flagged_samples
-        from {{ ref('stg_calibration_descriptors') }}
+        from {{ ref('stg_descriptors') }}
     )
     on token_count, unique_tokens, type_token_ratio, zipf_exponent, ngram4_duplication, perplexity_mean,
        perplexity_std, eval_ngram4_overlap, flagged_samples

@@ -8,5 +8,5 @@ select
     mean_value / nullif(last(mean_value) over (
         partition by variant, calibration_source, eval_dataset, metric order by n_samples
         rows between unbounded preceding and unbounded following), 0) as relative_to_largest
-from {{ ref('int_calibration_spread') }}
+from {{ ref('int_spread') }}
 where kind in ('perplexity', 'task_average')

@@ -22,4 +22,4 @@ select
     cast(n_boilerplate as integer) as n_boilerplate,
     cast(n_non_english as integer) as n_non_english,
     cast(n_duplicate as integer) as n_duplicate
-from {{ source('calib_assets', 'calibration_descriptors') }}
+from {{ source('calib_assets', 'set_descriptors') }}

@@ -2,7 +2,7 @@
 -- perplexity averaged over the evaluation datasets of each set (eval_dataset 'perplexity_average', kind
 -- 'perplexity_average') and each task's accuracy (kind 'task', metric acc). What `calib-assets run` and
 -- `calib-assets findings` print first (calib_assets.runner.seed_spread_summary). Statistics and cv follow
--- macros/degenerate.sql, as in mart_calibration_spread and mart_perplexity_vs_task_variation.
+-- macros/degenerate.sql, as in mart_spread and mart_ppl_vs_task.
 with set_scores as (
     select
         model, method, variant, calibration_source, calib,

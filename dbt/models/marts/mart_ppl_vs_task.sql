@@ -8,7 +8,7 @@ with variation as (
         model, method, variant, calibration_source, n_samples, kind, eval_dataset, metric,
         n_sets, mean_value, std_value,
         {{ coefficient_of_variation('std_value', 'mean_value', 'n_sets') }} as cv
-    from {{ ref('int_calibration_spread') }}
+    from {{ ref('int_spread') }}
     where kind in ('perplexity', 'task', 'task_average')
 )
 
