@@ -54,7 +54,7 @@ run: venv
 	CALIB_ASSETS_STUDY=$(STUDY) $(BIN)/calib-assets run $(if $(ON_RAY),--ray $(RAY_ADDRESS))
 
 test: venv lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
 
 snapshots: venv  # accept an intended change of the asset graph (review the diff of calib_assets_tests/snapshots/)
 	UPDATE_SNAPSHOTS=1 $(BIN)/python -m pytest -q calib_assets_tests/test_graph_snapshot.py

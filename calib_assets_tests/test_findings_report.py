@@ -5,6 +5,7 @@ from __future__ import annotations
 import html.parser
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,6 +129,29 @@ def test_a_warehouse_that_dbt_never_built_has_no_report(tmp_path):
     with pytest.raises(LookupError, match="no dbt build has run.*mart_spread: no such table"):
         write_report(empty, tmp_path / "report")
     assert not (tmp_path / "report").exists()
+
+
+def test_tables_under_their_earlier_names_are_named_as_stale_and_kept(warehouse, tmp_path):
+    """A warehouse written before the asset renames still holds e.g. mart_calibration_spread: the report and the
+    printed findings say it is no longer updated and which table replaces it, and leave it as it was."""
+    import duckdb
+
+    from calib_assets.findings.build_status import RENAMED_TABLES
+
+    path, _ = warehouse
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    with duckdb.connect(str(copy)) as connection:
+        connection.execute("create table mart_calibration_spread as select * from mart_spread")
+        before = connection.sql("select * from mart_calibration_spread").df()
+    models = {sql.stem for sql in (Path(__file__).parents[1] / "dbt" / "models").rglob("*.sql")}
+    assert set(RENAMED_TABLES.values()) <= models | {"set_descriptors"} and not set(RENAMED_TABLES) & models
+    expected = "no longer updated: mart_calibration_spread (now mart_spread)"
+    assert expected in write_report(copy, tmp_path / "report").index.read_text()
+    assert expected in findings_summary(copy)
+    assert expected not in findings_summary(path)  # a warehouse with only the current names
+    with duckdb.connect(str(copy), read_only=True) as connection:
+        pd.testing.assert_frame_equal(connection.sql("select * from mart_calibration_spread").df(), before)
 
 
 def test_the_report_is_reproducible(report, warehouse, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from calib_assets.artifacts import atomic_dir
-from calib_assets.findings.build_status import BuildStatus, build_status, format_build_status
+from calib_assets.findings.build_status import BuildStatus, build_status, format_build_status, superseded_note
 from calib_assets.findings.figures import FIGURES, render_figures
 from calib_assets.findings.tables import (
     REPORT_MARTS,
@@ -78,10 +78,13 @@ def findings_summary(duckdb_path: Path, report_index: Path | None = None) -> str
     headline = _headline(marts)
     lines = ["Headline: best-worst range over all calibration sets (mart_averages):",
              format_table(headline) if headline is not None else _unavailable(missing)]
-    problems = format_build_status(build_status(duckdb_path))
+    status = build_status(duckdb_path)
+    problems = format_build_status(status)
     if problems:
         lines += ["\nThe last dbt build has problems (the tables above that they touch are not to be trusted):",
                   problems]
+    if note := superseded_note(status):
+        lines.append(f"\n{note}")
     if report_index is not None:
         state = "" if Path(report_index).is_file() else " (not written yet: materialize findings_report)"
         lines.append(f"\nReport: {report_index}{state}")
@@ -126,11 +129,12 @@ def _html(title: str, headline: pd.DataFrame | None, marts: dict[str, pd.DataFra
 
 
 def _status_html(status: BuildStatus) -> list[str]:
+    superseded = [_problem(note)] if (note := superseded_note(status)) else []
     if not status.recorded:
-        return []
+        return superseded
     if status.ok:
-        return ["<p class='note'>Every dbt test of the last build passed.</p>"]
-    parts = ["<h2>Data tests</h2>",
+        return [*superseded, "<p class='note'>Every dbt test of the last build passed.</p>"]
+    parts = [*superseded, "<h2>Data tests</h2>",
              _problem("The last dbt build has problems: the tables they touch are not to be trusted.")]
     for test in status.failed_tests:
         count = "" if test.failures is None else f", {test.failures} failing rows"

@@ -13,7 +13,7 @@ REPORT_MARTS = {
     "mart_averages": "Task average and perplexity over all calibration sets (Figure 4)",
     "mart_ppl_vs_task": "Coefficients of variation: perplexity against tasks (Table 2)",
     "mart_paired_test": "Best against worst calibration set on the same examples: does the spread "
-                                    "exceed evaluation noise? (paired bootstrap over examples)",
+                        "exceed evaluation noise? (paired bootstrap over examples)",
     "mart_ranking": "Calibration sources ranked, with best and worst counts",
     "mart_size_curve": "Scores against the number of calibration examples (Figure 3)",
     "mart_variance": "Between-source against within-source variation",
